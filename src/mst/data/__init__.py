@@ -1,0 +1,1 @@
+"""Data: Fashion-MNIST, image folders, multi-crop augmentation."""

@@ -1,0 +1,1 @@
+"""Models: the timm ViT backbone with masking hooks, the DINO head, the global image decoder."""
