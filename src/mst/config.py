@@ -138,12 +138,23 @@ def _merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
                 raise ConfigError(f"config key '{key}' in {where} must be a mapping, got {v!r}")
             _merge(base[k], v, where, key + ".")
         else:
-            base[k] = v
+            base[k] = _number(v) if isinstance(base[k], (int, float)) and not isinstance(base[k], bool) else v
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override's value with YAML rules (numbers, bools, null, lists)."""
-    return yaml.safe_load(text) if text.strip() else ""
+    """Parse an override's value with YAML rules (numbers, bools, null, lists); '1e-3' is a number too."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    return _number(value)
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads '1e-3' (no dot) as a string; read it as the float everyone means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_override(cfg: dict, item: str) -> None:

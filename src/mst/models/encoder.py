@@ -1,11 +1,22 @@
 """f_s and f_t of the paper: backbone + projection head, plus the global image decoder on the student."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import nn
 
 from mst.models.backbone import ViTBackbone
+from mst.models.bn import frozen_bn_stats
 from mst.models.decoder import GlobalImageDecoder
 from mst.models.head import DINOHead
+
+
+@dataclass
+class StudentOutput:
+    logits: list[torch.Tensor]  # one (B, K) tensor per view: the global views first, then the local crops
+    reconstruction: torch.Tensor | None  # (n_global * B, C, H, W) decoder output for the global views
+    global_patches: torch.Tensor  # (n_global * B, N, D)
 
 
 class Encoder(nn.Module):
@@ -37,6 +48,28 @@ class Encoder(nn.Module):
             self.decoder = GlobalImageDecoder(
                 self.backbone.embed_dim, self.backbone.patch_size, in_chans, list(cfg["decoder"]["channels"])
             )
+
+    def forward(
+        self,
+        global_views: torch.Tensor,
+        local_views: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        replacement: str = "learned",
+        n_global: int = 2,
+        n_local: int = 0,
+    ) -> StudentOutput:
+        """The student's pass: masked global views (one batch of n_global * B), unmasked local crops, the head on
+        every CLS token, and the decoder on the global views' patch tokens. One ``forward`` so DDP sees it all.
+
+        BatchNorm statistics (head with BN, decoder) are updated from the global views only (appendix C)."""
+        g = self.backbone(global_views, mask=mask, replacement=replacement)
+        logits = list(self.head(g.cls).chunk(n_global))
+        if local_views is not None and n_local > 0:
+            l_cls = self.backbone(local_views).cls
+            with frozen_bn_stats(self.head):
+                logits += list(self.head(l_cls).chunk(n_local))
+        recon = self.decoder(g.patches, g.grid) if self.decoder is not None else None
+        return StudentOutput(logits=logits, reconstruction=recon, global_patches=g.patches)
 
 
 def build_student_teacher(cfg: dict) -> tuple[Encoder, Encoder]:

@@ -1,0 +1,5 @@
+import sys
+
+from mst.cli import main
+
+sys.exit(main())

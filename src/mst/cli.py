@@ -1,0 +1,211 @@
+"""``mst`` command line: pretrain, evaluate (knn, linear, dense), visualize, export, ablate."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = """MST: masked self-supervised pretraining of vision transformers (Li et al., NeurIPS 2021).
+
+subcommands:
+  pretrain   train a ViT with MST (DINO + attention-guided mask + global image decoder) or plain DINO
+  knn        weighted k-NN accuracy of a checkpoint's frozen CLS features
+  linear     linear probe on frozen features (last CLS, or DINO-style last 4 CLS [+ pooled patches])
+  dense      per-patch linear segmentation probe (mIoU) on a seeded Fashion-MNIST collage set
+  visualize  attention / mask / reconstruction figures for images, and training curves of a run
+  export     the pretrained backbone as timm-loadable .safetensors + JSON
+  ablate     rerun one of the paper's ablations at small scale over several seeds
+
+Run `mst SUBCOMMAND --help` for the options of each."""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML preset (see configs/); defaults otherwise")
+    p.add_argument("--data", help="data root (overrides data.root): Fashion-MNIST IDX folder or an image folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.base_lr=1e-3 (repeatable)")
+
+
+def _resolve(args) -> dict:
+    from mst.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.root={args.data}")
+    return load_config(args.config, overrides)
+
+
+def cmd_pretrain(args) -> int:
+    from mst.engine.trainer import NonFiniteLossError, Trainer
+    from mst.eval.online import online_knn_evaluator
+
+    cfg = _resolve(args)
+    out = Path(args.out)
+    trainer = Trainer(cfg, out)
+    evaluator = online_knn_evaluator(cfg) if cfg["log"]["knn_every"] else None
+    try:
+        status = trainer.fit(max_steps=args.max_steps, evaluator=evaluator)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    finally:
+        from mst.engine.distributed import cleanup
+
+        cleanup()
+    if trainer.dist.is_main:
+        print(f"{status}: run directory {out.resolve()}")
+        print(f"  checkpoint  {trainer.ckpt_path}")
+        print(f"  config      {out / 'config.yaml'}")
+        print(f"  metrics     {out / 'metrics.jsonl'}  (TensorBoard: tensorboard --logdir {out / 'tb'})")
+    return 0
+
+
+def cmd_knn(args) -> int:
+    from mst.eval.knn import run_knn
+
+    res = run_knn(args.ckpt, data_root=args.data, which=args.which, ks=tuple(args.k),
+                  train_subset=args.train_subset, test_subset=args.test_subset, batch_size=args.batch_size,
+                  random_init=args.random_init)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_linear(args) -> int:
+    from mst.eval.linear import run_linear
+
+    res = run_linear(args.ckpt, data_root=args.data, which=args.which, features=args.features, epochs=args.epochs,
+                     lr=args.lr, batch_size=args.batch_size, augment=args.augment,
+                     train_subset=args.train_subset, test_subset=args.test_subset)
+    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2))
+    return 0
+
+
+def cmd_dense(args) -> int:
+    from mst.eval.dense import run_dense
+
+    res = run_dense(args.ckpt, data_root=args.data, which=args.which, n_train=args.n_train, n_test=args.n_test,
+                    epochs=args.epochs, seed=args.seed, canvas=args.canvas)
+    print(json.dumps({k: v for k, v in res.items() if k != "per_class_iou"}, indent=2))
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    from mst.eval.visualize import plot_training_curves, run_visualize
+
+    paths = run_visualize(args.ckpt, images=args.images or None, n=args.n, out_dir=args.out,
+                          data_root=args.data, seed=args.seed)
+    ckpt = Path(args.ckpt)
+    if ckpt.is_dir() and (ckpt / "metrics.jsonl").is_file():
+        paths.append(plot_training_curves(ckpt, Path(args.out) / "training_curves.png"))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mst.eval.export import export_backbone
+
+    weights, meta = export_backbone(args.ckpt, args.out, which=args.which)
+    info = json.loads(Path(meta).read_text())
+    print(f"wrote {weights} and {meta}")
+    print("load it with:")
+    print(f"  timm.create_model({info['model_name']!r}, pretrained=True, "
+          f"pretrained_cfg_overlay=dict(file={str(weights)!r}), "
+          + ", ".join(f"{k}={v!r}" for k, v in info["model_kwargs"].items()) + ")")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from mst.ablation import run_ablation
+
+    run_ablation(args.name, protocol=args.protocol, seeds=args.seeds, out_dir=args.out, data_root=args.data,
+                 overrides=args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mst", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain a ViT with MST or DINO",
+                       description="Pretrain; resumes automatically when --out already holds a checkpoint. "
+                                   "Under torchrun every process runs this same command.")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="run directory (config, checkpoint, metrics, TensorBoard)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (checkpointed)")
+    p.set_defaults(func=cmd_pretrain)
+
+    def eval_common(q, ckpt_help="run directory or checkpoint file"):
+        q.add_argument("--ckpt", required=True, help=ckpt_help)
+        q.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
+        q.add_argument("--which", choices=("teacher", "student"), default="teacher")
+        q.add_argument("--batch-size", type=int, default=256)
+
+    p = sub.add_parser("knn", help="weighted k-NN accuracy on frozen CLS features")
+    eval_common(p)
+    p.add_argument("--k", type=int, nargs="+", default=[10, 20, 100, 200])
+    p.add_argument("--train-subset", type=int, default=None, help="use this many training images as the bank")
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--random-init", action="store_true", help="also score the same backbone at random init")
+    p.set_defaults(func=cmd_knn)
+
+    p = sub.add_parser("linear", help="linear probe on frozen features")
+    eval_common(p)
+    p.add_argument("--features", choices=("cls", "last4", "last4_avgpool"), default="cls")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3, help="base lr for batch 256 (scaled by batch/256)")
+    p.add_argument("--augment", action="store_true", help="random-resized-crop + flip each epoch (slow on CPU)")
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--test-subset", type=int, default=None)
+    p.set_defaults(func=cmd_linear)
+
+    p = sub.add_parser("dense", help="dense (segmentation) probe on frozen patch tokens")
+    eval_common(p)
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--canvas", type=int, default=56)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_dense)
+
+    p = sub.add_parser("visualize", help="attention, mask and reconstruction figures")
+    p.add_argument("--ckpt", required=True, help="run directory (also plots its training curves) or checkpoint")
+    p.add_argument("--images", nargs="*", help="image files; default: --n test images of the dataset")
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--data", default=None)
+    p.add_argument("--out", required=True, help="output folder for the PNGs")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("export", help="export the backbone for timm (.safetensors + .json)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ablate", help="rerun a paper ablation at small scale (several seeds)")
+    p.add_argument("name", choices=("mask", "num_p", "decoder", "replacement"))
+    p.add_argument("--protocol", choices=("tiny", "cpu", "gpu"), default="cpu")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_ablate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mst.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

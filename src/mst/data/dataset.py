@@ -1,0 +1,150 @@
+"""Dataset construction from the ``data`` config, reproducible per-sample augmentation, and collation.
+
+:class:`AugmentedDataset` reseeds torch's CPU generator (and Python's ``random``) from (seed, epoch, index)
+for each sample, so a sample's crops do not depend on DataLoader worker count or order and a resumed run
+sees the same augmentations as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fashion_mnist import DEFAULT_ROOT, ArrayDataset, FashionMNIST
+from .folders import DataError, ImageFolderDataset
+from .multicrop import MultiCropTransform
+
+DATASET_NAMES = ("fashion_mnist", "folder", "image_folder")
+
+
+class SubsetDataset(torch.utils.data.Subset):
+    """A fixed subset that still exposes the base dataset's ``classes`` and ``targets``."""
+
+    @property
+    def classes(self) -> list[str]:
+        return list(getattr(self.dataset, "classes", []))
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.asarray(self.dataset.targets)[np.asarray(self.indices, dtype=np.int64)]
+
+
+def subset_indices(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``size`` of ``n`` items, drawn without replacement by numpy's default_rng(seed)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _folder_root(root: str | Path | None, name: str, split: str) -> Path:
+    """``root/split`` when that folder exists; otherwise ``root`` itself, which only counts as the train split."""
+    if root is None:
+        raise DataError(f"data.root must be set for data.name={name} (or pass --data DIR)")
+    root = Path(root)
+    if (root / split).is_dir():
+        return root / split
+    if split == "train":
+        return root
+    raise DataError(f"data directory {root} has no '{split}' subfolder for split={split!r}")
+
+
+def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
+    """Base dataset of (PIL image, label) pairs for ``data_cfg['name']``.
+
+    Folder datasets use ``root/<split>`` if that exists, else ``root`` for the train split. ``subset: N``
+    keeps a fixed random N images (numpy default_rng(0), sorted), identical across runs and processes.
+    ``min_size`` (folders only) rejects images whose shorter side is below it, e.g. the global crop size.
+    """
+    name = data_cfg["name"]
+    split = split if split is not None else data_cfg.get("split", "train")
+    channels = int(data_cfg.get("channels", 1))
+    if name == "fashion_mnist":
+        ds = FashionMNIST(data_cfg.get("root") or DEFAULT_ROOT, split=split, channels=channels)
+    elif name in ("folder", "image_folder"):
+        ds = ImageFolderDataset(
+            _folder_root(data_cfg.get("root"), name, split),
+            labelled=(name == "image_folder"),
+            channels=channels,
+            bad_files=data_cfg.get("bad_files", "error"),
+            min_size=min_size,
+        )
+    else:
+        raise DataError(f"data.name={name!r} is not one of {', '.join(DATASET_NAMES)}")
+    subset = data_cfg.get("subset")
+    if subset is not None:
+        if int(subset) < 1:
+            raise DataError(f"data.subset={subset} must be a positive number of images (or null)")
+        ds = SubsetDataset(ds, subset_indices(len(ds), int(subset)).tolist())
+    return ds
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed depending only on (seed, epoch, index), stable across processes and Python versions."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """``transform(base[i])`` with randomness fixed by (seed, epoch, i); call :meth:`set_epoch` each epoch.
+
+    The CPU generator is reseeded inside ``torch.random.fork_rng(devices=[])`` and Python's ``random`` state
+    is saved and restored, so the caller's RNG streams are untouched. Only the CPU generator is seeded
+    (``torch.default_generator``), not ``torch.manual_seed``, which would also reseed CUDA generators that
+    ``fork_rng(devices=[])`` does not restore.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, transform, seed: int) -> None:
+        self.base, self.transform, self.seed = base, transform, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[i]
+        s = sample_seed(self.seed, self.epoch, int(i))
+        py_state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(s)
+                random.seed(s)
+                out = self.transform(img)
+        finally:
+            random.setstate(py_state)
+        return out, label
+
+    @property
+    def classes(self) -> list[str]:
+        return list(getattr(self.base, "classes", []))
+
+
+def collate_crops(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """[(crops, label)] -> ([views stacked over the batch: (B, C, H, W) each], labels int64 (B,))."""
+    if not batch:
+        raise ValueError("collate_crops got an empty batch")
+    n_views = len(batch[0][0])
+    if any(len(crops) != n_views for crops, _ in batch):
+        raise ValueError(f"samples have different numbers of crops: {sorted({len(c) for c, _ in batch})}")
+    views = [torch.stack([crops[v] for crops, _ in batch]) for v in range(n_views)]
+    labels = torch.tensor([int(label) for _, label in batch], dtype=torch.int64)
+    return views, labels
+
+
+def build_pretrain_dataset(cfg: dict, split: str | None = None) -> AugmentedDataset:
+    """Base dataset + multi-crop transform + per-sample seeding, all from a full config."""
+    base = build_dataset(cfg["data"], split=split, min_size=int(cfg["augment"]["global_size"]))
+    d = cfg["data"]
+    transform = MultiCropTransform(cfg["augment"], d["mean"], d["std"], int(d["channels"]))
+    return AugmentedDataset(base, transform, seed=int(cfg.get("seed", 0)))
+
+
+__all__ = [
+    "ArrayDataset", "AugmentedDataset", "DATASET_NAMES", "DataError", "SubsetDataset", "build_dataset",
+    "build_pretrain_dataset", "collate_crops", "sample_seed", "subset_indices",
+]

@@ -1,0 +1,264 @@
+"""The pretraining loop: set-up, resume, the optimisation around :func:`mst_step`, checkpoints, logs, stops.
+
+Reproducibility: every step reseeds torch from (seed, global step, rank), and every sample's augmentation is seeded
+from (seed, epoch, index), so a run resumed from a checkpoint repeats the losses of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from mst.config import save_config
+from mst.data import AugmentedDataset, MultiCropTransform, build_dataset, collate_crops
+from mst.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mst.engine.distributed import DistInfo, ResumableSampler, all_reduce_flags, barrier, init_distributed
+from mst.engine.ema import TeacherEMA, unwrap
+from mst.engine.logger import MetricLogger
+from mst.engine.optim import build_optimizer, cancel_last_layer_grads, clip_gradients, set_lr_wd
+from mst.engine.schedules import build_schedules
+from mst.engine.train_step import mst_step
+from mst.losses import DINOLoss
+from mst.masking import build_mask_strategy
+from mst.models.encoder import build_student_teacher
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class _StopRequest:
+    """SIGTERM / SIGINT -> finish the current step, checkpoint, exit (SLURM-style preemption)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._old = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: no handlers, nothing to restore
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+def autocast_context(amp: str, device: torch.device):
+    """bf16 / fp16 autocast on GPU; fp32 on CPU. Returns (context, GradScaler or None)."""
+    if device.type != "cuda" or amp == "none":
+        return nullcontext(), None
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+class Trainer:
+    """Builds everything from a resolved config and trains into ``out_dir`` (resuming if it holds a checkpoint)."""
+
+    def __init__(self, cfg: dict, out_dir: str | Path, dist_info: DistInfo | None = None, log=print) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.dist = dist_info or init_distributed()
+        self.log = log if self.dist.is_main else (lambda *a, **k: None)
+        self.device = self.dist.device
+        torch.manual_seed(cfg["seed"])
+
+        o = cfg["optim"]
+        a = cfg["augment"]
+        base = build_dataset(cfg["data"], min_size=0)
+        transform = MultiCropTransform(a, cfg["data"]["mean"], cfg["data"]["std"], cfg["data"]["channels"])
+        self.dataset = AugmentedDataset(base, transform, seed=cfg["seed"])
+        self.sampler = ResumableSampler(
+            len(self.dataset), o["batch_size"], self.dist.rank, self.dist.world_size, seed=cfg["seed"]
+        )
+        self.iters_per_epoch = self.sampler.batches_per_epoch
+
+        self.student, self.teacher = build_student_teacher(cfg)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
+        if o["channels_last_decoder"] and self.student.decoder is not None:
+            self.student.decoder.to(memory_format=torch.channels_last)
+        self.model = self.student
+        if self.dist.world_size > 1:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            self.teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.student = unwrap(self.model)
+        if o["compile"]:
+            self.model = torch.compile(self.model)
+        self.ema = TeacherEMA(self.student, self.teacher)
+        self.optimizer = build_optimizer(self.student)
+        self.amp_ctx, self.scaler = autocast_context(o["amp"], self.device)
+        l = cfg["loss"]
+        self.dino_loss = DINOLoss(
+            cfg["head"]["out_dim"], 2, l["student_temp"], l["teacher_temp"], l["warmup_teacher_temp"],
+            l["warmup_teacher_temp_epochs"], o["epochs"], l["center_momentum"],
+        ).to(self.device)
+        self.mask_strategy = build_mask_strategy(cfg["mask"])
+        self.schedules = build_schedules(cfg, self.iters_per_epoch, self.dist.world_size)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.ckpt_path = self.out / CHECKPOINT_NAME
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "config": self.cfg,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "dino_loss": self.dino_loss.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "world_size": self.dist.world_size,
+        }
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.state(), self.ckpt_path)
+        barrier()
+
+    def try_resume(self) -> bool:
+        if not self.ckpt_path.is_file():
+            return False
+        ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        self.student.load_state_dict(ckpt["student"])
+        self.teacher.load_state_dict(ckpt["teacher"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.dino_loss.load_state_dict(ckpt["dino_loss"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
+        self.global_step = ckpt["global_step"]
+        if ckpt.get("world_size", 1) != self.dist.world_size and self.step_in_epoch:
+            self.log(f"warning: resuming mid-epoch with {self.dist.world_size} processes instead of "
+                     f"{ckpt['world_size']}: this epoch restarts from its beginning")
+            self.step_in_epoch = 0
+            self.global_step = self.epoch * self.iters_per_epoch
+        self.log(f"resumed from {self.ckpt_path} at epoch {self.epoch}, step {self.step_in_epoch}")
+        return True
+
+    # -- training ------------------------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        self.dataset.set_epoch(self.epoch)
+        nw = int(self.cfg["data"]["num_workers"])
+        return DataLoader(
+            self.dataset, batch_size=self.cfg["optim"]["batch_size"], sampler=self.sampler, num_workers=nw,
+            collate_fn=collate_crops, pin_memory=self.device.type == "cuda", drop_last=True,
+            persistent_workers=False,
+        )
+
+    def train_step(self, views: list[torch.Tensor]) -> dict[str, float]:
+        """One optimisation step: schedules, loss (mst_step), backward, clip, freeze, optimizer, EMA."""
+        it = self.global_step
+        lr, wd, m = (float(self.schedules[k][it]) for k in ("lr", "wd", "momentum"))
+        set_lr_wd(self.optimizer, lr, wd)
+        torch.manual_seed(step_seed(self.cfg["seed"], it, self.dist.rank))
+        views = [v.to(self.device, non_blocking=True) for v in views]
+        with self.amp_ctx:
+            out = mst_step(views, self.model, self.teacher, self.dino_loss, self.mask_strategy, self.cfg, self.epoch)
+        finite = math.isfinite(out.metrics["loss"])
+        (any_bad,) = all_reduce_flags([not finite], self.device)
+        if any_bad:
+            raise NonFiniteLossError(
+                f"loss is {out.metrics['loss']} at epoch {self.epoch}, step {self.step_in_epoch} "
+                f"(global step {it}); stopped. The last good checkpoint is kept at {self.ckpt_path}. "
+                "Try a lower optim.base_lr, optim.amp=bf16 or none, or a smaller optim.clip_grad."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        o = self.cfg["optim"]
+        if self.scaler is not None:
+            self.scaler.scale(out.loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.student, o["clip_grad"])
+            cancel_last_layer_grads(self.student, self.epoch, o["freeze_last_layer"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            out.loss.backward()
+            clip_gradients(self.student, o["clip_grad"])
+            cancel_last_layer_grads(self.student, self.epoch, o["freeze_last_layer"])
+            self.optimizer.step()
+        self.ema.update(m)
+        return {**out.metrics, "lr": lr, "wd": wd, "momentum": m,
+                "teacher_temp": self.dino_loss.teacher_temp(self.epoch)}
+
+    def fit(self, max_steps: int | None = None, evaluator=None) -> str:
+        """Train to the configured number of epochs. Returns "done", "preempted" or "max_steps".
+
+        ``max_steps`` stops after that many steps of this call (tests, benchmarks); ``evaluator(trainer)`` runs
+        at epoch ends where ``log.knn_every`` says and returns metrics to log."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            save_config(self.cfg, self.out / "config.yaml")
+        self.try_resume()
+        epochs = self.cfg["optim"]["epochs"]
+        logger = MetricLogger(self.out, self.cfg["log"], self.dist.is_main, total_steps=epochs * self.iters_per_epoch)
+        logger.set_initial(self.global_step)
+        batch_global = self.cfg["optim"]["batch_size"] * self.dist.world_size
+        done_steps, status = 0, "done"
+        every_n = int(self.cfg["log"]["checkpoint_every_steps"])
+        self.student.train()
+        self.teacher.train()
+        try:
+            with _StopRequest() as stop:
+                while self.epoch < epochs:
+                    t_last = time.perf_counter()
+                    for views, _ in self._loader():
+                        metrics = self.train_step(views)
+                        self.step_in_epoch += 1
+                        self.global_step += 1
+                        done_steps += 1
+                        now = time.perf_counter()
+                        metrics["images_per_s"] = batch_global / max(now - t_last, 1e-9)
+                        t_last = now
+                        logger.step(self.global_step, self.epoch, metrics)
+                        stop_now, = all_reduce_flags([stop.requested], self.device)
+                        if stop_now:
+                            self.save()
+                            self.log(f"\n{stop.signal_name or 'stop signal'} received: checkpoint written to "
+                                     f"{self.ckpt_path} at epoch {self.epoch}, step {self.step_in_epoch}. "
+                                     "Relaunch the same command to resume.")
+                            return "preempted"
+                        if every_n and self.global_step % every_n == 0:
+                            self.save()
+                        if max_steps is not None and done_steps >= max_steps:
+                            status = "max_steps"
+                            break
+                    if status == "max_steps" and self.step_in_epoch < self.iters_per_epoch:
+                        self.save()
+                        return status
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    knn_every = int(self.cfg["log"]["knn_every"])
+                    if evaluator is not None and self.dist.is_main and knn_every and (self.epoch % knn_every == 0 or self.epoch == epochs):
+                        logger.epoch(self.global_step, self.epoch, evaluator(self))
+                    self.save()
+                    if status == "max_steps":
+                        return status
+        finally:
+            logger.close()
+        return status

@@ -1,0 +1,112 @@
+"""Export a pretrained backbone for use outside this package.
+
+The weights are written in timm's own key layout as safetensors (no pickle, loads anywhere), next to a JSON file
+naming the timm model and the kwargs that recreate it, so ``timm.create_model`` rebuilds the exact network
+offline. :func:`detection_state_dict` re-prefixes the same weights for detection/segmentation frameworks.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from mst.eval.features import Log
+from mst.models.backbone import timm_spec
+
+__all__ = ["export_backbone", "load_exported", "detection_state_dict", "save_detection_checkpoint"]
+
+
+def _json_path(weights: str | Path) -> Path:
+    """model.safetensors -> model.json (the metadata written next to the weights)."""
+    return Path(weights).with_suffix(".json")
+
+
+def export_backbone(
+    ckpt: str | Path, out_path: str | Path, which: str = "teacher", log: Log = print
+) -> tuple[Path, Path]:
+    """Write ``which``'s ViT weights (timm keys: cls_token, pos_embed, patch_embed.proj.weight, blocks.N...,
+    norm.weight; no head, decoder or [MASK] token) to ``out_path`` (.safetensors) and metadata to the same
+    name with suffix .json: {"model_name", "model_kwargs", "source_checkpoint", "which", "epoch", "mean",
+    "std"}. The teacher is the default, as in DINO/MST: it is the better encoder. Returns both paths."""
+    from mst.engine.checkpoint import backbone_state, load_checkpoint, resolve_checkpoint
+
+    if which not in ("teacher", "student"):
+        raise ValueError(f"which={which!r} must be 'teacher' or 'student'")
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"export path {out_path} must end in .safetensors")
+    ckpt_file = resolve_checkpoint(ckpt)
+    state = load_checkpoint(ckpt_file)
+    cfg = state["config"]
+    weights = {k: v.detach().cpu().contiguous() for k, v in backbone_state(state[which]).items()}
+    if not weights:
+        raise RuntimeError(f"checkpoint {ckpt_file} holds no backbone weights under '{which}'")
+    name, kwargs = timm_spec(cfg["model"], int(cfg["data"]["channels"]))
+    meta = {
+        "model_name": name,
+        "model_kwargs": kwargs,
+        "source_checkpoint": str(ckpt_file.resolve()),
+        "which": which,
+        "epoch": state.get("epoch"),
+        "mean": list(cfg["data"]["mean"]),
+        "std": list(cfg["data"]["std"]),
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_path), metadata={"format": "pt", "model_name": name})
+    json_path = _json_path(out_path)
+    json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    log(f"exported {which} backbone ({len(weights)} tensors, timm '{name}') to {out_path} and {json_path}")
+    return out_path, json_path
+
+
+def load_exported(path: str | Path, json_path: str | Path | None = None) -> torch.nn.Module:
+    """Rebuild the exported ViT with timm (offline) in eval mode.
+
+    Equivalent to ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)``
+    with name/kwargs from the JSON; the overlay also states the input size, channel count, mean/std and
+    num_classes=0, so timm neither warns about channel adaptation nor looks for a classifier to drop, and
+    ``timm.data.resolve_data_config`` returns the pretraining normalisation.
+    """
+    path = Path(path)
+    meta = json.loads((Path(json_path) if json_path is not None else _json_path(path)).read_text())
+    kwargs = dict(meta["model_kwargs"])
+    size = int(kwargs["img_size"])
+    overlay = dict(
+        file=str(path),
+        num_classes=0,
+        input_size=(int(kwargs["in_chans"]), size, size),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+    )
+    model = timm.create_model(meta["model_name"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    return model.eval()
+
+
+def detection_state_dict(weights: str | Path | dict[str, torch.Tensor], prefix: str = "backbone.") -> dict:
+    """The exported (timm-layout) weights with ``prefix`` prepended to every key.
+
+    ``backbone.`` is where detectors keep their backbone: an MMDetection/MMEngine model state dict stores it as
+    ``backbone.<name>``, and ``init_cfg=dict(type="Pretrained", prefix="backbone.", checkpoint=...)`` on a backbone
+    keeps exactly the keys starting with the prefix and strips it. detectron2's ViTDet wraps the ViT one level
+    deeper: use ``prefix="backbone.net."``. Only the prefix changes; a framework whose ViT names its parameters
+    differently from timm (e.g. mmpretrain's ``layers.N.ln1``) needs its own key converter on top.
+    """
+    if not isinstance(weights, dict):
+        weights = load_file(str(weights))
+    return {prefix + k: v for k, v in weights.items()}
+
+
+def save_detection_checkpoint(
+    weights: str | Path | dict[str, torch.Tensor], out_path: str | Path, prefix: str = "backbone.", log: Log = print
+) -> Path:
+    """Save :func:`detection_state_dict` as a bare state dict with ``torch.save`` (.pth): both MMEngine's
+    checkpoint loader and detectron2's Checkpointer accept a file that is just the state dict."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sd = detection_state_dict(weights, prefix)
+    torch.save(sd, out_path)
+    log(f"wrote {len(sd)} tensors with prefix '{prefix}' to {out_path}")
+    return out_path

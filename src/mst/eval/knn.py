@@ -1,0 +1,140 @@
+"""Weighted k-NN classification on frozen features (the DINO/MST k-NN protocol).
+
+Features are L2-normalised; each of a test point's k most cosine-similar training points votes exp(sim / T) for
+its own label; the class with the largest total wins (ties: the lower class index). It needs no training, so it
+is the cheapest signal of representation quality and is also what the trainer's online evaluation calls.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mst.eval.features import (
+    Log,
+    default_device,
+    extract_features,
+    load_eval_backbone,
+    load_eval_split,
+    random_init_backbone,
+    with_data,
+)
+
+__all__ = ["knn_classify", "knn_accuracy", "run_knn", "random_init_backbone"]
+
+
+@torch.no_grad()
+def knn_classify(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    ks: Sequence[int] = (10, 20, 100, 200),
+    T: float = 0.07,
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+) -> dict[int, torch.Tensor]:
+    """Predicted labels (on test_feats' device) for each k in ``ks``.
+
+    k larger than the training set is clipped to its size (every training point then votes). Test points are
+    processed ``batch_size`` at a time so the similarity matrix never exceeds batch_size x N_train.
+    """
+    if train_feats.ndim != 2 or test_feats.ndim != 2:
+        raise ValueError(f"features must be 2-d, got {tuple(train_feats.shape)} and {tuple(test_feats.shape)}")
+    if len(train_feats) != len(train_labels):
+        raise ValueError(f"{len(train_feats)} training features but {len(train_labels)} labels")
+    if len(train_feats) == 0:
+        raise ValueError("k-NN needs at least one training point")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {list(ks)}")
+    if T <= 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+    device = test_feats.device
+    train = F.normalize(train_feats.float().to(device), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    labels = train_labels.long().to(device)
+    c = int(num_classes) if num_classes is not None else int(labels.max()) + 1
+    kmax = min(max(ks), len(train))
+    preds: dict[int, list[torch.Tensor]] = {int(k): [] for k in ks}
+    for i in range(0, len(test), batch_size):
+        sim = test[i : i + batch_size] @ train.T  # (b, N_train)
+        top_sim, top_idx = sim.topk(kmax, dim=1)  # sorted, most similar first
+        # exp((s - s_max) / T): the same ranking of class totals as exp(s / T), without overflow for small T
+        weights = ((top_sim - top_sim[:, :1]) / T).exp()
+        top_labels = labels[top_idx]
+        for k in preds:
+            kk = min(k, kmax)
+            votes = torch.zeros(len(sim), c, device=device)
+            votes.scatter_add_(1, top_labels[:, :kk], weights[:, :kk])
+            preds[k].append(votes.argmax(dim=1))
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return {k: (torch.cat(v) if v else empty) for k, v in preds.items()}
+
+
+def knn_accuracy(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    ks: Sequence[int] = (10, 20, 100, 200),
+    T: float = 0.07,
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+) -> dict[int, float]:
+    """Top-1 accuracy in percent for each k."""
+    if len(test_feats) != len(test_labels):
+        raise ValueError(f"{len(test_feats)} test features but {len(test_labels)} labels")
+    if num_classes is None:
+        num_classes = int(max(int(train_labels.max()), int(test_labels.max()) if len(test_labels) else 0)) + 1
+    preds = knn_classify(train_feats, train_labels, test_feats, ks, T, num_classes, batch_size)
+    target = test_labels.long().to(test_feats.device)
+    n = max(len(target), 1)
+    return {k: 100.0 * float((p == target).sum()) / n for k, p in preds.items()}
+
+
+def run_knn(
+    ckpt: str | Path,
+    data: dict | str | Path | None = None,
+    which: str = "teacher",
+    ks: Sequence[int] = (10, 20, 100, 200),
+    T: float = 0.07,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    kind: str = "cls",
+    random_init: bool = False,
+    seed: int = 0,
+    log: Log = print,
+) -> dict:
+    """k-NN evaluation of a checkpoint on its dataset's train/test splits (for ``mst knn``).
+
+    ``data``: None uses the checkpoint's data config; a dict replaces keys of it (e.g. {"root": ...}); a path is a
+    Fashion-MNIST root. ``random_init`` evaluates a fresh backbone of the same architecture (the baseline).
+    Subsets are fixed random subsets drawn with ``seed``. Returns {"top1": {k: %}, ...metadata}.
+    """
+    dev = default_device(device)
+    backbone, cfg = load_eval_backbone(ckpt, which, dev, random_init, seed)
+    cfg = with_data(cfg, data)
+    what = "random-init" if random_init else which
+    log(f"k-NN: {what} backbone from {ckpt}, data {cfg['data']['name']} ({cfg['data']['root'] or 'default root'})")
+    train = load_eval_split(cfg, "train", train_subset, seed)
+    test = load_eval_split(cfg, "test", test_subset, seed + 1)
+    train_f, train_y = extract_features(backbone, train, kind, batch_size, dev)
+    test_f, test_y = extract_features(backbone, test, kind, batch_size, dev)
+    assert train_y is not None and test_y is not None
+    log(f"features: train {tuple(train_f.shape)}, test {tuple(test_f.shape)}")
+    acc = knn_accuracy(train_f.to(dev), train_y.to(dev), test_f.to(dev), test_y.to(dev), ks, T)
+    for k, a in acc.items():
+        log(f"k={k:<4d} top-1 {a:.2f} %")
+    return {
+        "top1": acc,
+        "which": what,
+        "kind": kind,
+        "T": T,
+        "n_train": len(train_f),
+        "n_test": len(test_f),
+        "checkpoint": str(ckpt),
+    }
+

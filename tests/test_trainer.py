@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+import mst.engine.trainer as trainer_mod
+from mst.engine.checkpoint import load_checkpoint
+from mst.engine.trainer import NonFiniteLossError, Trainer
+from mst.engine.train_step import mst_step
+from mst.losses import DINOLoss
+from mst.masking import build_mask_strategy
+from mst.models.encoder import build_student_teacher
+from tests.conftest import make_tiny_cfg
+
+
+def losses(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_step_gradients_reach_mask_token_and_decoder_not_teacher():
+    cfg = make_tiny_cfg("mask.p=1.0", "mask.num=2")
+    torch.manual_seed(0)
+    student, teacher = build_student_teacher(cfg)
+    views = [torch.randn(4, 1, 28, 28) for _ in range(2)] + [torch.randn(4, 1, 12, 12) for _ in range(2)]
+    loss_fn = DINOLoss(cfg["head"]["out_dim"])
+    out = mst_step(views, student, teacher, loss_fn, build_mask_strategy(cfg["mask"]), cfg, epoch=0)
+    # p=1, num=2: exactly half of the 49 tokens (24) are masked in every global view
+    assert out.mask.shape == (8, 49) and (out.mask.sum(1) == 24).all()
+    assert out.metrics["mask_ratio"] == pytest.approx(24 / 49)
+    expect = out.metrics["loss_ce"] + 0.6 * out.metrics["loss_restore"]
+    assert out.metrics["loss"] == pytest.approx(expect, rel=1e-6)
+    out.loss.backward()
+    assert student.backbone.mask_token.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in student.decoder.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_head_bn_statistics_from_global_views_only():
+    cfg = make_tiny_cfg("head.use_bn=true", "model.drop_path=0.0")
+    torch.manual_seed(0)
+    student, teacher = build_student_teacher(cfg)
+    g = [torch.randn(4, 1, 28, 28) for _ in range(2)]
+    locals_ = [torch.randn(4, 1, 12, 12) * 5 + 3 for _ in range(2)]
+    bn = student.head.mlp[1]
+    student(torch.cat(g), None, n_global=2, n_local=0)
+    after_global = bn.running_mean.clone()
+    torch.manual_seed(0)
+    student2, _ = build_student_teacher(cfg)
+    student2(torch.cat(g), torch.cat(locals_), n_global=2, n_local=2)
+    # adding local crops must not change the running statistics
+    assert torch.allclose(student2.head.mlp[1].running_mean, after_global, atol=1e-6)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    cfg = make_tiny_cfg()
+    full = Trainer(cfg, tmp_path / "full")
+    assert full.fit() == "done"
+    part = Trainer(cfg, tmp_path / "part")
+    assert part.fit(max_steps=5) == "max_steps"  # mid-epoch 0 (8 steps per epoch)
+    ck = load_checkpoint(tmp_path / "part")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (0, 5, 5)
+    resumed = Trainer(cfg, tmp_path / "part")
+    assert resumed.fit() == "done"
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 17))
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6), ra["step"]
+    ta, tb = load_checkpoint(tmp_path / "full")["teacher"], load_checkpoint(tmp_path / "part")["teacher"]
+    for k in ta:
+        assert torch.allclose(ta[k], tb[k], atol=1e-5), k
+    assert (tmp_path / "full" / "config.yaml").is_file()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = make_tiny_cfg("log.checkpoint_every_steps=2")
+    calls = {"n": 0}
+
+    def nan_after_three(*args, **kwargs):
+        out = mst_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            out.loss = out.loss * float("nan")
+            out.metrics["loss"] = float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "mst_step", nan_after_three)
+    tr = Trainer(cfg, tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, step 3.*last good checkpoint"):
+        tr.fit()
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck["global_step"] == 2  # written after step 2; the NaN step wrote nothing
+    assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
