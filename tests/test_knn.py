@@ -82,6 +82,7 @@ def test_knn_accuracy_separable():
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
     cfg = load_config(overrides=TINY)
     student, teacher = build_student_teacher(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
@@ -128,3 +129,23 @@ def test_run_knn(tiny_ckpt):
     assert base["which"] == "random-init"
     # random features of Fashion-MNIST still beat chance (10 %) by far
     assert base["top1"][10] > 30.0
+
+
+def test_run_knn_image_folder(tiny_ckpt, tmp_path):
+    """A labelled image folder with train/ and test/ splits: bright vs dark images, RGB files of odd sizes."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for cls, level in (("bright", 200), ("dark", 30)):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(level + rng.integers(-20, 20, (33, 41, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    path, _ = tiny_ckpt
+    res = run_knn(path, data={"name": "image_folder", "root": str(tmp_path)}, ks=(3,), device="cpu",
+                  log=lambda s: None)
+    assert res["n_train"] == 12 and res["n_test"] == 6
+    assert res["top1"][3] == 100.0

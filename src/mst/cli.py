@@ -64,19 +64,23 @@ def cmd_pretrain(args) -> int:
 def cmd_knn(args) -> int:
     from mst.eval.knn import run_knn
 
-    res = run_knn(args.ckpt, data_root=args.data, which=args.which, ks=tuple(args.k),
-                  train_subset=args.train_subset, test_subset=args.test_subset, batch_size=args.batch_size,
-                  random_init=args.random_init)
-    print(json.dumps(res, indent=2))
+    results = {}
+    for random_init in ([False, True] if args.random_init else [False]):
+        res = run_knn(args.ckpt, data=args.data, which=args.which, ks=tuple(args.k), train_subset=args.train_subset,
+                      test_subset=args.test_subset, batch_size=args.batch_size, random_init=random_init)
+        results["random_init" if random_init else args.which] = res["top1"]
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
 def cmd_linear(args) -> int:
     from mst.eval.linear import run_linear
 
-    res = run_linear(args.ckpt, data_root=args.data, which=args.which, features=args.features, epochs=args.epochs,
-                     lr=args.lr, batch_size=args.batch_size, augment=args.augment,
-                     train_subset=args.train_subset, test_subset=args.test_subset)
+    res = run_linear(args.ckpt, data=args.data, which=args.which, kind=args.features, augment=args.augment,
+                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, train_subset=args.train_subset,
+                     test_subset=args.test_subset, random_init=args.random_init, save_path=args.save)
     print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2))
     return 0
 
@@ -84,35 +88,33 @@ def cmd_linear(args) -> int:
 def cmd_dense(args) -> int:
     from mst.eval.dense import run_dense
 
-    res = run_dense(args.ckpt, data_root=args.data, which=args.which, n_train=args.n_train, n_test=args.n_test,
-                    epochs=args.epochs, seed=args.seed, canvas=args.canvas)
+    res = run_dense(args.ckpt, root=args.data, which=args.which, n_train=args.n_train, n_test=args.n_test,
+                    canvas=args.canvas, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                    random_init=args.random_init)
     print(json.dumps({k: v for k, v in res.items() if k != "per_class_iou"}, indent=2))
     return 0
 
 
 def cmd_visualize(args) -> int:
-    from mst.eval.visualize import plot_training_curves, run_visualize
+    from mst.eval.visualize import run_visualize
 
-    paths = run_visualize(args.ckpt, images=args.images or None, n=args.n, out_dir=args.out,
-                          data_root=args.data, seed=args.seed)
-    ckpt = Path(args.ckpt)
-    if ckpt.is_dir() and (ckpt / "metrics.jsonl").is_file():
-        paths.append(plot_training_curves(ckpt, Path(args.out) / "training_curves.png"))
-    for p in paths:
+    for p in run_visualize(args.ckpt, images=args.images or None, n=args.n, out_dir=args.out, which=args.which,
+                           seed=args.seed):
         print(p)
     return 0
 
 
 def cmd_export(args) -> int:
-    from mst.eval.export import export_backbone
+    from mst.eval.export import export_backbone, save_detection_checkpoint
 
     weights, meta = export_backbone(args.ckpt, args.out, which=args.which)
     info = json.loads(Path(meta).read_text())
-    print(f"wrote {weights} and {meta}")
     print("load it with:")
     print(f"  timm.create_model({info['model_name']!r}, pretrained=True, "
           f"pretrained_cfg_overlay=dict(file={str(weights)!r}), "
           + ", ".join(f"{k}={v!r}" for k, v in info["model_kwargs"].items()) + ")")
+    if args.detection:
+        save_detection_checkpoint(weights, args.detection, prefix=args.detection_prefix)
     return 0
 
 
@@ -149,16 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None, help="use this many training images as the bank")
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--random-init", action="store_true", help="also score the same backbone at random init")
+    p.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
     p.set_defaults(func=cmd_knn)
 
     p = sub.add_parser("linear", help="linear probe on frozen features")
     eval_common(p)
     p.add_argument("--features", choices=("cls", "last4", "last4_avgpool"), default="cls")
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3, help="base lr for batch 256 (scaled by batch/256)")
+    p.add_argument("--lr", type=float, default=0.1, help="lr for batch 256 (scaled by batch/256), cosine to 0")
     p.add_argument("--augment", action="store_true", help="random-resized-crop + flip each epoch (slow on CPU)")
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--random-init", action="store_true", help="probe the same architecture at random init")
+    p.add_argument("--save", default=None, help="save the trained classifier here")
     p.set_defaults(func=cmd_linear)
 
     p = sub.add_parser("dense", help="dense (segmentation) probe on frozen patch tokens")
@@ -168,13 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--canvas", type=int, default=56)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-init", action="store_true", help="probe the same architecture at random init")
     p.set_defaults(func=cmd_dense)
 
     p = sub.add_parser("visualize", help="attention, mask and reconstruction figures")
     p.add_argument("--ckpt", required=True, help="run directory (also plots its training curves) or checkpoint")
     p.add_argument("--images", nargs="*", help="image files; default: --n test images of the dataset")
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--data", default=None)
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_visualize)
@@ -183,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--detection", default=None, help="also write a .pth state dict with a framework key prefix")
+    p.add_argument("--detection-prefix", default="backbone.", help="'backbone.' (MMDetection), 'backbone.net.' "
+                   "(detectron2 ViTDet)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ablate", help="rerun a paper ablation at small scale (several seeds)")
@@ -198,11 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from mst.config import ConfigError
+    from mst.data import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

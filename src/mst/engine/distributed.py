@@ -50,6 +50,16 @@ def all_reduce_flags(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def average_across_ranks(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of each scalar over all processes (what the logs show is the global batch's value)."""
+    if not is_dist():
+        return metrics
+    keys = sorted(metrics)
+    t = torch.tensor([float(metrics[k]) for k in keys], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / dist.get_world_size()).tolist()))
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

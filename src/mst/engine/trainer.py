@@ -17,7 +17,14 @@ from torch.utils.data import DataLoader
 from mst.config import save_config
 from mst.data import AugmentedDataset, MultiCropTransform, build_dataset, collate_crops
 from mst.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from mst.engine.distributed import DistInfo, ResumableSampler, all_reduce_flags, barrier, init_distributed
+from mst.engine.distributed import (
+    DistInfo,
+    ResumableSampler,
+    all_reduce_flags,
+    average_across_ranks,
+    barrier,
+    init_distributed,
+)
 from mst.engine.ema import TeacherEMA, unwrap
 from mst.engine.logger import MetricLogger
 from mst.engine.optim import build_optimizer, cancel_last_layer_grads, clip_gradients, set_lr_wd
@@ -100,8 +107,9 @@ class Trainer:
             self.student.decoder.to(memory_format=torch.channels_last)
         self.model = self.student
         if self.dist.world_size > 1:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
-            self.teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
+            if self.device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) BN stays per process
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+                self.teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self.student = unwrap(self.model)
@@ -203,7 +211,8 @@ class Trainer:
             cancel_last_layer_grads(self.student, self.epoch, o["freeze_last_layer"])
             self.optimizer.step()
         self.ema.update(m)
-        return {**out.metrics, "lr": lr, "wd": wd, "momentum": m,
+        metrics = average_across_ranks(out.metrics, self.device)
+        return {**metrics, "lr": lr, "wd": wd, "momentum": m,
                 "teacher_temp": self.dino_loss.teacher_temp(self.epoch)}
 
     def fit(self, max_steps: int | None = None, evaluator=None) -> str:

@@ -93,11 +93,14 @@ class DenseProbe(nn.Module):
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts; rows = target class, columns = predicted class."""
-    p, t = pred.reshape(-1).long(), target.reshape(-1).long()
+    p, t = pred.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()
     if p.shape != t.shape:
         raise ValueError(f"prediction and target sizes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    for name, v in (("prediction", p), ("target", t)):
+        if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
+            raise ValueError(f"{name} holds labels outside 0..{num_classes - 1}")
     idx = t * num_classes + p
-    return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def scores_from_confusion(conf: torch.Tensor) -> dict:

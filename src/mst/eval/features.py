@@ -133,8 +133,8 @@ def with_data(cfg: dict, data: dict | str | Path | None) -> dict:
 
 def random_init_backbone(cfg: dict, seed: int = 0) -> ViTBackbone:
     """A freshly initialised backbone of the checkpoint's architecture: the 'no pretraining' baseline."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # CPU generator only: the caller's RNG streams are left untouched
+        torch.default_generator.manual_seed(seed)
         model = ViTBackbone(cfg["model"], in_chans=int(cfg["data"]["channels"]))
     return model.eval()
 
@@ -221,7 +221,9 @@ def extract_features(
     """Run the frozen backbone over ``source`` in eval mode: (features float32 on CPU, labels or None).
 
     ``source`` may be an image tensor (N, C, H, W), an (images, labels) pair, a Dataset / DataLoader yielding
-    (image, label). The backbone's train/eval mode is restored afterwards (safe inside a training loop).
+    (image, label). ``device`` (default: the backbone's) is where batches go; the backbone is not moved. The
+    backbone's train/eval mode is restored afterwards (safe inside a training loop). "patches" of a whole
+    dataset are large (N * tokens * D floats): extract them for small sets only.
     """
     if kind not in KINDS:
         raise ValueError(f"feature kind {kind!r} is not one of {', '.join(KINDS)}")
