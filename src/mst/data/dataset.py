@@ -40,12 +40,15 @@ def subset_indices(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def _folder_root(root: str | Path | None, name: str, split: str) -> Path:
-    """``root/split`` when that folder exists; otherwise ``root`` itself, which only counts as the train split."""
+    """``root/split`` when that folder exists (``val`` stands in for ``test``); otherwise ``root`` itself, which
+    only counts as the train split."""
     if root is None:
         raise DataError(f"data.root must be set for data.name={name} (or pass --data DIR)")
     root = Path(root)
     if (root / split).is_dir():
         return root / split
+    if split == "test" and (root / "val").is_dir():  # ImageNet-style layout: train/ and val/
+        return root / "val"
     if split == "train":
         return root
     raise DataError(f"data directory {root} has no '{split}' subfolder for split={split!r}")

@@ -92,7 +92,7 @@ class Trainer:
 
         o = cfg["optim"]
         a = cfg["augment"]
-        base = build_dataset(cfg["data"], min_size=0)
+        base = build_dataset(cfg["data"], min_size=int(a["global_size"]))  # folders: reject images < global crop
         transform = MultiCropTransform(a, cfg["data"]["mean"], cfg["data"]["std"], cfg["data"]["channels"])
         self.dataset = AugmentedDataset(base, transform, seed=cfg["seed"])
         self.sampler = ResumableSampler(

@@ -22,7 +22,7 @@ from mst.eval.features import (
     with_data,
 )
 
-__all__ = ["knn_classify", "knn_accuracy", "run_knn", "random_init_backbone"]
+__all__ = ["knn_classify", "knn_accuracy", "raw_pixel_knn", "run_knn", "random_init_backbone"]
 
 
 @torch.no_grad()
@@ -138,3 +138,36 @@ def run_knn(
         "checkpoint": str(ckpt),
     }
 
+
+
+def raw_pixel_knn(
+    ckpt: str | Path,
+    data: dict | str | Path | None = None,
+    ks: Sequence[int] = (10, 20, 100, 200),
+    T: float = 0.07,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+    log: Log = print,
+) -> dict[int, float]:
+    """The same k-NN on raw normalised pixels (the checkpoint's eval resolution): the floor any learnt feature
+    should beat. Uses the same subsets as :func:`run_knn` with the same ``seed``."""
+    from mst.engine.checkpoint import load_checkpoint
+
+    cfg = with_data(load_checkpoint(ckpt)["config"], data)
+
+    def flat(split: str, subset: int | None, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        source = load_eval_split(cfg, split, subset, s)
+        if isinstance(source, tuple):
+            x, y = source
+        else:
+            items = [source[i] for i in range(len(source))]
+            x, y = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+        return x.flatten(1).float(), y
+
+    train_x, train_y = flat("train", train_subset, seed)
+    test_x, test_y = flat("test", test_subset, seed + 1)
+    acc = knn_accuracy(train_x, train_y, test_x, test_y, ks, T)
+    for k, a in acc.items():
+        log(f"raw pixels k={k:<4d} top-1 {a:.2f} %")
+    return acc

@@ -1,0 +1,237 @@
+"""Shared helpers for the benchmark scripts: config + CLI flags, a Trainer on synthetic data, synthetic views,
+timing, device names, tables and JSON output.
+
+The benchmarks never need real images for the model side: :func:`build_trainer` swaps the dataset the Trainer
+builds for a tiny in-memory array (just large enough for one batch), and :func:`make_views` makes random views
+of the shapes the multi-crop transform would produce. ``data_loading.py`` is the one script that reads real data.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "fashion_mnist_vit_tiny.yaml"
+
+# The four variants of the step: MST = attention mask + decoder; DINO = neither.
+VARIANTS: dict[str, list[str]] = {
+    "dino": ["mask.strategy=none", "decoder.enabled=false"],
+    "mask_only": ["decoder.enabled=false"],
+    "decoder_only": ["mask.strategy=none"],
+    "mst": [],
+}
+
+
+# -- CLI and config ---------------------------------------------------------------------------------------------
+def add_common_args(p: argparse.ArgumentParser, config: Path | str = DEFAULT_CONFIG) -> argparse.ArgumentParser:
+    p.add_argument("--config", default=str(config), help="preset YAML (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable (e.g. --set optim.batch_size=32)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
+    p.add_argument("--amp", default=None, choices=("none", "bf16", "fp16", "auto"),
+                   help="optim.amp for the run (CPU always runs fp32; default: the preset's)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the measured numbers to this JSON file")
+    return p
+
+
+def setup_threads(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    return torch.get_num_threads()
+
+
+def load_cfg(args: argparse.Namespace, extra: Iterable[str] = ()) -> dict:
+    from mst.config import load_config
+
+    overrides = list(args.overrides) + list(extra)
+    if args.amp is not None:
+        overrides.append(f"optim.amp={args.amp}")
+    # Benchmarks never log or evaluate; keep the Trainer from touching anything on disk.
+    overrides += ["log.progress=false", "log.tensorboard=false", "log.knn_every=0"]
+    return load_config(args.config, overrides)
+
+
+# -- device names, sync, timing ---------------------------------------------------------------------------------
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device | str) -> float:
+    """Wall time of one call, synchronised on CUDA."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def alternate(fns: dict[str, Callable[[], Any]], rounds: int, device, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each callable ``rounds`` times, interleaved (one call of each per round, order rotated every round
+    so no variant always runs first after another), after ``warmup`` untimed rounds. Returns name -> times."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    sync(device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            times[n].append(timed(fns[n], device))
+    return times
+
+
+def paired_ratios(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """Per-round ratios num/den (both timed in the same round, so slow phases of a shared machine cancel)."""
+    return [a / b for a, b in zip(times[num], times[den])]
+
+
+# -- Trainer on synthetic data ----------------------------------------------------------------------------------
+def synthetic_base_dataset(cfg: dict, n: int | None = None):
+    """An in-memory uint8 dataset of ``n`` (default one batch of) images at the global crop size."""
+    from mst.data import ArrayDataset
+
+    n = int(n or cfg["optim"]["batch_size"])
+    size = int(cfg["augment"]["global_size"])
+    c = int(cfg["data"]["channels"])
+    rng = np.random.default_rng(0)
+    shape = (n, size, size) if c == 1 else (n, size, size, 3)
+    return ArrayDataset(rng.integers(0, 256, shape, dtype=np.uint8), np.zeros(n, np.int64), channels=c)
+
+
+@contextlib.contextmanager
+def _synthetic_data(cfg: dict):
+    import mst.engine.trainer as trainer_mod
+
+    original = trainer_mod.build_dataset
+    trainer_mod.build_dataset = lambda data_cfg, min_size=0, **kw: synthetic_base_dataset(cfg)
+    try:
+        yield
+    finally:
+        trainer_mod.build_dataset = original
+
+
+def build_trainer(cfg: dict, device: torch.device | str = "cpu", steady_state: bool = True):
+    """A :class:`~mst.engine.trainer.Trainer` for ``cfg`` whose dataset is one synthetic batch (the data files
+    need not exist), writing nowhere. ``steady_state`` moves it past the frozen-last-layer epochs, so the head's
+    last layer gets gradients and optimizer updates as in most of training."""
+    from mst.engine.distributed import DistInfo
+    from mst.engine.trainer import Trainer
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    out = Path(tempfile.mkdtemp(prefix="mst_bench_"))
+    with _synthetic_data(cfg):
+        tr = Trainer(cfg, out, dist_info=DistInfo(device=device), log=lambda *a, **k: None)
+    tr.student.train()
+    tr.teacher.train()
+    if steady_state:
+        o = cfg["optim"]
+        tr.epoch = min(int(o["freeze_last_layer"]), int(o["epochs"]) - 1)
+        tr.global_step = min(tr.epoch * tr.iters_per_epoch, len(tr.schedules["lr"]) - 1)
+    return tr
+
+
+def view_shapes(cfg: dict, batch: int | None = None) -> list[tuple[int, int, int, int]]:
+    a = cfg["augment"]
+    b = int(batch or cfg["optim"]["batch_size"])
+    c = int(cfg["data"]["channels"])
+    g, l = int(a["global_size"]), int(a["local_size"])
+    return [(b, c, g, g)] * 2 + [(b, c, l, l)] * int(a["n_local"])
+
+
+def make_views(cfg: dict, device: torch.device | str = "cpu", batch: int | None = None, seed: int = 0):
+    """Random normalised-looking views [global1, global2, local_1..n], each (B, C, H, W) float32."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g).to(device) for s in view_shapes(cfg, batch)]
+
+
+def images_per_step(cfg: dict) -> int:
+    return int(cfg["optim"]["batch_size"])
+
+
+# -- output -----------------------------------------------------------------------------------------------------
+def fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, float):
+        if x != x:
+            return "nan"
+        if abs(x) >= 1e5 or (0 < abs(x) < 1e-3):
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None, file=sys.stdout) -> None:
+    if not rows:
+        return
+    columns = columns or list(rows[0])
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)
+
+
+def environment(device: torch.device | str) -> dict:
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if not path:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    print(f"wrote {path}")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
