@@ -42,14 +42,19 @@ def add_common_args(p: argparse.ArgumentParser, config: Path | str = DEFAULT_CON
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--amp", default=None, choices=("none", "bf16", "fp16", "auto"),
                    help="optim.amp for the run (CPU always runs fp32; default: the preset's)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads; default 1 on CPU (on a shared CPU, extra OpenMP threads that get "
+                        "descheduled make step times 2-5x noisier), torch's choice on CUDA; 0 = torch's choice")
     p.add_argument("--json", default=None, metavar="PATH", help="write the measured numbers to this JSON file")
     return p
 
 
 def setup_threads(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    threads = args.threads
+    if threads is None and torch.device(getattr(args, "device", "cpu")).type == "cpu":
+        threads = 1
+    if threads:
+        torch.set_num_threads(int(threads))
     return torch.get_num_threads()
 
 
@@ -89,11 +94,17 @@ def sync(device: torch.device | str) -> None:
 
 def timed(fn: Callable[[], Any], device: torch.device | str) -> float:
     """Wall time of one call, synchronised on CUDA."""
+    return timed2(fn, device)[0]
+
+
+def timed2(fn: Callable[[], Any], device: torch.device | str) -> tuple[float, float]:
+    """(wall time, this process's CPU time) of one call, synchronised on CUDA. On a shared CPU with one torch
+    thread, the CPU time leaves out the time the process waited for a core, so it is far less noisy."""
     sync(device)
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def median(xs: Iterable[float]) -> float:
@@ -101,20 +112,25 @@ def median(xs: Iterable[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-def alternate(fns: dict[str, Callable[[], Any]], rounds: int, device, warmup: int = 1) -> dict[str, list[float]]:
+def alternate(fns: dict[str, Callable[[], Any]], rounds: int, device, warmup: int = 1
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Time each callable ``rounds`` times, interleaved (one call of each per round, order rotated every round
-    so no variant always runs first after another), after ``warmup`` untimed rounds. Returns name -> times."""
+    so no variant always runs first after another), after ``warmup`` untimed rounds.
+    Returns (name -> wall times, name -> process CPU times)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
     sync(device)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         k = r % len(names)
         for n in names[k:] + names[:k]:
-            times[n].append(timed(fns[n], device))
-    return times
+            w, c = timed2(fns[n], device)
+            wall[n].append(w)
+            cpu[n].append(c)
+    return wall, cpu
 
 
 def paired_ratios(times: dict[str, list[float]], num: str, den: str) -> list[float]:

@@ -52,7 +52,11 @@ def test_mask_applied_after_projection_before_position():
     mask = torch.zeros(2, 49, dtype=torch.bool)
     mask[0, [0, 5, 48]] = True
     seen = {}
-    handle = bb.vit.pos_drop.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", i[0].detach()))
+
+    def keep_input(module, inputs, output):  # returns None: the output is left alone
+        seen.setdefault("tokens", inputs[0].detach())
+
+    handle = bb.vit.pos_drop.register_forward_hook(keep_input)
     with torch.no_grad():
         bb(x, mask=mask)
     handle.remove()

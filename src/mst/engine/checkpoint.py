@@ -54,12 +54,12 @@ def backbone_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def load_backbone(path: str | Path, which: str = "teacher", device: str | torch.device = "cpu"):
     """Rebuild the pretrained ViT from a checkpoint: returns (ViTBackbone in eval mode, config dict)."""
-    from mst.models.backbone import ViTBackbone
+    from mst.models.backbone import create_backbone
 
     if which not in ("teacher", "student"):
         raise ValueError(f"which={which!r} must be 'teacher' or 'student'")
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
-    model = ViTBackbone(cfg["model"], in_chans=int(cfg["data"]["channels"]))
+    model = create_backbone(cfg["model"], in_chans=int(cfg["data"]["channels"]))
     model.vit.load_state_dict(backbone_state(ckpt[which]))
     return model.to(device).eval(), cfg

@@ -47,7 +47,7 @@ def mst_step(
         teacher_logits = teacher.head(t.cls)
 
     # 2. Mask: which of the student's global-view tokens become [MASK] (eq. 5 for MST; locals are never masked).
-    n_tokens = t.grid[0] * t.grid[1]
+    n_tokens = t.mask_grid[0] * t.mask_grid[1]
     result = mask_strategy(global_views.shape[0], n_tokens, t.attention, generator)
     mask = None if result is None else result.mask.to(global_views.device)
 

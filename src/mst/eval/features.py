@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mst.models.backbone import ViTBackbone
+from mst.models.backbone import ViTBackbone, create_backbone
 
 FeatureKind = Literal["cls", "last4", "last4_avgpool", "patches"]
 KINDS: tuple[str, ...] = ("cls", "last4", "last4_avgpool", "patches")
@@ -135,7 +135,7 @@ def random_init_backbone(cfg: dict, seed: int = 0) -> ViTBackbone:
     """A freshly initialised backbone of the checkpoint's architecture: the 'no pretraining' baseline."""
     with torch.random.fork_rng(devices=[]):  # CPU generator only: the caller's RNG streams are left untouched
         torch.default_generator.manual_seed(seed)
-        model = ViTBackbone(cfg["model"], in_chans=int(cfg["data"]["channels"]))
+        model = create_backbone(cfg["model"], in_chans=int(cfg["data"]["channels"]))
     return model.eval()
 
 
@@ -198,6 +198,8 @@ def backbone_features(backbone: ViTBackbone, x: torch.Tensor, kind: str = "cls",
         return out.cls if kind == "cls" else out.patches
     if kind not in KINDS:
         raise ValueError(f"feature kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(backbone, ViTBackbone):
+        raise ValueError(f"feature kind {kind!r} needs a ViT (a CLS token per block); use kind='cls' for Swin")
     backbone.embed(x[:1])  # same divisibility check and message as the backbone's own forward
     inter = backbone.vit.forward_intermediates(
         x, indices=_num_blocks(backbone, n_last), return_prefix_tokens=True, norm=True,

@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from mst.eval.features import Log, default_device, denormalize  # noqa: E402
 from mst.masking import AttentionGuidedMask, RandomMask  # noqa: E402
-from mst.models.backbone import ViTBackbone, cls_attention_from_qkv  # noqa: E402
+from mst.models.backbone import ViTBackbone  # noqa: E402
 
 __all__ = ["per_head_attention", "attention_figure", "plot_training_curves", "run_visualize"]
 
@@ -30,15 +30,8 @@ DPI = 100
 def per_head_attention(backbone: ViTBackbone, x: torch.Tensor) -> torch.Tensor:
     """Last-block CLS->patch attention per head, (B, heads, N), from one no-grad forward pass (the mean over
     heads is what the backbone hands the mask strategy)."""
-    store: dict[str, torch.Tensor] = {}
-    attn = backbone.vit.blocks[-1].attn
-    handle = attn.qkv.register_forward_hook(lambda m, i, o: store.__setitem__("qkv", o))
-    try:
-        with torch.no_grad():
-            backbone(x)
-    finally:
-        handle.remove()
-    return cls_attention_from_qkv(attn, store["qkv"], backbone.num_prefix, per_head=True)
+    with torch.no_grad():
+        return backbone(x, return_attention=True, per_head=True).attention
 
 
 def _to_hwc(img: torch.Tensor) -> np.ndarray:
@@ -82,7 +75,7 @@ def attention_figure(
     backbone.eval()
     try:
         heads = per_head_attention(backbone, x)[0].float().cpu()  # (heads, N)
-        grid = backbone(x).grid
+        grid = backbone(x).mask_grid  # the grid masks and attention live on (patch grid)
     finally:
         backbone.train(was_training)
     h, w = grid

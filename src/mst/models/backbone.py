@@ -28,6 +28,10 @@ ARCHS: dict[str, tuple[str, dict]] = {
 def timm_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
     """The timm model name and the kwargs that recreate our backbone (also written next to exported weights)."""
     arch = model_cfg["arch"]
+    if arch.startswith("swin"):
+        from mst.models.swin import swin_spec
+
+        return swin_spec(model_cfg, in_chans)
     if arch not in ARCHS:
         raise ValueError(f"model.arch={arch!r} is not supported; choose one of {', '.join(ARCHS)}")
     name, dims = ARCHS[arch]
@@ -54,6 +58,11 @@ class BackboneOutput:
     patches: torch.Tensor  # (B, N, D) patch tokens after the final norm
     grid: tuple[int, int]  # (h, w) token grid
     attention: torch.Tensor | None = None  # (B, N) last-block CLS->patch attention, mean over heads
+    mask_grid: tuple[int, int] | None = None  # grid the mask and attention live on (the patch grid); None: grid
+
+    def __post_init__(self) -> None:
+        if self.mask_grid is None:
+            self.mask_grid = self.grid
 
 
 class _QKVCapture:
@@ -114,9 +123,10 @@ class ViTBackbone(nn.Module):
         replacement: str = "learned",
         return_attention: bool = False,
         generator: torch.Generator | None = None,
+        per_head: bool = False,
     ) -> BackboneOutput:
         """``mask`` (B, N) bool marks the tokens to replace (student only); ``return_attention`` adds the
-        last block's CLS->patch attention from this same pass (teacher)."""
+        last block's CLS->patch attention from this same pass (teacher); ``per_head`` keeps (B, heads, N)."""
         tokens = self.embed(x)
         b, h, w, d = tokens.shape
         if mask is not None:
@@ -129,14 +139,16 @@ class ViTBackbone(nn.Module):
             z = self.vit._pos_embed(tokens)
             z = self.vit.patch_drop(z)
             z = self.vit.norm_pre(z)
-            if self.vit.grad_checkpointing and self.training:
+            if self.vit.grad_checkpointing and self.training and torch.is_grad_enabled():
                 z = timm.models.checkpoint_seq(self.vit.blocks, z)
             else:
                 z = self.vit.blocks(z)
             z = self.vit.norm(z)
             attention = None
             if return_attention:
-                attention = cls_attention_from_qkv(self.vit.blocks[-1].attn, self._capture.qkv, self.num_prefix)
+                attention = cls_attention_from_qkv(
+                    self.vit.blocks[-1].attn, self._capture.qkv, self.num_prefix, per_head
+                )
         finally:
             self._capture.enabled = False
             self._capture.qkv = None
@@ -145,3 +157,12 @@ class ViTBackbone(nn.Module):
     def timm_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped ViT's weights in timm's own key layout (no ``vit.`` prefix, no [MASK] token)."""
         return {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
+
+
+def create_backbone(model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
+    """ViTBackbone or SwinBackbone for ``model.arch``; both return :class:`BackboneOutput`."""
+    if model_cfg["arch"].startswith("swin"):
+        from mst.models.swin import SwinBackbone
+
+        return SwinBackbone(model_cfg, in_chans, drop_path, mask_token)
+    return ViTBackbone(model_cfg, in_chans, drop_path, mask_token)

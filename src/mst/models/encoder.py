@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mst.models.backbone import ViTBackbone
+from mst.models.backbone import create_backbone
 from mst.models.bn import frozen_bn_stats
 from mst.models.decoder import GlobalImageDecoder
 from mst.models.head import DINOHead
@@ -27,7 +27,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: dict, student: bool) -> None:
         super().__init__()
         in_chans = int(cfg["data"]["channels"])
-        self.backbone = ViTBackbone(
+        self.backbone = create_backbone(
             cfg["model"],
             in_chans=in_chans,
             drop_path=float(cfg["model"]["drop_path"]) if student else 0.0,

@@ -1,0 +1,216 @@
+"""Reports of an ablation: aggregate per-run results (mean ± std over seeds), a Markdown table, a bar plot, and
+the regeneration of the ablation's marked section in docs/results.md."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+from mst.ablation import ABLATIONS, EXTRA_METRICS, METRICS, PAPER, PAPER_SOURCE, Protocol, protocol_dict
+
+LABELS = {
+    "knn_top1_k20": "k-NN top-1 k=20 (%)",
+    "knn_top1_k10": "k-NN top-1 k=10 (%)",
+    "linear_top1": "Linear top-1 (%)",
+    "dense_miou": "Dense mIoU (%)",
+    "linear_best_top1": "Linear best-epoch top-1 (%)",
+    "dense_pixel_acc": "Dense pixel acc. (%)",
+}
+PLOTTED = ("knn_top1_k20", "linear_top1", "dense_miou")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: list[str],
+              failures: list[dict] | None = None, user_overrides: list[str] | None = None) -> dict:
+    """Read every out_dir/<variant>/seed<k>/results.json and summarise them per variant."""
+    out_dir = Path(out_dir)
+    rows = []
+    for variant in variants:
+        runs = []
+        for seed in range(seeds):
+            p = out_dir / variant / f"seed{seed}" / "results.json"
+            if p.is_file():
+                runs.append(json.loads(p.read_text()))
+        stats = {}
+        for m in METRICS + EXTRA_METRICS:
+            vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]
+            if vals:
+                mu, sd = mean_std(vals)
+                stats[m] = {"mean": mu, "std": sd, "n": len(vals), "values": vals}
+        wall = [r["wall_s"]["total_s"] for r in runs]
+        rows.append({
+            "variant": variant,
+            "overrides": dict(ABLATIONS[name])[variant],
+            "paper_linear_top1": PAPER.get(name, {}).get(variant),
+            "n_seeds": len(runs),
+            "seeds": [r["seed"] for r in runs],
+            "stats": stats,
+            "wall_s_per_run": {"mean": statistics.fmean(wall), "max": max(wall)} if wall else None,
+            "runs": [{"seed": r["seed"], "metrics": r["metrics"], "wall_s": r["wall_s"], "cpu_s": r.get("cpu_s")}
+                     for r in runs],
+        })
+    agg = {
+        "ablation": name,
+        "protocol": protocol_dict(proto),
+        "seeds_requested": seeds,
+        "user_overrides": list(user_overrides or []),
+        "paper_source": PAPER_SOURCE.get(name),
+        "metrics": list(METRICS),
+        "variants": rows,
+        "failures": list(failures or []),
+        "total_wall_s": sum(r["wall_s_per_run"]["mean"] * r["n_seeds"] for r in rows if r["wall_s_per_run"]),
+    }
+    agg["spread"] = spread(agg)
+    agg["summary"] = summary_text(agg)
+    return agg
+
+
+def spread(agg: dict) -> dict:
+    """Per metric: the largest gap between variant means and the largest std over seeds of any variant."""
+    out = {}
+    for m in METRICS:
+        cells = [r["stats"][m] for r in agg["variants"] if m in r["stats"]]
+        if cells:
+            means = [c["mean"] for c in cells]
+            out[m] = {"max_gap": max(means) - min(means), "max_std": max(c["std"] for c in cells),
+                      "mean_std": statistics.fmean(c["std"] for c in cells)}
+    return out
+
+
+def summary_text(agg: dict) -> str:
+    lines = [f"std across seeds (ablation {agg['ablation']}, protocol {agg['protocol']['name']}):"]
+    for m in METRICS:
+        parts = [f"{r['variant']} {r['stats'][m]['std']:.2f}" for r in agg["variants"] if m in r["stats"]]
+        s = agg["spread"].get(m)
+        if s:
+            lines.append(f"  {m}: {', '.join(parts)}; largest gap between variant means {s['max_gap']:.2f} "
+                         f"({_verdict(s)})")
+    return "\n".join(lines)
+
+
+def _verdict(s: dict) -> str:
+    if s["max_std"] == 0:
+        return "one seed: no error estimate"
+    ratio = s["max_gap"] / s["max_std"]
+    return f"{ratio:.1f}x the largest seed std" + ("; within noise" if ratio < 2 else "")
+
+
+def _fmt(cell: dict | None) -> str:
+    if cell is None:
+        return "–"
+    return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+
+
+def markdown_table(agg: dict) -> str:
+    src = agg.get("paper_source") or "paper"
+    head = ["Variant", "Overrides", *(LABELS[m] for m in METRICS), "Seeds",
+            f"Paper linear top-1 ({src}, ImageNet, %)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for r in agg["variants"]:
+        paper = "–" if r["paper_linear_top1"] is None else f"{r['paper_linear_top1']:.1f}"
+        cells = [r["variant"], "`" + " ".join(r["overrides"]) + "`", *(_fmt(r["stats"].get(m)) for m in METRICS),
+                 str(r["n_seeds"]), paper]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_body(agg: dict) -> str:
+    """The table plus what a reader needs to judge it (protocol, cost, spread over seeds)."""
+    p = agg["protocol"]
+    walls = [r["wall_s_per_run"]["mean"] for r in agg["variants"] if r["wall_s_per_run"]]
+    n_runs = sum(r["n_seeds"] for r in agg["variants"])
+    out = [
+        f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (teacher backbone; "
+        "k-NN and linear probe on frozen CLS features, dense = per-patch linear probe mIoU on Fashion-MNIST "
+        "collages). The paper column is ImageNet (DeiT-S, 100 epochs), for the direction of the effect only.",
+        "",
+        markdown_table(agg),
+        "",
+    ]
+    if agg.get("user_overrides"):
+        out += [f"Extra overrides for every run: `{' '.join(agg['user_overrides'])}`.", ""]
+    out.append("Spread over seeds: " + "; ".join(
+        f"{LABELS[m]} largest gap between variants {s['max_gap']:.2f} vs largest seed std {s['max_std']:.2f}"
+        + (" (within noise)" if s["max_std"] and s["max_gap"] < 2 * s["max_std"] else "")
+        for m, s in agg["spread"].items()) + ".")
+    if walls:
+        out += ["", f"{n_runs} runs, {statistics.fmean(walls) / 60:.1f} min per run on average "
+                    f"(pretraining + evaluation), {agg['total_wall_s'] / 3600:.2f} h in total."]
+    for f in agg.get("failures", []):
+        out += ["", f"FAILED: {f['variant']} seed {f['seed']}: {f['error']}"]
+    return "\n".join(out)
+
+
+def plot(agg: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [r["variant"] for r in agg["variants"]]
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 3.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, m in zip(axes[0], PLOTTED):
+        lo, hi = math.inf, -math.inf
+        for i, r in enumerate(agg["variants"]):
+            cell = r["stats"].get(m)
+            if cell is None:
+                continue
+            c = colors[i % len(colors)]
+            ax.bar(i, cell["mean"], yerr=cell["std"], color=c, alpha=0.75, capsize=4)
+            ax.scatter([i] * len(cell["values"]), cell["values"], color="k", s=10, zorder=3)
+            lo, hi = min(lo, min(cell["values"]), cell["mean"] - cell["std"]), \
+                max(hi, max(cell["values"]), cell["mean"] + cell["std"])
+        if math.isfinite(lo):  # zoom on the values: differences between variants are small
+            pad = max(0.5, 0.25 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
+        ax.set_xticks(range(len(variants)), variants, rotation=20)
+        ax.set_title(LABELS[m])
+    fig.suptitle(f"ablation {agg['ablation']} ({agg['protocol']['name']} protocol): mean ± std over seeds, "
+                 "dots = seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_reports(agg: dict, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    js, md, png = out_dir / "results.json", out_dir / "results.md", out_dir / "results.png"
+    js.write_text(json.dumps(agg, indent=2))
+    md.write_text(f"# Ablation `{agg['ablation']}`\n\n{markdown_body(agg)}\n")
+    plot(agg, png)
+    return [js, md, png]
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    return f"<!-- ablation:{name}:start -->", f"<!-- ablation:{name}:end -->"
+
+
+def update_results_doc(results_json: str | Path, doc_path: str | Path = "docs/results.md",
+                       section: str | None = None) -> Path:
+    """Replace what lies between ``<!-- ablation:NAME:start -->`` and ``<!-- ablation:NAME:end -->`` in
+    ``doc_path`` with the table of ``results_json`` (NAME defaults to its ablation). Everything outside the
+    markers is left byte for byte; a doc without the markers gets the section appended at its end."""
+    agg = json.loads(Path(results_json).read_text())
+    name = section or agg["ablation"]
+    start, end = section_markers(name)
+    doc_path = Path(doc_path)
+    text = doc_path.read_text()
+    cmd = (f"mst ablate {agg['ablation']} --protocol {agg['protocol']['name']} --seeds {agg['seeds_requested']} "
+           f"--out runs/ablation_{agg['ablation']}")
+    body = f"{start}\n_Generated by `{cmd}`; do not edit by hand._\n\n{markdown_body(agg)}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body, text, count=1)
+    else:
+        text = text.rstrip("\n") + f"\n\n## Ablation: {name}\n\n{body}\n"
+    doc_path.write_text(text)
+    return doc_path

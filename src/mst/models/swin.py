@@ -1,0 +1,124 @@
+"""Swin-T as an MST backbone (paper Table 1, Swin-T row).
+
+[MASK] goes in after the patch embedding exactly as for a ViT (on the 4-px patch grid). Swin has no CLS token, so
+two things are defined here:
+
+* the image feature fed to the DINO head is the mean of the final-stage tokens (timm's ``avg`` pooling);
+* token importance (what the ViT's CLS attention gives): a *mean-pooled query* over the last block of the last
+  stage attends to that block's keys, softmax(mean_i(q_i) K^T / sqrt(d)), averaged over heads — the attention an
+  image-level query pays to each final-stage token. Computed from that block's qkv weights applied to its
+  (spatial, unshifted) input, so window partitioning and shifting do not matter. The relative position bias is
+  not used: a pooled query has no position. The (h, w) map is upsampled bilinearly to the patch grid, which is
+  the grid the mask lives on.
+
+The decoder restores the view from the final-stage tokens, so its upsampling factor is the total stride (32 for
+Swin-T: 5 upsamplings); ``patch_size`` is that stride, ``embed_patch`` the 4-px embedding patch.
+"""
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mst.masking.replace import replace_tokens
+from mst.models.backbone import BackboneOutput
+
+SWIN_ARCHS = {"swin_tiny": "swin_tiny_patch4_window7_224"}
+
+
+def swin_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
+    if int(model_cfg["patch_size"]) != 4:
+        raise ValueError(f"model.patch_size={model_cfg['patch_size']}: Swin-T embeds 4-px patches (set 4)")
+    if model_cfg.get("depth"):
+        raise ValueError("model.depth cannot be overridden for Swin (its depth is per stage); leave it null")
+    kwargs = dict(img_size=int(model_cfg["img_size"]), in_chans=int(in_chans), num_classes=0, dynamic_img_size=True)
+    return SWIN_ARCHS[model_cfg["arch"]], kwargs
+
+
+class _InputCapture:
+    def __init__(self) -> None:
+        self.enabled = False
+        self.x: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if self.enabled:
+            self.x = output  # norm1 output: the attention block's input, (B, H, W, C), before windowing
+
+
+def pooled_query_attention(attn: nn.Module, x: torch.Tensor, per_head: bool = False) -> torch.Tensor:
+    """x (B, H, W, C) -> (B, [heads,] H*W): softmax over tokens of the mean query against every key."""
+    b, h, w, c = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x.reshape(b, h * w, c)).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = qkv[0].float(), qkv[1].float()  # B, heads, N, hd
+    q_mean = q.mean(dim=2, keepdim=True)
+    probs = ((q_mean @ k.transpose(-2, -1)).squeeze(2) * attn.scale).softmax(dim=-1)  # B, heads, N
+    return probs if per_head else probs.mean(dim=1)
+
+
+class SwinBackbone(nn.Module):
+    """timm Swin Transformer + [MASK] at the patch embedding + pooled-query token importance."""
+
+    def __init__(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> None:
+        super().__init__()
+        name, kwargs = swin_spec(model_cfg, in_chans)
+        self.vit = timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)  # the timm model
+        self.embed_dim = self.vit.num_features
+        self.embed_patch = 4
+        self.patch_size = self.embed_patch * 2 ** (len(self.vit.layers) - 1)  # total stride of the final stage
+        self.num_prefix = 0
+        dim0 = self.vit.patch_embed.proj.out_channels
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim0)) if mask_token else None
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
+        self._capture = _InputCapture()
+        self._last_block = self.vit.layers[-1].blocks[-1]
+        self._last_block.norm1.register_forward_hook(self._capture)
+        if model_cfg.get("grad_checkpointing"):
+            self.vit.set_grad_checkpointing(True)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
+            raise ValueError(
+                f"image size {tuple(x.shape[-2:])} is not divisible by Swin's total stride {self.patch_size}"
+            )
+        return self.vit.patch_embed(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        replacement: str = "learned",
+        return_attention: bool = False,
+        generator: torch.Generator | None = None,
+        per_head: bool = False,
+    ) -> BackboneOutput:
+        tokens = self.embed(x)  # B, H/4, W/4, C0
+        b, mh, mw, d = tokens.shape
+        if mask is not None:
+            if self.mask_token is None:
+                raise RuntimeError("this backbone has no [MASK] embedding (the teacher is never masked)")
+            tokens = replace_tokens(tokens.reshape(b, mh * mw, d), mask, self.mask_token, replacement, generator)
+            tokens = tokens.reshape(b, mh, mw, d)
+        self._capture.enabled = return_attention
+        try:
+            z = self.vit.norm(self.vit.layers(tokens))  # B, h, w, D
+            attention = None
+            if return_attention:
+                a = pooled_query_attention(self._last_block.attn, self._capture.x, per_head)
+                h, w = z.shape[1:3]
+                a = a.reshape(b, -1, h, w)
+                a = F.interpolate(a, size=(mh, mw), mode="bilinear", align_corners=False).flatten(2)
+                a = a / a.sum(dim=-1, keepdim=True)  # still a distribution over the patch grid
+                attention = a if per_head else a[:, 0]
+        finally:
+            self._capture.enabled = False
+            self._capture.x = None
+        h, w = z.shape[1:3]
+        patches = z.reshape(b, h * w, -1)
+        return BackboneOutput(cls=patches.mean(dim=1), patches=patches, grid=(h, w), attention=attention,
+                              mask_grid=(mh, mw))
+
+    def timm_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.vit.state_dict().items()}

@@ -1,0 +1,194 @@
+"""Ablation runner: one tiny 3-variant x 2-seed ablation (shared by the tests), its reports, resuming, the doc."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+
+import pytest
+import yaml
+
+import mst.ablation as ablation
+import mst.engine.trainer as trainer_mod
+from mst.ablation import ABLATIONS, PROTOCOLS, build_run_config, run_ablation, update_results_doc
+from mst.ablation_report import METRICS, section_markers
+from mst.config import ConfigError
+
+VARIANTS = ["none", "random", "attention"]
+DOC = """# Results
+
+Intro text that must survive.
+
+<!-- ablation:mask:start -->
+not run yet
+<!-- ablation:mask:end -->
+
+Between the sections.
+
+<!-- ablation:decoder:start -->
+decoder placeholder
+<!-- ablation:decoder:end -->
+
+Tail text.
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation")
+    doc = root / "results_doc.md"
+    doc.write_text(DOC)
+    lines: list[str] = []
+    agg = run_ablation("mask", protocol="tiny", seeds=2, out_dir=root / "out", doc=doc, log=lines.append)
+    return root / "out", doc, agg, lines
+
+
+def _table_rows(md: str) -> tuple[list[str], dict[str, list[str]]]:
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("|")]
+    header, body = rows[0], rows[2:]
+    return header, {r[0]: r for r in body}
+
+
+def test_results_json_holds_every_variant_and_seed(tiny_run):
+    out, _, agg, _ = tiny_run
+    data = json.loads((out / "results.json").read_text())
+    assert data["ablation"] == "mask" and data["protocol"]["name"] == "tiny"
+    assert [v["variant"] for v in data["variants"]] == VARIANTS
+    for v in data["variants"]:
+        assert v["n_seeds"] == 2 and v["seeds"] == [0, 1]
+        assert set(METRICS) <= set(v["stats"])
+        for seed in (0, 1):
+            run_dir = out / v["variant"] / f"seed{seed}"
+            per_run = json.loads((run_dir / "results.json").read_text())
+            assert per_run["variant"] == v["variant"] and per_run["seed"] == seed
+            assert per_run["wall_s"]["total_s"] > 0
+            cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+            assert cfg["seed"] == seed and cfg["mask"]["strategy"] == v["variant"]
+            assert cfg["decoder"]["enabled"] is True  # Table 4 compares strategies inside MST
+    # Table 4: "all methods mask with the same probability p"
+    cfgs = {v: build_run_config("mask", v, 0, "tiny") for v in VARIANTS}
+    assert cfgs["random"]["mask"]["p"] == cfgs["attention"]["mask"]["p"] == 0.1
+    assert data == json.loads(json.dumps(agg))
+
+
+def test_mean_std_match_per_run_results_and_markdown(tiny_run):
+    out, _, _, lines = tiny_run
+    data = json.loads((out / "results.json").read_text())
+    header, rows = _table_rows((out / "results.md").read_text())
+    assert header[0] == "Variant" and "Seeds" in header and header[-1].startswith("Paper linear top-1")
+    for col in ("k-NN top-1 k=20 (%)", "k-NN top-1 k=10 (%)", "Linear top-1 (%)", "Dense mIoU (%)"):
+        assert col in header
+    assert list(rows) == VARIANTS
+    for v in data["variants"]:
+        per_run = [json.loads((out / v["variant"] / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+        row = rows[v["variant"]]
+        assert row[header.index("Seeds")] == "2"
+        for m, col in zip(METRICS, ("k-NN top-1 k=20 (%)", "k-NN top-1 k=10 (%)", "Linear top-1 (%)",
+                                    "Dense mIoU (%)")):
+            vals = [r["metrics"][m] for r in per_run]
+            mean, std = statistics.fmean(vals), statistics.stdev(vals)
+            assert v["stats"][m]["mean"] == pytest.approx(mean) and v["stats"][m]["std"] == pytest.approx(std)
+            cell = re.fullmatch(r"([\d.]+) ± ([\d.]+)", row[header.index(col)])
+            assert cell, row[header.index(col)]
+            assert float(cell.group(1)) == pytest.approx(mean, abs=0.006)
+            assert float(cell.group(2)) == pytest.approx(std, abs=0.006)
+    paper = header.index(header[-1])
+    assert [rows[v][paper] for v in VARIANTS] == ["73.1", "63.2", "73.7"]
+    assert any(line.startswith("std across seeds") for line in lines)  # the spread is printed
+
+
+def test_plot_written(tiny_run):
+    out = tiny_run[0]
+    png = out / "results.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_doc_section_regenerated_and_nothing_else(tiny_run):
+    out, doc, _, _ = tiny_run
+    text = doc.read_text()
+    start, end = section_markers("mask")
+    before, rest = text.split(start)
+    inside, after = rest.split(end)
+    assert before == DOC.split(start)[0] and after == DOC.split(end)[1]
+    assert "not run yet" not in inside and "| attention |" in inside and "mst ablate mask" in inside
+    # regenerating is idempotent, and another section is left alone
+    update_results_doc(out / "results.json", doc)
+    assert doc.read_text() == text
+    assert "decoder placeholder" in text
+
+
+def test_update_results_doc_appends_missing_section(tiny_run, tmp_path):
+    out = tiny_run[0]
+    doc = tmp_path / "d.md"
+    doc.write_text("# Only a title\n")
+    update_results_doc(out / "results.json", doc, section="mask")
+    text = doc.read_text()
+    assert text.startswith("# Only a title\n") and text.count("<!-- ablation:mask:start -->") == 1
+
+
+def test_rerun_skips_finished_runs(tiny_run, tmp_path, monkeypatch):
+    src = tiny_run[0]
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    calls = {"fit": 0, "evaluate": 0}
+    real_fit, real_eval = trainer_mod.Trainer.fit, ablation.evaluate
+
+    def fit(self, *a, **k):
+        calls["fit"] += 1
+        return real_fit(self, *a, **k)
+
+    def evaluate(*a, **k):
+        calls["evaluate"] += 1
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", fit)
+    monkeypatch.setattr(ablation, "evaluate", evaluate)
+    run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, log=lambda s: None)
+    assert calls == {"fit": 0, "evaluate": 0}
+    # an evaluation lost (pretraining kept): only that run is re-evaluated, nothing retrained
+    mtime = (out / "none" / "seed0" / "checkpoint.pt").stat().st_mtime_ns
+    (out / "random" / "seed1" / "results.json").unlink()
+    agg = run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, log=lambda s: None)
+    assert calls == {"fit": 0, "evaluate": 1}
+    assert (out / "none" / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
+    assert all(v["n_seeds"] == 2 for v in agg["variants"])
+    # a run whose pretraining did not finish is trained (resumed), then evaluated
+    (out / "attention" / "seed0" / "pretrain.json").unlink()
+    (out / "attention" / "seed0" / "results.json").unlink()
+    run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, log=lambda s: None)
+    assert calls == {"fit": 1, "evaluate": 2}
+
+
+def test_rerun_with_another_config_is_refused(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_run[0] / "none", out / "none")
+    with pytest.raises(ConfigError, match="another config"):
+        run_ablation("mask", protocol="tiny", seeds=1, out_dir=out, doc=None, variants=["none"],
+                     overrides=["optim.base_lr=1e-3"], log=lambda s: None)
+
+
+def test_every_ablation_and_protocol_resolves():
+    for name, variants in ABLATIONS.items():
+        for variant, overrides in variants:
+            for proto in PROTOCOLS:
+                cfg = build_run_config(name, variant, 1, proto)
+                assert cfg["seed"] == 1
+                for item in overrides:  # the variant's keys win over the protocol's
+                    key, _, value = item.partition("=")
+                    section, leaf = key.split(".")
+                    assert str(cfg[section][leaf]).lower() == value.lower() or cfg[section][leaf] == float(value)
+    gpu = build_run_config("mask", "attention", 0, "gpu")
+    assert gpu["data"]["subset"] is None and gpu["model"]["depth"] is None and gpu["optim"]["epochs"] == 100
+    assert build_run_config("num_p", "num8_p0.15", 0, "cpu")["mask"]["num"] == 8
+
+
+def test_bad_arguments_fail_early(tmp_path):
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        run_ablation("masks", protocol="tiny", out_dir=tmp_path, doc=None)
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        run_ablation("mask", protocol="huge", out_dir=tmp_path, doc=None)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        run_ablation("mask", protocol="tiny", out_dir=tmp_path, doc=None, overrides=["optim.lrr=1"])
+    assert not list(tmp_path.glob("*/seed*"))  # nothing trained before the configs were checked
