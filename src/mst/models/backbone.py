@@ -89,6 +89,33 @@ def cls_attention_from_qkv(attn: nn.Module, qkv: torch.Tensor, num_prefix: int, 
     return probs if per_head else probs.mean(dim=1)
 
 
+def new_mask_token(dim: int) -> nn.Parameter:
+    """The learnable [MASK] embedding (student only), N(0, 0.02) like timm's other tokens."""
+    return nn.Parameter(nn.init.normal_(torch.zeros(1, 1, dim), std=0.02))
+
+
+def mask_grid_tokens(
+    tokens: torch.Tensor,
+    mask: torch.Tensor | None,
+    mask_token: torch.Tensor | None,
+    replacement: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Patch-embedded tokens (B, h, w, D) with the masked ones replaced (eq. 6); unchanged when ``mask`` is None."""
+    if mask is None:
+        return tokens
+    if mask_token is None:
+        raise RuntimeError("this backbone has no [MASK] embedding (the teacher is never masked)")
+    b, h, w, d = tokens.shape
+    flat = replace_tokens(tokens.reshape(b, h * w, d), mask, mask_token, replacement, generator)
+    return flat.reshape(b, h, w, d)
+
+
+def check_divisible(x: torch.Tensor, stride: int, what: str) -> None:
+    if x.shape[-1] % stride or x.shape[-2] % stride:
+        raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the {what} {stride}")
+
+
 class ViTBackbone(nn.Module):
     """timm ViT + optional learnable [MASK] embedding (student) + CLS-attention capture (teacher)."""
 
@@ -98,11 +125,7 @@ class ViTBackbone(nn.Module):
         self.embed_dim = self.vit.embed_dim
         self.patch_size = int(model_cfg["patch_size"])
         self.num_prefix = self.vit.num_prefix_tokens
-        if mask_token:
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
-            nn.init.normal_(self.mask_token, std=0.02)
-        else:
-            self.mask_token = None
+        self.mask_token = new_mask_token(self.embed_dim) if mask_token else None
         self._capture = _QKVCapture()
         self.vit.blocks[-1].attn.qkv.register_forward_hook(self._capture)
         if model_cfg.get("grad_checkpointing"):
@@ -110,10 +133,7 @@ class ViTBackbone(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Linear projection of the patches: (B, C, H, W) -> (B, h, w, D)."""
-        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
-            raise ValueError(
-                f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {self.patch_size}"
-            )
+        check_divisible(x, self.patch_size, "patch size")
         return self.vit.patch_embed(x)
 
     def forward(
@@ -127,13 +147,8 @@ class ViTBackbone(nn.Module):
     ) -> BackboneOutput:
         """``mask`` (B, N) bool marks the tokens to replace (student only); ``return_attention`` adds the
         last block's CLS->patch attention from this same pass (teacher); ``per_head`` keeps (B, heads, N)."""
-        tokens = self.embed(x)
-        b, h, w, d = tokens.shape
-        if mask is not None:
-            if self.mask_token is None:
-                raise RuntimeError("this backbone has no [MASK] embedding (the teacher is never masked)")
-            flat = replace_tokens(tokens.reshape(b, h * w, d), mask, self.mask_token, replacement, generator)
-            tokens = flat.reshape(b, h, w, d)
+        tokens = mask_grid_tokens(self.embed(x), mask, self.mask_token, replacement, generator)
+        b, h, w, _ = tokens.shape
         self._capture.enabled = return_attention
         try:
             z = self.vit._pos_embed(tokens)

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mst.masking.replace import replace_tokens
-from mst.models.backbone import BackboneOutput
+from mst.models.backbone import BackboneOutput, check_divisible, mask_grid_tokens, new_mask_token
 
 SWIN_ARCHS = {"swin_tiny": "swin_tiny_patch4_window7_224"}
 
@@ -69,9 +68,7 @@ class SwinBackbone(nn.Module):
         self.patch_size = self.embed_patch * 2 ** (len(self.vit.layers) - 1)  # total stride of the final stage
         self.num_prefix = 0
         dim0 = self.vit.patch_embed.proj.out_channels
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim0)) if mask_token else None
-        if self.mask_token is not None:
-            nn.init.normal_(self.mask_token, std=0.02)
+        self.mask_token = new_mask_token(dim0) if mask_token else None
         self._capture = _InputCapture()
         self._last_block = self.vit.layers[-1].blocks[-1]
         self._last_block.norm1.register_forward_hook(self._capture)
@@ -79,10 +76,7 @@ class SwinBackbone(nn.Module):
             self.vit.set_grad_checkpointing(True)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
-            raise ValueError(
-                f"image size {tuple(x.shape[-2:])} is not divisible by Swin's total stride {self.patch_size}"
-            )
+        check_divisible(x, self.patch_size, "Swin's total stride")
         return self.vit.patch_embed(x)
 
     def forward(
@@ -94,13 +88,8 @@ class SwinBackbone(nn.Module):
         generator: torch.Generator | None = None,
         per_head: bool = False,
     ) -> BackboneOutput:
-        tokens = self.embed(x)  # B, H/4, W/4, C0
-        b, mh, mw, d = tokens.shape
-        if mask is not None:
-            if self.mask_token is None:
-                raise RuntimeError("this backbone has no [MASK] embedding (the teacher is never masked)")
-            tokens = replace_tokens(tokens.reshape(b, mh * mw, d), mask, self.mask_token, replacement, generator)
-            tokens = tokens.reshape(b, mh, mw, d)
+        tokens = mask_grid_tokens(self.embed(x), mask, self.mask_token, replacement, generator)  # B, H/4, W/4, C0
+        b, mh, mw, _ = tokens.shape
         self._capture.enabled = return_attention
         try:
             z = self.vit.norm(self.vit.layers(tokens))  # B, h, w, D
