@@ -33,7 +33,7 @@ TARGET = 1.10  # MST / DINO
 
 def main(argv: list[str] | None = None) -> dict:
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--rounds", "--steps", dest="rounds", type=int, default=7,
+    p.add_argument("--rounds", "--steps", dest="rounds", type=int, default=10,
                    help="timed rounds (one step of every variant per round; default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of %(default)s")

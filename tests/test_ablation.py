@@ -1,4 +1,6 @@
-"""Ablation runner: one tiny 3-variant x 2-seed ablation (shared by the tests), its reports, resuming, the doc."""
+"""Ablation runner: one tiny 3-variant x 2-seed ablation (shared by the tests), its reports, resuming, the doc.
+
+The tests that need the tiny ablation (about 30-50 s on 2 shared cores, run once per module) are marked slow."""
 from __future__ import annotations
 
 import json
@@ -51,6 +53,7 @@ def _table_rows(md: str) -> tuple[list[str], dict[str, list[str]]]:
     return header, {r[0]: r for r in body}
 
 
+@pytest.mark.slow
 def test_results_json_holds_every_variant_and_seed(tiny_run):
     out, _, agg, _ = tiny_run
     data = json.loads((out / "results.json").read_text())
@@ -73,6 +76,7 @@ def test_results_json_holds_every_variant_and_seed(tiny_run):
     assert data == json.loads(json.dumps(agg))
 
 
+@pytest.mark.slow
 def test_mean_std_match_per_run_results_and_markdown(tiny_run):
     out, _, _, lines = tiny_run
     data = json.loads((out / "results.json").read_text())
@@ -99,12 +103,14 @@ def test_mean_std_match_per_run_results_and_markdown(tiny_run):
     assert any(line.startswith("std across seeds") for line in lines)  # the spread is printed
 
 
+@pytest.mark.slow
 def test_plot_written(tiny_run):
     out = tiny_run[0]
     png = out / "results.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_doc_section_regenerated_and_nothing_else(tiny_run):
     out, doc, _, _ = tiny_run
     text = doc.read_text()
@@ -119,6 +125,7 @@ def test_doc_section_regenerated_and_nothing_else(tiny_run):
     assert "decoder placeholder" in text
 
 
+@pytest.mark.slow
 def test_update_results_doc_appends_missing_section(tiny_run, tmp_path):
     out = tiny_run[0]
     doc = tmp_path / "d.md"
@@ -128,6 +135,7 @@ def test_update_results_doc_appends_missing_section(tiny_run, tmp_path):
     assert text.startswith("# Only a title\n") and text.count("<!-- ablation:mask:start -->") == 1
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(tiny_run, tmp_path, monkeypatch):
     src = tiny_run[0]
     out = tmp_path / "out"
@@ -161,6 +169,7 @@ def test_rerun_skips_finished_runs(tiny_run, tmp_path, monkeypatch):
     assert calls == {"fit": 1, "evaluate": 2}
 
 
+@pytest.mark.slow
 def test_rerun_with_another_config_is_refused(tiny_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(tiny_run[0] / "none", out / "none")

@@ -90,3 +90,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     ck = load_checkpoint(tmp_path / "run")
     assert ck["global_step"] == 2  # written after step 2; the NaN step wrote nothing
     assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
+
+
+def test_tensor_augment_backend_trains_and_resumes(tmp_path):
+    cfg = make_tiny_cfg("augment.backend=tensor")
+    full = Trainer(cfg, tmp_path / "full")
+    assert full.fit(max_steps=4) == "max_steps"
+    part = Trainer(cfg, tmp_path / "part")
+    part.fit(max_steps=2)
+    Trainer(cfg, tmp_path / "part").fit(max_steps=2)
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    assert all(r["loss"] == r["loss"] for r in a)  # finite

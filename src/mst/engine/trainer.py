@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from mst.config import save_config
 from mst.data import AugmentedDataset, MultiCropTransform, build_dataset, collate_crops
+from mst.data.gpu_augment import GPUMultiCrop, RawImageDataset, collate_raw
 from mst.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mst.engine.distributed import (
     DistInfo,
@@ -93,8 +94,13 @@ class Trainer:
         o = cfg["optim"]
         a = cfg["augment"]
         base = build_dataset(cfg["data"], min_size=int(a["global_size"]))  # folders: reject images < global crop
-        transform = MultiCropTransform(a, cfg["data"]["mean"], cfg["data"]["std"], cfg["data"]["channels"])
-        self.dataset = AugmentedDataset(base, transform, seed=cfg["seed"])
+        stats = (a, cfg["data"]["mean"], cfg["data"]["std"], cfg["data"]["channels"])
+        self.batch_augment = None
+        if a["backend"] == "tensor":  # decode in workers, augment whole batches on the device
+            self.batch_augment = GPUMultiCrop(*stats)
+            self.dataset = RawImageDataset(base, cfg["data"]["channels"])
+        else:
+            self.dataset = AugmentedDataset(base, MultiCropTransform(*stats), seed=cfg["seed"])
         self.sampler = ResumableSampler(
             len(self.dataset), o["batch_size"], self.dist.rank, self.dist.world_size, seed=cfg["seed"]
         )
@@ -171,21 +177,34 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        self.dataset.set_epoch(self.epoch)
+        if self.batch_augment is None:
+            self.dataset.set_epoch(self.epoch)
         nw = int(self.cfg["data"]["num_workers"])
         return DataLoader(
             self.dataset, batch_size=self.cfg["optim"]["batch_size"], sampler=self.sampler, num_workers=nw,
-            collate_fn=collate_crops, pin_memory=self.device.type == "cuda", drop_last=True,
+            collate_fn=collate_crops if self.batch_augment is None else collate_raw, pin_memory=self.device.type == "cuda", drop_last=True,
             persistent_workers=False,
         )
 
-    def train_step(self, views: list[torch.Tensor]) -> dict[str, float]:
-        """One optimisation step: schedules, loss (mst_step), backward, clip, freeze, optimizer, EMA."""
+    def _views(self, batch, seed: int) -> list[torch.Tensor]:
+        """The loader's batch -> [global_1, global_2, local_1, ...] on the device (augmenting it here for the
+        tensor backend, seeded per step so resuming repeats it)."""
+        if self.batch_augment is None:
+            return [v.to(self.device, non_blocking=True) for v in batch]
+        images = batch.to(self.device, non_blocking=True) if torch.is_tensor(batch) else batch
+        gen = torch.Generator(self.device).manual_seed(seed)
+        return self.batch_augment(images, generator=gen)
+
+    def train_step(self, batch) -> dict[str, float]:
+        """One optimisation step: schedules, loss (mst_step), backward, clip, freeze, optimizer, EMA.
+
+        ``batch``: the list of view batches (pil backend) or raw uint8 images (tensor backend)."""
         it = self.global_step
         lr, wd, m = (float(self.schedules[k][it]) for k in ("lr", "wd", "momentum"))
         set_lr_wd(self.optimizer, lr, wd)
-        torch.manual_seed(step_seed(self.cfg["seed"], it, self.dist.rank))
-        views = [v.to(self.device, non_blocking=True) for v in views]
+        seed = step_seed(self.cfg["seed"], it, self.dist.rank)
+        torch.manual_seed(seed)
+        views = self._views(batch, seed)
         with self.amp_ctx:
             out = mst_step(views, self.model, self.teacher, self.dino_loss, self.mask_strategy, self.cfg, self.epoch)
         finite = math.isfinite(out.metrics["loss"])

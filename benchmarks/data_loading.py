@@ -1,0 +1,256 @@
+"""Images/s the multi-crop data pipeline supplies vs images/s the training step consumes.
+
+1. Supply, the preset's PIL pipeline: AugmentedDataset (Fashion-MNIST by default) with the preset's
+   MultiCropTransform, through a DataLoader with num_workers 0 / 1 / 2 (collate_crops), timed after the first
+   batch (worker start-up excluded). Also ms per sample in-process.
+2. Consumption: images/s of the MST ``Trainer.train_step`` on synthetic views of the same shapes.
+   -> ratio supply / consumption per worker count (> 1: the pipeline keeps up).
+3. The paper's setting (2 x 224 + 10 x 96 RGB crops, ImageNet-like 500x375 JPEGs generated into a temp dir):
+   PIL pipeline images/s per worker (decode + crops), decode-only images/s per worker (what the DataLoader still
+   does for the tensor path), and mst.data.gpu_augment.GPUMultiCrop images/s on --device; then how many CPU
+   workers one GPU at --gpu-rate images/s (default 1000, an H100 on ViT-S/16 multi-crop) needs with each path.
+4. GPUMultiCrop on the preset's setting (Fashion-MNIST 28 px) vs the PIL path, on --device.
+
+    python benchmarks/data_loading.py                      # CPU defaults (< 3 min)
+    python benchmarks/data_loading.py --device cuda --workers 0,4,8,16 --batches 20
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from common import (  # noqa: E402
+    REPO, VARIANTS, add_common_args, alternate, build_trainer, device_name, environment, load_cfg, make_views,
+    median, print_table, setup_threads, sync, synthetic_base_dataset, timed2, write_json,
+)
+
+BIG_CONFIG = REPO / "configs" / "imagenet_deit_small_300ep.yaml"
+
+
+# -- supply -----------------------------------------------------------------------------------------------------
+def loader_rate(dataset, batch: int, workers: int, n_batches: int, collate) -> float:
+    """Images/s a DataLoader delivers, timed from the first batch's arrival to the last's (start-up excluded)."""
+    n = min(len(dataset), (n_batches + 1) * batch)
+    loader = DataLoader(dataset, batch_size=batch, sampler=range(n), num_workers=workers, collate_fn=collate,
+                        drop_last=True, persistent_workers=False, prefetch_factor=4 if workers else None)
+    it = iter(loader)
+    next(it)
+    t0, got = time.perf_counter(), 0
+    for _, labels in it:
+        got += len(labels)
+    dt = time.perf_counter() - t0
+    del it, loader
+    return got / dt if dt > 0 else float("nan")
+
+
+def per_sample_ms(dataset, n: int, use_cpu_time: bool = True) -> float:
+    """Median ms per sample, in-process (one core), over ``n`` samples; process CPU time by default (it leaves
+    out waiting for a core on a shared machine; the PIL ops are single-threaded)."""
+    ts = []
+    for i in range(min(n, len(dataset))):
+        w, c = timed2(lambda: dataset[i], "cpu")
+        ts.append(c if use_cpu_time else w)
+    return 1e3 * median(ts)
+
+
+def fashion_dataset(cfg: dict):
+    """AugmentedDataset over the preset's data (Fashion-MNIST) with its multi-crop; synthetic if files are missing."""
+    from mst.data import AugmentedDataset, MultiCropTransform, build_pretrain_dataset
+
+    try:
+        return build_pretrain_dataset(cfg), "real"
+    except (FileNotFoundError, ValueError) as e:
+        print(f"  (data not found: {e}; using synthetic images of the same size)")
+        d = cfg["data"]
+        t = MultiCropTransform(cfg["augment"], d["mean"], d["std"], int(d["channels"]))
+        return AugmentedDataset(synthetic_base_dataset(cfg, 4096), t, seed=0), "synthetic"
+
+
+def make_jpeg_folder(root: Path, n: int, size=(500, 375), seed: int = 0) -> Path:
+    """``n`` smooth random RGB JPEGs (ImageNet-like size and content statistics, quality 90)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize(size, Image.BICUBIC)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-20, 21, (size[1], size[0], 3))
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(root / f"img_{k:04d}.jpg", quality=90)
+    return root
+
+
+def end_to_end_rate(cfg: dict, workers: int, steps: int, device) -> float:
+    """Images/s of the real loop (Trainer's DataLoader + train_step, the preset's data) with ``workers``, timed
+    from the end of the first step (start-up excluded), wall time."""
+    from mst.engine.distributed import DistInfo
+    from mst.engine.trainer import Trainer
+
+    tmp = tempfile.mkdtemp(prefix="mst_bench_e2e_")
+    cfg = copy.deepcopy(cfg)
+    cfg["data"]["num_workers"] = workers
+    tr = Trainer(cfg, tmp, dist_info=DistInfo(device=torch.device(device)), log=lambda *a, **k: None)
+    tr.student.train()
+    tr.teacher.train()
+    n, t0 = 0, None
+    for k, (views, _) in enumerate(tr._loader()):
+        tr.train_step(views)
+        sync(device)
+        if k == 0:
+            t0 = time.perf_counter()
+        else:
+            n += views[0].shape[0]
+        if k >= steps:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+# -- gpu_augment ------------------------------------------------------------------------------------------------
+def gpu_aug_rate(cfg: dict, images, device, rounds: int, use_cpu_time: bool) -> float:
+    """Images/s of GPUMultiCrop on ``images`` (uint8 batch or list) on ``device``."""
+    from mst.data.gpu_augment import GPUMultiCrop
+
+    d = cfg["data"]
+    aug = GPUMultiCrop(cfg["augment"], d["mean"], d["std"], int(d["channels"]))
+    gen = torch.Generator(device).manual_seed(0)
+    if isinstance(images, torch.Tensor):
+        images = images.to(device)
+        b = images.shape[0]
+    else:
+        images = [im.to(device) for im in images]
+        b = len(images)
+    aug(images, generator=gen)
+    samples = [timed2(lambda: aug(images, generator=gen), device) for _ in range(rounds)]
+    t = median(s[1] if use_cpu_time else s[0] for s in samples)
+    return b / t
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--workers", default="0,1,2", help="DataLoader num_workers to try (default: %(default)s)")
+    p.add_argument("--batches", type=int, default=6, help="timed batches per loader (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=3, help="timed train steps for consumption (default: %(default)s)")
+    p.add_argument("--e2e-workers", default="0,1",
+                   help="num_workers for the end-to-end loop (real data + train_step); empty: skip (default: %(default)s)")
+    p.add_argument("--e2e-steps", type=int, default=5, help="timed steps per end-to-end run (default: %(default)s)")
+    p.add_argument("--e2e-repeats", type=int, default=2, help="alternating repeats per worker count (default: %(default)s)")
+    p.add_argument("--big-config", default=str(BIG_CONFIG), help="preset of the 224 px part (default: %(default)s)")
+    p.add_argument("--big-images", type=int, default=24, help="JPEGs for the 224 px part (default: %(default)s)")
+    p.add_argument("--no-big", action="store_true", help="skip the 224 px part")
+    p.add_argument("--gpu-rate", type=float, default=1000.0,
+                   help="images/s one GPU trains at, for the workers-needed estimate (default: %(default)s)")
+    args = p.parse_args(argv)
+    setup_threads(args)
+    device = torch.device(args.device)
+    use_cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
+    t_start = time.perf_counter()
+    print(f"device: {device_name(device)}  torch {torch.__version__}")
+    result: dict = {"env": environment(device), "config": args.config, "overrides": args.overrides}
+
+    # 1. supply: the preset's PIL pipeline
+    cfg = load_cfg(args)
+    batch = int(cfg["optim"]["batch_size"])
+    a = cfg["augment"]
+    desc = f"2 x {a['global_size']} + {a['n_local']} x {a['local_size']} px, {cfg['data']['channels']} ch"
+    from mst.data import collate_crops
+
+    ds, kind = fashion_dataset(cfg)
+    ms = per_sample_ms(ds, 2 * batch, use_cpu_time)
+    print(f"preset {args.config}: {desc}, batch {batch}, {kind} data; PIL pipeline {ms:.2f} ms / sample in-process")
+    supply = {}
+    for w in [int(x) for x in args.workers.split(",") if x != ""]:
+        supply[w] = loader_rate(ds, batch, w, args.batches, collate_crops)
+
+    # 2. consumption: MST train steps on synthetic views of the same shapes
+    tr = build_trainer(load_cfg(args, VARIANTS["mst"]), device)
+    views = make_views(cfg, device)
+    wall, cpu = alternate({"mst": lambda: tr.train_step(views)}, args.steps, device, warmup=1)
+    step_s = median(wall["mst"])
+    consume = batch / step_s
+    rows = [{"num_workers": w, "supply img/s": r, "consume img/s (MST step)": consume, "supply / consume": r / consume}
+            for w, r in supply.items()]
+    print()
+    print_table(rows)
+    data_share = (1e-3 * ms * batch) / step_s
+    print(f"MST step {step_s:.3f} s wall ({batch / step_s:.1f} img/s); with num_workers=0 the pipeline would add "
+          f"{data_share:.1%} to every step")
+    result["preset"] = {"views": desc, "batch": batch, "data": kind, "pil_ms_per_sample": ms,
+                        "supply_images_per_s": {str(k): v for k, v in supply.items()}, "step_s": step_s,
+                        "consume_images_per_s": consume,
+                        "supply_over_consume": {str(k): v / consume for k, v in supply.items()},
+                        "data_time_share_workers0": data_share}
+
+    # end to end: the real loop with the preset's data, alternating worker counts
+    e2e_workers = [int(x) for x in args.e2e_workers.split(",") if x != ""]
+    if e2e_workers and kind == "real":
+        e2e: dict[int, list[float]] = {w: [] for w in e2e_workers}
+        for _ in range(args.e2e_repeats):
+            for w in e2e_workers:
+                e2e[w].append(end_to_end_rate(load_cfg(args, VARIANTS["mst"]), w, args.e2e_steps, device))
+        base_w = e2e_workers[0]
+        print(f"\nend to end (Trainer loader + train_step, {torch.get_num_threads()} torch thread(s), "
+              f"median of {args.e2e_repeats} x {args.e2e_steps} steps):")
+        print_table([{"num_workers": w, "img/s": median(r), f"vs num_workers={base_w}": median(r) / median(e2e[base_w])}
+                     for w, r in e2e.items()])
+        result["preset"]["end_to_end_images_per_s"] = {str(w): r for w, r in e2e.items()}
+
+    # 4. GPUMultiCrop on the preset's setting
+    from mst.data.gpu_augment import pil_to_uint8
+
+    raw = torch.stack([pil_to_uint8(ds.base[i][0], int(cfg["data"]["channels"])) for i in range(batch)])
+    g_rate = gpu_aug_rate(cfg, raw, device, 5, use_cpu_time)
+    pil_rate = 1e3 / ms
+    print(f"\nGPUMultiCrop on {args.device}, preset views: {g_rate:.0f} img/s vs PIL {pil_rate:.0f} img/s per core "
+          f"(ratio {g_rate / pil_rate:.2f})")
+    result["preset"]["gpu_augment_images_per_s"] = g_rate
+    result["preset"]["gpu_augment_over_pil_per_core"] = g_rate / pil_rate
+
+    # 3. the 224 px setting
+    if not args.no_big:
+        from mst.config import load_config
+        from mst.data import AugmentedDataset, MultiCropTransform, build_dataset
+        from mst.data.gpu_augment import RawImageDataset
+
+        big = load_config(args.big_config)
+        ab = big["augment"]
+        big_desc = f"2 x {ab['global_size']} + {ab['n_local']} x {ab['local_size']} px RGB"
+        with tempfile.TemporaryDirectory(prefix="mst_jpegs_") as tmp:
+            make_jpeg_folder(Path(tmp), args.big_images)
+            data_cfg = dict(copy.deepcopy(big["data"]), name="folder", root=tmp, subset=None)
+            base_big = build_dataset(data_cfg, split="train")
+            t = MultiCropTransform(ab, big["data"]["mean"], big["data"]["std"], 3)
+            pil_ms = per_sample_ms(AugmentedDataset(base_big, t, seed=0), args.big_images, use_cpu_time)
+            raw_ds = RawImageDataset(base_big, 3)
+            decode_ms = per_sample_ms(raw_ds, args.big_images, use_cpu_time)
+            imgs = [raw_ds[i][0] for i in range(min(8, len(raw_ds)))]
+        g224 = gpu_aug_rate(big, imgs, device, 3, use_cpu_time)
+        pil224, dec224 = 1e3 / pil_ms, 1e3 / decode_ms
+        need_pil, need_dec = args.gpu_rate / pil224, args.gpu_rate / dec224
+        print(f"\n224 px setting ({big_desc}, 500x375 JPEGs), per CPU core:")
+        print_table([
+            {"path": "PIL multi-crop (decode + 12 crops)", "ms / image": pil_ms, "img/s per worker": pil224,
+             f"workers for {args.gpu_rate:.0f} img/s": need_pil},
+            {"path": "decode only (tensor path's DataLoader)", "ms / image": decode_ms, "img/s per worker": dec224,
+             f"workers for {args.gpu_rate:.0f} img/s": need_dec},
+            {"path": f"GPUMultiCrop on {args.device} (crops only)", "ms / image": 1e3 / g224, "img/s per worker": g224,
+             f"workers for {args.gpu_rate:.0f} img/s": float("nan")},
+        ])
+        result["big"] = {"views": big_desc, "pil_ms_per_image": pil_ms, "decode_ms_per_image": decode_ms,
+                         "gpu_augment_images_per_s": g224, "gpu_rate_assumed": args.gpu_rate,
+                         "workers_needed_pil": need_pil, "workers_needed_decode_only": need_dec}
+    print(f"total {time.perf_counter() - t_start:.0f}s")
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
