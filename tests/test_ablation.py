@@ -84,7 +84,10 @@ def test_mean_std_match_per_run_results_and_markdown(tiny_run):
     assert header[0] == "Variant" and "Seeds" in header and header[-1].startswith("Paper linear top-1")
     for col in ("k-NN top-1 k=20 (%)", "k-NN top-1 k=10 (%)", "Linear top-1 (%)", "Dense mIoU (%)"):
         assert col in header
-    assert list(rows) == VARIANTS
+    assert list(rows) == VARIANTS + ["random init (reference)"]
+    ref = json.loads((out / "random_init" / "results.json").read_text())["metrics"]
+    assert float(rows["random init (reference)"][header.index("Dense mIoU (%)")]) == pytest.approx(
+        ref["dense_miou"], abs=0.006)
     for v in data["variants"]:
         per_run = [json.loads((out / v["variant"] / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
         row = rows[v["variant"]]

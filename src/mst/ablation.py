@@ -101,12 +101,12 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "cpu": Protocol(
         "cpu", "fashion_mnist_vit_tiny.yaml",
-        _CPU_MODEL + ("data.subset=6000", "optim.batch_size=64", "optim.epochs=3", "optim.warmup_epochs=1",
+        _CPU_MODEL + ("data.subset=6000", "optim.batch_size=64", "optim.epochs=4", "optim.warmup_epochs=1",
                       "log.knn_every=0", "log.tensorboard=false", "log.every=20"),
         knn={"train_subset": 10000, "test_subset": 2000},
         linear={"epochs": 100, "lr": 0.1, "batch_size": 256},
         dense={"n_train": 1000, "n_test": 300, "epochs": 20, "canvas": 56},
-        description="2-core CPU: ViT-Tiny width, 4 blocks, 6000 train images, 3 epochs (279 steps of 64); "
+        description="2-core CPU: ViT-Tiny width, 4 blocks, 6000 train images, 4 epochs (372 steps of 64); "
                     "k-NN and linear probe (100 epochs, precomputed CLS) on 10000/2000 images, "
                     "dense probe on 1000/300 canvases",
     ),
@@ -192,9 +192,11 @@ def pretrain(cfg: dict, run_dir: Path, log: Log = print) -> dict:
     return {**info, "skipped": False}
 
 
-def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None) -> tuple[dict, dict]:
+def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
+             random_init: bool = False) -> tuple[dict, dict]:
     """k-NN (k=10, 20) and a linear probe on the same frozen teacher CLS features (extracted once), then the dense
-    probe. Returns (metrics, wall seconds per evaluation)."""
+    probe. ``random_init``: the same architecture untrained (seed 0), the no-pretraining reference.
+    Returns (metrics, wall seconds per evaluation)."""
     from mst.eval.dense import run_dense
     from mst.eval.features import default_device, extract_features, load_eval_backbone, load_eval_split
     from mst.eval.knn import knn_accuracy
@@ -203,7 +205,7 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None) -> t
     dev = default_device(device)
     wall = {}
     t0 = time.perf_counter()
-    backbone, cfg = load_eval_backbone(run_dir, "teacher", dev)
+    backbone, cfg = load_eval_backbone(run_dir, "teacher", dev, random_init=random_init, seed=0)
     train = load_eval_split(cfg, "train", proto.knn.get("train_subset"), seed=0)
     test = load_eval_split(cfg, "test", proto.knn.get("test_subset"), seed=1)
     train_f, train_y = extract_features(backbone, train, "cls", 256, dev)
@@ -218,7 +220,7 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None) -> t
     t0 = time.perf_counter()
     d = proto.dense
     dense = run_dense(run_dir, n_train=d["n_train"], n_test=d["n_test"], canvas=d["canvas"], epochs=d["epochs"],
-                      seed=0, device=dev, log=lambda s: None)
+                      seed=0, device=dev, random_init=random_init, log=lambda s: None)
     wall["dense_s"] = time.perf_counter() - t0
     metrics = {"knn_top1_k20": acc[20], "knn_top1_k10": acc[10], "linear_top1": lin["top1"],
                "linear_best_top1": lin["best_top1"], "dense_miou": dense["miou"],
@@ -233,10 +235,11 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None) -> t
 def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str | Path = "runs/ablation",
                  data_root: str | None = None, overrides: list[str] | None = None, log: Log = print,
                  doc: str | Path | None = DEFAULT_DOC, variants: list[str] | None = None,
-                 device=None) -> dict | None:
+                 device=None, baseline: bool = True) -> dict | None:
     """Run (or continue) ablation ``name`` under ``protocol`` for seeds 0..seeds-1 and write the reports.
 
-    ``variants`` restricts the run to some of the ablation's variants. ``doc``: the Markdown file whose marked
+    ``variants`` restricts the run to some of the ablation's variants. ``baseline`` also evaluates the untrained
+    architecture once (out_dir/random_init/), a reference row showing what pretraining added. ``doc``: the Markdown file whose marked
     section is regenerated (skipped when the file does not exist, or for the "tiny" protocol with the default doc).
     Returns the aggregate (also out_dir/results.json), or None when pretraining was interrupted (rerun to go on).
     """
@@ -306,6 +309,16 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
                 "cpu_s": cpu,
             }, indent=2))
             tee(f"[{variant} seed {seed}] done in {wall['total_s'] / 60:.1f} min: {res_path}")
+        base_path = out / "random_init" / "results.json"
+        if baseline and not base_path.is_file():
+            first = next((out / v / f"seed{s}" for (v, s) in cfgs if (out / v / f"seed{s}" / "results.json").is_file()),
+                         None)
+            if first is not None:
+                tee("evaluating the untrained architecture (random init, seed 0) as a reference")
+                metrics, wall = evaluate(first, proto, tee, device, random_init=True)
+                base_path.parent.mkdir(exist_ok=True)
+                base_path.write_text(json.dumps({"metrics": metrics, "wall_s": wall, "checkpoint_config": str(first)},
+                                                indent=2))
         agg = aggregate(name, out, proto, seeds, chosen, failures=failures, user_overrides=overrides or [])
         paths = write_reports(agg, out)
         tee(agg["summary"])
