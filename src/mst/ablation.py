@@ -162,8 +162,8 @@ def _check_same_config(run_dir: Path, cfg: dict) -> None:
     if not saved_path.is_file():
         return
     saved, now = _flat(yaml.safe_load(saved_path.read_text())), _flat(cfg)
-    diff = sorted(k for k in set(saved) | set(now)
-                  if not k.startswith(_NOT_COMPARED) and saved.get(k) != now.get(k))
+    # keys only one side has (a key added to the code since) are not compared
+    diff = sorted(k for k in set(saved) & set(now) if not k.startswith(_NOT_COMPARED) and saved[k] != now[k])
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:5])
         raise ConfigError(f"{run_dir} holds a run with another config ({shown}); use a fresh --out directory "
@@ -239,8 +239,9 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     """Run (or continue) ablation ``name`` under ``protocol`` for seeds 0..seeds-1 and write the reports.
 
     ``variants`` restricts the run to some of the ablation's variants. ``baseline`` also evaluates the untrained
-    architecture once (out_dir/random_init/), a reference row showing what pretraining added. ``doc``: the Markdown file whose marked
-    section is regenerated (skipped when the file does not exist, or for the "tiny" protocol with the default doc).
+    architecture once (out_dir/random_init/), a reference row showing what pretraining added. ``doc``: the
+    Markdown file whose marked section is regenerated (skipped when the file does not exist, or for the "tiny"
+    protocol with the default doc).
     Returns the aggregate (also out_dir/results.json), or None when pretraining was interrupted (rerun to go on).
     """
     import torch
