@@ -2,14 +2,12 @@
 determinism, and agreement of each op with torchvision's single-image functional ops."""
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from mst.config import DEFAULTS
 from mst.data import ArrayDataset, blur_kernel_size
 from mst.data.gpu_augment import (
     GPUMultiCrop,
@@ -24,14 +22,7 @@ from mst.data.gpu_augment import (
     to_gray,
 )
 
-MEAN1, STD1 = [0.2860], [0.3530]
-MEAN3, STD3 = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def aug(**kw) -> dict:
-    a = copy.deepcopy(DEFAULTS["augment"])
-    a.update(kw)
-    return a
+from tests.conftest import MEAN1, MEAN3, STD1, STD3, aug  # noqa: E402
 
 
 def no_aug(**kw) -> dict:

@@ -1,7 +1,6 @@
 """build_dataset, multi-crop views, eval transform, reproducible per-sample augmentation and crop collation."""
 from __future__ import annotations
 
-import copy
 import random
 import re
 from pathlib import Path
@@ -12,7 +11,6 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from mst.config import DEFAULTS
 from mst.data import (
     CLASSES,
     DEFAULT_ROOT,
@@ -27,14 +25,7 @@ from mst.data import (
     sample_seed,
 )
 
-MEAN1, STD1 = [0.2860], [0.3530]
-MEAN3, STD3 = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def aug(**kw) -> dict:
-    a = copy.deepcopy(DEFAULTS["augment"])
-    a.update(kw)
-    return a
+from tests.conftest import MEAN1, MEAN3, STD1, STD3, aug  # noqa: E402
 
 
 def no_aug(**kw) -> dict:
