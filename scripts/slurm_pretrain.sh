@@ -11,9 +11,21 @@
 set -euo pipefail
 config="$1"; data="$2"; out="$3"; shift 3
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-# SIGTERM (preemption / time limit) reaches every rank: each finishes its step, rank 0 writes the checkpoint,
-# all exit 0; the requeued job runs this same script and resumes from $out/checkpoint.pt.
+# SIGTERM (preemption / time limit, --signal=TERM@120) reaches every rank: each finishes its step, rank 0 writes
+# the checkpoint, all exit 0. SLURM does not requeue a job that ran out of time, so this script requeues itself
+# while the run is unfinished; the requeued job runs this same script and resumes from $out/checkpoint.pt.
 srun torchrun \
   --nnodes="$SLURM_JOB_NUM_NODES" --nproc_per_node="${GPUS_PER_NODE:-8}" \
   --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head_node:29500" \
   -m mst pretrain --config "$config" --data "$data" --out "$out" "$@"
+
+unfinished=$(python - "$out" <<'PY'
+import sys, torch
+ck = torch.load(f"{sys.argv[1]}/checkpoint.pt", map_location="cpu", weights_only=True)
+print(int(ck["epoch"] < ck["config"]["optim"]["epochs"]))
+PY
+)
+if [ "$unfinished" = 1 ]; then
+  echo "run not finished: requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+fi

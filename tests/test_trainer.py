@@ -103,3 +103,35 @@ def test_tensor_augment_backend_trains_and_resumes(tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
     assert all(r["loss"] == r["loss"] for r in a)  # finite
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path):
+    Trainer(make_tiny_cfg(), tmp_path / "run").fit(max_steps=2)
+    other = Trainer(make_tiny_cfg("mask.num=4", "log.every=5"), tmp_path / "run")
+    with pytest.raises(RuntimeError, match=r"different configuration \(mask.num: 8 -> 4\)"):
+        other.fit()
+    # log settings may change: it resumes, and the metrics file keeps one line per step
+    Trainer(make_tiny_cfg("log.every=1", "log.knn_every=0"), tmp_path / "run").fit(max_steps=1)
+    assert [r["step"] for r in losses(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_failing_online_evaluation_keeps_the_epoch(tmp_path):
+    cfg = make_tiny_cfg("log.knn_every=1", "optim.epochs=1")
+    messages = []
+
+    def broken(trainer):
+        raise ValueError("no labels here")
+
+    tr = Trainer(cfg, tmp_path / "run", log=messages.append)
+    assert tr.fit(evaluator=broken) == "done"
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 1
+    assert any("online k-NN at epoch 1 failed (ValueError: no labels here)" in m for m in messages)
+
+
+def test_metrics_after_crash_are_truncated_to_the_checkpoint(tmp_path):
+    cfg = make_tiny_cfg("log.checkpoint_every_steps=2")
+    Trainer(cfg, tmp_path / "run").fit(max_steps=3)  # checkpoint at step 2, then at 3 (max_steps)
+    path = tmp_path / "run" / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 4, "epoch": 0, "loss": 1.0}\n{"step": 5, "ep')  # a crash
+    Trainer(cfg, tmp_path / "run").fit(max_steps=1)
+    assert [r["step"] for r in losses(tmp_path / "run")] == [1, 2, 3, 4]

@@ -239,6 +239,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"mask.num={cfg['mask']['num']} must be >= 1")
     if cfg["optim"]["batch_size"] < 1 or cfg["optim"]["epochs"] < 1:
         raise ConfigError("optim.batch_size and optim.epochs must be >= 1")
+    if cfg["log"]["knn_every"] and cfg["data"]["name"] == "folder":
+        raise ConfigError("log.knn_every needs labels, but data.name=folder is unlabelled: set log.knn_every=0 "
+                          "or use data.name=image_folder (class subfolders)")
     if len(cfg["augment"]["blur_p"]) != 3:
         raise ConfigError("augment.blur_p needs 3 probabilities: global 1, global 2, locals")
 

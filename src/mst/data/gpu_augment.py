@@ -29,7 +29,7 @@ Usage::
     gen = torch.Generator(device).manual_seed(seed)
     for images, labels in loader:               # uint8 (B, C, H, W), or a list of (C, H_i, W_i)
         views = aug(images.to(device, non_blocking=True), generator=gen)   # [g1, g2, l1..ln], (B, C, S, S)
-        trainer.train_step(views)
+        loss = mst_step(views, student, teacher, ...)  # the Trainer does this itself with augment.backend=tensor
 """
 from __future__ import annotations
 

@@ -60,6 +60,17 @@ def average_across_ranks(metrics: dict[str, float], device: torch.device) -> dic
     return dict(zip(keys, (t / dist.get_world_size()).tolist()))
 
 
+def check_same_length(n: int, device: torch.device) -> None:
+    """Every process must see the same number of images (else their epochs differ and DDP deadlocks)."""
+    if not is_dist():
+        return
+    t = torch.tensor([n, -n], device=device, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if t[0].item() != -t[1].item():
+        raise RuntimeError(f"processes see different dataset sizes ({-t[1].item()} to {t[0].item()} images): "
+                           "the data folder must be the same on every node (and bad_files=skip must skip alike)")
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

@@ -34,6 +34,6 @@ class TeacherEMA:
     @torch.no_grad()
     def update(self, momentum: float) -> None:
         t = [p.data for p in self.t_params]
-        s = [p.data.to(p.dtype) for p in self.s_params]
+        s = [sp.data.to(tp.dtype) for sp, tp in zip(self.s_params, self.t_params)]
         torch._foreach_mul_(t, momentum)
         torch._foreach_add_(t, s, alpha=1.0 - momentum)

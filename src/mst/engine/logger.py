@@ -27,6 +27,16 @@ class MetricLogger:
             self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0)
 
     def set_initial(self, step: int) -> None:
+        """Resume at ``step``: drop logged records past it (a crash after the last checkpoint), move the bar."""
+        if self.active and self.path.is_file():
+            keep = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        keep.append(line)
+                except json.JSONDecodeError:  # a line cut by the crash
+                    continue
+            self.path.write_text("".join(k + "\n" for k in keep))
         if self.bar is not None:
             self.bar.n = step
             self.bar.last_print_n = step

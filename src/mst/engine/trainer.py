@@ -24,6 +24,7 @@ from mst.engine.distributed import (
     all_reduce_flags,
     average_across_ranks,
     barrier,
+    check_same_length,
     init_distributed,
 )
 from mst.engine.ema import TeacherEMA, unwrap
@@ -65,6 +66,24 @@ class _StopRequest:
             signal.signal(s, old)
 
 
+# keys that may change between a run and its resumption (they do not change what is trained)
+RESUMABLE_CHANGES = ("log.", "data.num_workers", "data.root", "data.bad_files", "optim.compile", "optim.amp",
+                     "optim.channels_last_decoder", "model.grad_checkpointing")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for each setting that differs and is not in :data:`RESUMABLE_CHANGES`."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        name = prefix + key
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, name + ".")
+        elif a != b and not name.startswith(RESUMABLE_CHANGES):
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
 
@@ -101,6 +120,7 @@ class Trainer:
             self.dataset = RawImageDataset(base, cfg["data"]["channels"])
         else:
             self.dataset = AugmentedDataset(base, MultiCropTransform(*stats), seed=cfg["seed"])
+        check_same_length(len(self.dataset), self.device)  # ranks that skipped different files would deadlock
         self.sampler = ResumableSampler(
             len(self.dataset), o["batch_size"], self.dist.rank, self.dist.world_size, seed=cfg["seed"]
         )
@@ -155,9 +175,19 @@ class Trainer:
         barrier()
 
     def try_resume(self) -> bool:
-        if not self.ckpt_path.is_file():
+        found = self.ckpt_path.is_file()
+        if any(all_reduce_flags([found], self.device)) and not found:
+            raise RuntimeError(f"rank {self.dist.rank} cannot see {self.ckpt_path} while another rank resumes from "
+                               "it: the run directory must be shared by all processes")
+        if not found:
             return False
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        changed = config_changes(ckpt["config"], self.cfg)
+        if changed:
+            raise RuntimeError(
+                f"{self.ckpt_path} was written with a different configuration ({'; '.join(changed)}); "
+                "resume with the same settings, or pass a new --out"
+            )
         self.student.load_state_dict(ckpt["student"])
         self.teacher.load_state_dict(ckpt["teacher"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -166,11 +196,12 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
         self.global_step = ckpt["global_step"]
-        if ckpt.get("world_size", 1) != self.dist.world_size and self.step_in_epoch:
-            self.log(f"warning: resuming mid-epoch with {self.dist.world_size} processes instead of "
-                     f"{ckpt['world_size']}: this epoch restarts from its beginning")
+        if ckpt.get("world_size", 1) != self.dist.world_size:
+            if self.step_in_epoch:
+                self.log(f"warning: resuming mid-epoch with {self.dist.world_size} processes instead of "
+                         f"{ckpt['world_size']}: this epoch restarts from its beginning")
             self.step_in_epoch = 0
-            self.global_step = self.epoch * self.iters_per_epoch
+            self.global_step = self.epoch * self.iters_per_epoch  # the schedules are per iteration of *this* run
         self.log(f"resumed from {self.ckpt_path} at epoch {self.epoch}, step {self.step_in_epoch}")
         return True
 
@@ -192,7 +223,7 @@ class Trainer:
         if self.batch_augment is None:
             return [v.to(self.device, non_blocking=True) for v in batch]
         images = batch.to(self.device, non_blocking=True) if torch.is_tensor(batch) else batch
-        gen = torch.Generator(self.device).manual_seed(seed)
+        gen = torch.Generator(self.device).manual_seed(seed ^ 0x5DEECE66D)  # not the mask / drop-path stream
         return self.batch_augment(images, generator=gen)
 
     def train_step(self, batch) -> dict[str, float]:
@@ -210,9 +241,11 @@ class Trainer:
         finite = math.isfinite(out.metrics["loss"])
         (any_bad,) = all_reduce_flags([not finite], self.device)
         if any_bad:
+            kept = (f"The last good checkpoint is kept at {self.ckpt_path}." if self.ckpt_path.is_file()
+                    else "No checkpoint had been written yet.")
             raise NonFiniteLossError(
                 f"loss is {out.metrics['loss']} at epoch {self.epoch}, step {self.step_in_epoch} "
-                f"(global step {it}); stopped. The last good checkpoint is kept at {self.ckpt_path}. "
+                f"(global step {it}); stopped. {kept} "
                 "Try a lower optim.base_lr, optim.amp=bf16 or none, or a smaller optim.clip_grad."
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -281,10 +314,15 @@ class Trainer:
                         return status
                     self.epoch += 1
                     self.step_in_epoch = 0
+                    self.save()  # before evaluating: a failing evaluation never costs the epoch
                     knn_every = int(self.cfg["log"]["knn_every"])
-                    if evaluator is not None and self.dist.is_main and knn_every and (self.epoch % knn_every == 0 or self.epoch == epochs):
-                        logger.epoch(self.global_step, self.epoch, evaluator(self))
-                    self.save()
+                    due = knn_every and (self.epoch % knn_every == 0 or self.epoch == epochs)
+                    if evaluator is not None and self.dist.is_main and due:
+                        try:
+                            logger.epoch(self.global_step, self.epoch, evaluator(self))
+                        except Exception as e:  # noqa: BLE001 - report and keep training
+                            self.log(f"warning: online k-NN at epoch {self.epoch} failed ({type(e).__name__}: {e}); "
+                                     "training goes on (set log.knn_every=0 to turn it off)")
                     if status == "max_steps":
                         return status
         finally:
