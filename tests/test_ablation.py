@@ -173,6 +173,34 @@ def test_rerun_skips_finished_runs(tiny_run, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_shards_split_the_runs_then_one_call_writes_the_reports(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    lines: list[str] = []
+    seen = []
+    real_pretrain = ablation.pretrain
+
+    def pretrain(cfg, run_dir, log=print):
+        seen.append((run_dir.parent.name, run_dir.name))
+        return real_pretrain(cfg, run_dir, log)
+
+    monkeypatch.setattr(ablation, "pretrain", pretrain)
+    for i in range(2):
+        assert run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, shard=(i, 2),
+                            log=lines.append) is None
+    # variant-major order, every other run: the two shards are disjoint and cover all 3 x 2 runs
+    assert seen == [("none", "seed0"), ("random", "seed0"), ("attention", "seed0"),
+                    ("none", "seed1"), ("random", "seed1"), ("attention", "seed1")]
+    assert not (out / "results.json").exists() and not (out / "random_init").exists()
+    assert any("rerun without --shard" in line for line in lines)
+    seen.clear()
+    agg = run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, log=lines.append)
+    assert seen == [] and (out / "results.json").is_file() and (out / "random_init" / "results.json").is_file()
+    assert [v["n_seeds"] for v in agg["variants"]] == [2, 2, 2]
+    with pytest.raises(ConfigError, match="shard"):
+        run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, shard=(2, 2))
+
+
+@pytest.mark.slow
 def test_rerun_with_another_config_is_refused(tiny_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(tiny_run[0] / "none", out / "none")
@@ -204,3 +232,13 @@ def test_bad_arguments_fail_early(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key"):
         run_ablation("mask", protocol="tiny", out_dir=tmp_path, doc=None, overrides=["optim.lrr=1"])
     assert not list(tmp_path.glob("*/seed*"))  # nothing trained before the configs were checked
+
+
+def test_demo_preset_is_one_run_of_the_cpu_protocol():
+    """configs/fashion_mnist_vit_tiny.yaml says the demo is the cpu protocol's attention run (seed 0): keep it so."""
+    from mst.ablation import _flat, _preset_path
+
+    demo = _flat(ablation.load_config(_preset_path("fashion_mnist_vit_tiny.yaml")))
+    run = _flat(build_run_config("mask", "attention", 0, "cpu"))
+    diff = {k: (demo[k], run[k]) for k in demo if not k.startswith("log.") and demo[k] != run[k]}
+    assert diff == {}

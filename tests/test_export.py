@@ -16,7 +16,7 @@ from mst.models.encoder import build_student_teacher
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = load_config(overrides=["model.depth=2", "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32",
+    cfg = load_config(overrides=["model.depth=2", "model.embed_dim=96", "model.num_heads=3", "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32",
                                  "decoder.channels=[16,8]"])
     student, teacher = build_student_teacher(cfg)
     with torch.no_grad():  # make the teacher differ from the student, as after training
@@ -40,7 +40,7 @@ def test_export_layout_and_metadata(ckpt, tmp_path):
     meta = json.loads(meta_path.read_text())
     assert meta["model_name"] == "vit_tiny_patch16_224"
     assert meta["model_kwargs"] == {"img_size": 28, "patch_size": 4, "in_chans": 1, "num_classes": 0,
-                                    "dynamic_img_size": True, "depth": 2}
+                                    "dynamic_img_size": True, "depth": 2, "embed_dim": 96, "num_heads": 3}
     assert meta["which"] == "teacher" and meta["epoch"] == 3
     assert meta["mean"] == cfg["data"]["mean"] and meta["std"] == cfg["data"]["std"]
     with pytest.raises(ValueError, match="safetensors"):

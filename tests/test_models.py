@@ -76,6 +76,17 @@ def test_teacher_has_no_mask_token():
         bb(torch.randn(1, 1, 28, 28), mask=torch.zeros(1, 49, dtype=torch.bool))
 
 
+def test_width_and_heads_overrides():
+    cfg = make_tiny_cfg("model.embed_dim=48", "model.num_heads=4")
+    bb = ViTBackbone(cfg["model"], in_chans=1)
+    out = bb(torch.randn(2, 1, 28, 28))
+    assert out.cls.shape == (2, 48) and out.patches.shape == (2, 49, 48)
+    assert bb.vit.blocks[0].attn.num_heads == 4
+    bad = make_tiny_cfg("model.embed_dim=50", "model.num_heads=4")
+    with pytest.raises(ValueError, match="embed_dim=50 is not divisible by model.num_heads=4"):
+        ViTBackbone(bad["model"], in_chans=1)
+
+
 def test_patch_size_must_divide_image():
     cfg = make_tiny_cfg()
     bb = ViTBackbone(cfg["model"], in_chans=1)

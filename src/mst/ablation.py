@@ -83,10 +83,11 @@ class Protocol:
 
 
 # Everything that shapes the result is pinned here, so an edit of the preset does not silently change an ablation.
-_CPU_MODEL = ("model.arch=vit_tiny", "model.depth=4", "model.patch_size=4", "model.img_size=28",
-              "head.out_dim=1024", "head.hidden_dim=512", "head.bottleneck_dim=128", "decoder.channels=[96,48]",
-              "augment.n_local=4", "mask.strategy=attention", "mask.num=8", "mask.p=0.1",
-              "loss.restore_weight=0.6", "optim.base_lr=5e-4", "optim.momentum_teacher=0.99")
+_CPU_MODEL = ("model.arch=vit_tiny", "model.depth=4", "model.embed_dim=96", "model.num_heads=3",
+              "model.patch_size=4", "model.img_size=28", "head.out_dim=1024", "head.hidden_dim=512",
+              "head.bottleneck_dim=128", "decoder.channels=[96,48]", "augment.n_local=2", "augment.backend=tensor",
+              "mask.strategy=attention", "mask.num=8", "mask.p=0.1", "loss.restore_weight=0.6",
+              "optim.base_lr=5e-4", "optim.momentum_teacher=0.99", "optim.freeze_last_layer=1")
 
 PROTOCOLS: dict[str, Protocol] = {
     "tiny": Protocol(
@@ -101,18 +102,18 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "cpu": Protocol(
         "cpu", "fashion_mnist_vit_tiny.yaml",
-        _CPU_MODEL + ("data.subset=6000", "optim.batch_size=64", "optim.epochs=4", "optim.warmup_epochs=1",
-                      "log.knn_every=0", "log.tensorboard=false", "log.every=20"),
+        _CPU_MODEL + ("data.subset=12000", "optim.batch_size=32", "optim.epochs=4", "optim.warmup_epochs=1",
+                      "log.knn_every=0", "log.tensorboard=false", "log.every=50"),
         knn={"train_subset": 10000, "test_subset": 2000},
         linear={"epochs": 100, "lr": 0.1, "batch_size": 256},
         dense={"n_train": 1000, "n_test": 300, "epochs": 20, "canvas": 56},
-        description="2-core CPU: ViT-Tiny width, 4 blocks, 6000 train images, 4 epochs (372 steps of 64); "
-                    "k-NN and linear probe (100 epochs, precomputed CLS) on 10000/2000 images, "
-                    "dense probe on 1000/300 canvases",
+        description="2-core CPU: a narrow ViT (width 96, 3 heads, 4 blocks), 2 global + 2 local crops, "
+                    "12000 train images, 4 epochs (1500 steps of 32); k-NN and linear probe (100 epochs, "
+                    "precomputed CLS) on 10000/2000 images, dense probe on 1000/300 canvases",
     ),
     "gpu": Protocol(
         "gpu", "fashion_mnist_vit_tiny.yaml",
-        ("model.arch=vit_tiny", "model.depth=null", "head.out_dim=4096", "head.hidden_dim=2048",
+        ("model.arch=vit_tiny", "model.depth=null", "model.embed_dim=null", "model.num_heads=null", "head.out_dim=4096", "head.hidden_dim=2048",
          "head.bottleneck_dim=256", "decoder.channels=[96,48]", "augment.n_local=6", "mask.strategy=attention",
          "mask.num=8", "mask.p=0.1", "loss.restore_weight=0.6", "data.subset=null", "data.num_workers=8",
          "optim.batch_size=256", "optim.epochs=100", "optim.warmup_epochs=10", "optim.base_lr=5e-4",
@@ -235,14 +236,17 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
 def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str | Path = "runs/ablation",
                  data_root: str | None = None, overrides: list[str] | None = None, log: Log = print,
                  doc: str | Path | None = DEFAULT_DOC, variants: list[str] | None = None,
-                 device=None, baseline: bool = True) -> dict | None:
+                 device=None, baseline: bool = True, shard: tuple[int, int] | None = None) -> dict | None:
     """Run (or continue) ablation ``name`` under ``protocol`` for seeds 0..seeds-1 and write the reports.
 
     ``variants`` restricts the run to some of the ablation's variants. ``baseline`` also evaluates the untrained
     architecture once (out_dir/random_init/), a reference row showing what pretraining added. ``doc``: the
     Markdown file whose marked section is regenerated (skipped when the file does not exist, or for the "tiny"
-    protocol with the default doc).
-    Returns the aggregate (also out_dir/results.json), or None when pretraining was interrupted (rerun to go on).
+    protocol with the default doc). ``shard=(i, n)`` runs only every n-th run starting at the i-th (variants x
+    seeds in order), so n processes (or n array jobs sharing ``out_dir``) split an ablation; a shard writes no
+    report: rerun without ``shard`` once all shards are done, which evaluates the baseline and writes the reports.
+    Returns the aggregate (also out_dir/results.json), or None when pretraining was interrupted (rerun to go on)
+    or when running a shard.
     """
     import torch
 
@@ -255,6 +259,8 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
         raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if seeds < 1:
         raise ConfigError(f"seeds={seeds} must be >= 1")
+    if shard is not None and not (len(shard) == 2 and shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ConfigError(f"shard={shard} must be (i, n) with 0 <= i < n")
     proto = PROTOCOLS[protocol]
     chosen = [v for v, _ in ABLATIONS[name] if variants is None or v in variants]
     if variants is not None and len(chosen) != len(set(variants)):
@@ -275,9 +281,13 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     # every config first: a bad override fails before hours of training
     cfgs = {(v, s): build_run_config(name, v, s, proto, data_root, overrides) for v in chosen for s in range(seeds)}
     tee(f"ablation {name}: {len(chosen)} variants x {seeds} seeds, protocol {protocol} ({proto.description})")
+    todo = list(cfgs.items())
+    if shard is not None:
+        todo = todo[shard[0]::shard[1]]
+        tee(f"shard {shard[0]}/{shard[1]}: " + ", ".join(f"{v} seed {k}" for (v, k), _ in todo))
     failures = []
     try:
-        for (variant, seed), cfg in cfgs.items():
+        for (variant, seed), cfg in todo:
             run_dir = out / variant / f"seed{seed}"
             res_path = run_dir / "results.json"
             _check_same_config(run_dir, cfg)
@@ -310,6 +320,10 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
                 "cpu_s": cpu,
             }, indent=2))
             tee(f"[{variant} seed {seed}] done in {wall['total_s'] / 60:.1f} min: {res_path}")
+        if shard is not None:
+            tee(f"shard {shard[0]}/{shard[1]} finished; once every shard has, rerun without --shard to evaluate "
+                "the random-init reference and write the reports")
+            return None
         base_path = out / "random_init" / "results.json"
         if baseline and not base_path.is_file():
             first = next((out / v / f"seed{s}" for (v, s) in cfgs if (out / v / f"seed{s}" / "results.json").is_file()),

@@ -126,8 +126,17 @@ def cmd_export(args) -> int:
 def cmd_ablate(args) -> int:
     from mst.ablation import run_ablation
 
+    from mst.config import ConfigError
+
+    shard = None
+    if args.shard:
+        try:
+            i, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard {args.shard!r} must look like I/N, e.g. 0/2") from None
+        shard = (i, n)
     run_ablation(args.name, protocol=args.protocol, seeds=args.seeds, out_dir=args.out, data_root=args.data,
-                 overrides=args.overrides)
+                 overrides=args.overrides, shard=shard)
     return 0
 
 
@@ -207,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--data", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only every N-th run starting at the I-th (0-based), e.g. 0/2 and 1/2 in two "
+                        "processes on the same --out; then rerun without --shard to write the reports")
     p.set_defaults(func=cmd_ablate)
     return parser
 

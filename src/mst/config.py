@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
         "patch_size": 4,
         "img_size": 28,
         "depth": None,  # override the arch's depth (e.g. a shallower ViT for CPU runs)
+        "embed_dim": None,  # override the arch's width (ViT only; a narrower ViT for CPU runs)
+        "num_heads": None,  # override the arch's number of heads (must divide the width)
         "drop_path": 0.1,
         "grad_checkpointing": False,
     },

@@ -42,8 +42,13 @@ def timm_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
         num_classes=0,
         dynamic_img_size=True,
     )
-    if model_cfg.get("depth"):
-        kwargs["depth"] = int(model_cfg["depth"])
+    for key in ("depth", "embed_dim", "num_heads"):  # optional overrides of the arch's shape
+        if model_cfg.get(key):
+            kwargs[key] = int(model_cfg[key])
+    width = kwargs.get("embed_dim", dims["embed_dim"])
+    heads = kwargs.get("num_heads", dims["num_heads"])
+    if width % heads:
+        raise ValueError(f"model.embed_dim={width} is not divisible by model.num_heads={heads}")
     return name, kwargs
 
 

@@ -29,8 +29,9 @@ SWIN_ARCHS = {"swin_tiny": "swin_tiny_patch4_window7_224"}
 def swin_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
     if int(model_cfg["patch_size"]) != 4:
         raise ValueError(f"model.patch_size={model_cfg['patch_size']}: Swin-T embeds 4-px patches (set 4)")
-    if model_cfg.get("depth"):
-        raise ValueError("model.depth cannot be overridden for Swin (its depth is per stage); leave it null")
+    for key in ("depth", "embed_dim", "num_heads"):
+        if model_cfg.get(key):
+            raise ValueError(f"model.{key} cannot be overridden for Swin (it is per stage); leave it null")
     kwargs = dict(img_size=int(model_cfg["img_size"]), in_chans=int(in_chans), num_classes=0, dynamic_img_size=True)
     return SWIN_ARCHS[model_cfg["arch"]], kwargs
 
