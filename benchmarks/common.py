@@ -176,6 +176,7 @@ def build_trainer(cfg: dict, device: torch.device | str = "cpu", steady_state: b
     out = Path(tempfile.mkdtemp(prefix="mst_bench_"))
     with _synthetic_data(cfg):
         tr = Trainer(cfg, out, dist_info=DistInfo(device=device), log=lambda *a, **k: None)
+    tr.batch_augment = None  # the benchmarks feed ready-made views to train_step, whatever augment.backend says
     tr.student.train()
     tr.teacher.train()
     if steady_state:
