@@ -87,3 +87,24 @@ def test_run_linear(tmp_path):
     assert res["top1"] > 20.0  # random-init ViT features of Fashion-MNIST: well above chance after 5 epochs
     saved = torch.load(tmp_path / "clf.pt", weights_only=True)
     assert saved["state_dict"]["weight"].shape == (10, 192)
+
+
+def test_cli_linear_writes_json(tmp_path, capsys):
+    import json
+
+    from mst.cli import main
+    from mst.models.encoder import build_student_teacher
+
+    torch.manual_seed(0)
+    cfg = load_config(overrides=TINY)
+    student, teacher = build_student_teacher(cfg)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 0}, path)
+    out = tmp_path / "res" / "linear.json"
+    assert main(["linear", "--ckpt", str(path), "--epochs", "2", "--train-subset", "200", "--test-subset", "50",
+                 "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    text = "\n" + capsys.readouterr().out
+    printed = json.loads(text[text.rindex("\n{\n") + 1:])  # the summary is the last thing printed
+    assert saved == printed
+    assert 0.0 <= saved["top1"] <= 100.0 and saved["top1"] <= saved["top5"]

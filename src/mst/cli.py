@@ -86,7 +86,11 @@ def cmd_linear(args) -> int:
     res = run_linear(args.ckpt, data=args.data, which=args.which, kind=args.features, augment=args.augment,
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, train_subset=args.train_subset,
                      test_subset=args.test_subset, random_init=args.random_init, save_path=args.save)
-    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2))
+    summary = {k: v for k, v in res.items() if k != "history"}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
 
 
@@ -179,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--random-init", action="store_true", help="probe the same architecture at random init")
     p.add_argument("--save", default=None, help="save the trained classifier here")
+    p.add_argument("--json", default=None, help="also write the results (top-1, top-5, best epoch) to this file")
     p.set_defaults(func=cmd_linear)
 
     p = sub.add_parser("dense", help="dense (segmentation) probe on frozen patch tokens")
