@@ -113,9 +113,10 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "gpu": Protocol(
         "gpu", "fashion_mnist_vit_tiny.yaml",
-        ("model.arch=vit_tiny", "model.depth=null", "model.embed_dim=null", "model.num_heads=null", "head.out_dim=4096", "head.hidden_dim=2048",
-         "head.bottleneck_dim=256", "decoder.channels=[96,48]", "augment.n_local=6", "mask.strategy=attention",
-         "mask.num=8", "mask.p=0.1", "loss.restore_weight=0.6", "data.subset=null", "data.num_workers=8",
+        ("model.arch=vit_tiny", "model.depth=null", "model.embed_dim=null", "model.num_heads=null",
+         "head.out_dim=4096", "head.hidden_dim=2048", "head.bottleneck_dim=256", "decoder.channels=[96,48]",
+         "augment.n_local=6", "augment.backend=tensor", "mask.strategy=attention", "mask.num=8", "mask.p=0.1",
+         "loss.restore_weight=0.6", "data.subset=null", "data.num_workers=8",
          "optim.batch_size=256", "optim.epochs=100", "optim.warmup_epochs=10", "optim.base_lr=5e-4",
          "optim.momentum_teacher=0.996", "log.knn_every=10", "log.progress=false", "log.every=50"),
         knn={"train_subset": None, "test_subset": None},
