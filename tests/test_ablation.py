@@ -242,3 +242,16 @@ def test_demo_preset_is_one_run_of_the_cpu_protocol():
     run = _flat(build_run_config("mask", "attention", 0, "cpu"))
     diff = {k: (demo[k], run[k]) for k in demo if not k.startswith("log.") and demo[k] != run[k]}
     assert diff == {}
+
+
+def test_cli_variants_and_shard_are_checked(tmp_path, capsys):
+    from mst.cli import main
+
+    assert main(["ablate", "decoder", "--protocol", "tiny", "--out", str(tmp_path), "--variants",
+                 "no_decoder,lambda9"]) == 2
+    assert "unknown variants ['lambda9']" in capsys.readouterr().err
+    assert main(["ablate", "mask", "--protocol", "tiny", "--out", str(tmp_path), "--shard", "2of3"]) == 2
+    assert "--shard '2of3' must look like I/N" in capsys.readouterr().err
+    assert main(["ablate", "mask", "--protocol", "tiny", "--out", str(tmp_path), "--shard", "3/3"]) == 2
+    assert "shard=(3, 3) must be (i, n)" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/seed*"))  # nothing trained

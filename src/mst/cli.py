@@ -139,8 +139,9 @@ def cmd_ablate(args) -> int:
         except ValueError:
             raise ConfigError(f"--shard {args.shard!r} must look like I/N, e.g. 0/2") from None
         shard = (i, n)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     run_ablation(args.name, protocol=args.protocol, seeds=args.seeds, out_dir=args.out, data_root=args.data,
-                 overrides=args.overrides, shard=shard)
+                 overrides=args.overrides, shard=shard, variants=variants)
     return 0
 
 
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--data", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--variants", default=None, metavar="A,B",
+                   help="run only these variants of the ablation (comma-separated; default: all)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only every N-th run starting at the I-th (0-based), e.g. 0/2 and 1/2 in two "
                         "processes on the same --out; then rerun without --shard to write the reports")
