@@ -236,10 +236,11 @@ def test_bad_arguments_fail_early(tmp_path):
 
 def test_demo_preset_is_one_run_of_the_cpu_protocol():
     """configs/fashion_mnist_vit_tiny.yaml says the demo is the cpu protocol's attention run (seed 0): keep it so."""
-    from mst.ablation import _flat, _preset_path
+    from mst.ablation import _preset_path
+    from mst.config import _flatten
 
-    demo = _flat(ablation.load_config(_preset_path("fashion_mnist_vit_tiny.yaml")))
-    run = _flat(build_run_config("mask", "attention", 0, "cpu"))
+    demo = _flatten(ablation.load_config(_preset_path("fashion_mnist_vit_tiny.yaml")))
+    run = _flatten(build_run_config("mask", "attention", 0, "cpu"))
     diff = {k: (demo[k], run[k]) for k in demo if not k.startswith("log.") and demo[k] != run[k]}
     assert diff == {}
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import yaml
 
-from mst.config import ConfigError, load_config
+from mst.config import ConfigError, _flatten, load_config
 
 Log = Callable[[str], None]
 
@@ -152,18 +152,11 @@ def build_run_config(name: str, variant: str, seed: int, protocol: str | Protoco
     return load_config(_preset_path(proto.preset), items)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _check_same_config(run_dir: Path, cfg: dict) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved, now = _flat(yaml.safe_load(saved_path.read_text())), _flat(cfg)
+    saved, now = _flatten(yaml.safe_load(saved_path.read_text())), _flatten(cfg)
     # keys only one side has (a key added to the code since) are not compared
     diff = sorted(k for k in set(saved) & set(now) if not k.startswith(_NOT_COMPARED) and saved[k] != now[k])
     if diff:

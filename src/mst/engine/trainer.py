@@ -211,10 +211,10 @@ class Trainer:
         if self.batch_augment is None:
             self.dataset.set_epoch(self.epoch)
         nw = int(self.cfg["data"]["num_workers"])
+        collate = collate_crops if self.batch_augment is None else collate_raw
         return DataLoader(
             self.dataset, batch_size=self.cfg["optim"]["batch_size"], sampler=self.sampler, num_workers=nw,
-            collate_fn=collate_crops if self.batch_augment is None else collate_raw, pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=False,
+            collate_fn=collate, pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=False,
         )
 
     def _views(self, batch, seed: int) -> list[torch.Tensor]:
