@@ -1,9 +1,10 @@
-"""Shared helpers for the benchmark scripts: config + CLI flags, a Trainer on synthetic data, synthetic views,
+"""Shared helpers for the benchmark scripts: config + CLI flags, a Trainer on synthetic data, synthetic batches,
 timing, device names, tables and JSON output.
 
 The benchmarks never need real images for the model side: :func:`build_trainer` swaps the dataset the Trainer
-builds for a tiny in-memory array (just large enough for one batch), and :func:`make_views` makes random views
-of the shapes the multi-crop transform would produce. ``data_loading.py`` is the one script that reads real data.
+builds for a tiny in-memory array (just large enough for one batch), and :func:`make_batch` makes random views of
+the shapes the method's view pipeline would produce (multi-crop or one view). ``data_loading.py`` is the one
+script that reads real data.
 """
 from __future__ import annotations
 
@@ -24,21 +25,29 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "fashion_mnist_vit_tiny.yaml"
+METHOD_CONFIGS = {"mae": REPO / "configs" / "fashion_mnist_mae.yaml",
+                  "simmim": REPO / "configs" / "fashion_mnist_simmim.yaml"}
 
-# The four variants of the step: MST = attention mask + decoder; DINO = neither.
-VARIANTS: dict[str, list[str]] = {
-    "dino": ["mask.strategy=none", "decoder.enabled=false"],
-    "mask_only": ["decoder.enabled=false"],
-    "decoder_only": ["mask.strategy=none"],
-    "mst": [],
+# Variants of the step: (which preset, overrides). None = --config (an MST preset): MST = attention mask +
+# decoder, DINO = neither; "mae" / "simmim" = --mae-config / --simmim-config.
+VARIANTS: dict[str, tuple[str | None, list[str]]] = {
+    "dino": (None, ["mst.mask=none", "mst.decoder=none"]),
+    "mask_only": (None, ["mst.decoder=none"]),
+    "decoder_only": (None, ["mst.mask=none"]),
+    "mst": (None, []),
+    "mae": ("mae", []),
+    "simmim": ("simmim", []),
 }
+MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
 
 
 # -- CLI and config ---------------------------------------------------------------------------------------------
 def add_common_args(p: argparse.ArgumentParser, config: Path | str = DEFAULT_CONFIG) -> argparse.ArgumentParser:
-    p.add_argument("--config", default=str(config), help="preset YAML (default: %(default)s)")
+    p.add_argument("--config", default=str(config), help="MST preset YAML (default: %(default)s)")
+    for name, path in METHOD_CONFIGS.items():
+        p.add_argument(f"--{name}-config", default=str(path), help=f"{name} preset YAML (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. --set optim.batch_size=32)")
+                   help="config override for every variant, repeatable; common keys only (optim.*, model.*, data.*)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--amp", default=None, choices=("none", "bf16", "fp16", "auto"),
                    help="optim.amp for the run (CPU always runs fp32; default: the preset's)")
@@ -58,7 +67,8 @@ def setup_threads(args: argparse.Namespace) -> int:
     return torch.get_num_threads()
 
 
-def load_cfg(args: argparse.Namespace, extra: Iterable[str] = ()) -> dict:
+def load_cfg(args: argparse.Namespace, extra: Iterable[str] = (), preset: str | None = None) -> dict:
+    """The config of ``preset`` (None: --config; "mae": --mae-config, ...) with --set and ``extra`` applied."""
     from mst.config import load_config
 
     overrides = list(args.overrides) + list(extra)
@@ -66,7 +76,13 @@ def load_cfg(args: argparse.Namespace, extra: Iterable[str] = ()) -> dict:
         overrides.append(f"optim.amp={args.amp}")
     # Benchmarks never log or evaluate; keep the Trainer from touching anything on disk.
     overrides += ["log.progress=false", "log.tensorboard=false", "log.knn_every=0"]
-    return load_config(args.config, overrides)
+    path = args.config if preset is None else getattr(args, f"{preset}_config")
+    return load_config(path, overrides)
+
+
+def variant_cfg(args: argparse.Namespace, name: str, extra: Iterable[str] = ()) -> dict:
+    preset, overrides = VARIANTS[name]
+    return load_cfg(args, list(overrides) + list(extra), preset)
 
 
 # -- device names, sync, timing ---------------------------------------------------------------------------------
@@ -176,28 +192,37 @@ def build_trainer(cfg: dict, device: torch.device | str = "cpu", steady_state: b
     out = Path(tempfile.mkdtemp(prefix="mst_bench_"))
     with _synthetic_data(cfg):
         tr = Trainer(cfg, out, dist_info=DistInfo(device=device), log=lambda *a, **k: None)
-    tr.batch_augment = None  # the benchmarks feed ready-made views to train_step, whatever augment.backend says
-    tr.student.train()
-    tr.teacher.train()
+    tr.method.train()  # the benchmarks feed ready batches to train_batch, whatever augment.backend says
     if steady_state:
         o = cfg["optim"]
-        tr.epoch = min(int(o["freeze_last_layer"]), int(o["epochs"]) - 1)
+        tr.epoch = min(int(cfg.get("dino", {}).get("freeze_last_layer", 0)), int(o["epochs"]) - 1)
         tr.global_step = min(tr.epoch * tr.iters_per_epoch, len(tr.schedules["lr"]) - 1)
     return tr
 
 
 def view_shapes(cfg: dict, batch: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Shapes of the views the method of ``cfg`` trains on: multi-crop (MST) or one view (MIM)."""
+    from mst.config import method_class
+
     a = cfg["augment"]
     b = int(batch or cfg["optim"]["batch_size"])
     c = int(cfg["data"]["channels"])
     g, l = int(a["global_size"]), int(a["local_size"])
+    if method_class(cfg["method"]).views == "single":
+        return [(b, c, g, g)]
     return [(b, c, g, g)] * 2 + [(b, c, l, l)] * int(a["n_local"])
 
 
-def make_views(cfg: dict, device: torch.device | str = "cpu", batch: int | None = None, seed: int = 0):
-    """Random normalised-looking views [global1, global2, local_1..n], each (B, C, H, W) float32."""
+def make_batch(cfg: dict, device: torch.device | str = "cpu", batch: int | None = None, seed: int = 0):
+    """A :class:`~mst.data.Batch` of random normalised-looking views of the method's shapes, on ``device``."""
+    from mst.data import Batch
+
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g).to(device) for s in view_shapes(cfg, batch)]
+    views = [torch.randn(s, generator=g).to(device) for s in view_shapes(cfg, batch)]
+    b = views[0].shape[0]
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(b, 4).contiguous()
+    return Batch(views, torch.zeros(b, dtype=torch.long, device=device), torch.arange(b, device=device), boxes,
+                 torch.zeros(b, dtype=torch.bool, device=device))
 
 
 def images_per_step(cfg: dict) -> int:

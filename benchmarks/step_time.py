@@ -1,16 +1,18 @@
-"""MST step time vs DINO step time on the same batch, the same machine, in one run.
+"""Step time of every method relative to DINO's, on the same machine, in one run.
 
-Four Trainers are built from one preset: DINO (mask.strategy=none, decoder.enabled=false), mask only, decoder only
-and MST (attention-guided mask + decoder). Each gets the same pre-generated synthetic views (no data pipeline),
-is warmed up, then the four are timed one ``Trainer.train_step`` each per round, round after round, with the
-order rotated every round. Reported: the median step time of each variant, and the median over rounds of the
+Trainers are built for DINO (``mst.mask=none``, ``mst.decoder=none``), MST's parts (mask only, decoder only), MST,
+and the MIM methods (MAE, SimMIM) on their own presets, all at the same batch size (DINO's, unless --batch).
+Each gets ready-made synthetic batches of its own view shapes (multi-crop or one view; no data pipeline), is
+warmed up, then all are timed one ``Trainer.train_batch`` each per round, round after round, with the order
+rotated every round. Reported: the median step time and images/s of each, and the median over rounds of the
 per-round ratio variant / DINO (both steps of a ratio ran back to back, so the load of a shared machine cancels).
 On CPU with one torch thread (the default) the headline ratio uses process CPU time, which leaves out the time
 the process waited for a core on a shared machine; wall times are printed next to it. On CUDA: wall time.
 
-    python benchmarks/step_time.py                                   # CPU, Fashion-MNIST ViT-Tiny preset
-    python benchmarks/step_time.py --config configs/imagenet_deit_small_300ep.yaml --device cuda --amp bf16 \\
-        --rounds 30 --warmup 5                                       # the paper's setting on a GPU
+    python benchmarks/step_time.py                                   # CPU, the Fashion-MNIST presets
+    python benchmarks/step_time.py --config configs/imagenet_deit_small_300ep.yaml \\
+        --mae-config configs/imagenet_mae_vit_base_800ep.yaml \\
+        --simmim-config configs/imagenet_simmim_vit_base_800ep.yaml --device cuda --amp bf16 --batch 64
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (  # noqa: E402
-    VARIANTS, add_common_args, alternate, build_trainer, device_name, environment, load_cfg, make_views, median,
-    paired_ratios, print_table, setup_threads, write_json,
+    VARIANTS, add_common_args, alternate, build_trainer, device_name, environment, make_batch, median,
+    paired_ratios, print_table, setup_threads, variant_cfg, write_json,
 )
 
 TARGET = 1.10  # MST / DINO
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="timed rounds (one step of every variant per round; default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of %(default)s")
+    p.add_argument("--batch", type=int, default=None, help="images per step for every variant (default: DINO's)")
     args = p.parse_args(argv)
     setup_threads(args)
     device = torch.device(args.device)
@@ -45,19 +48,16 @@ def main(argv: list[str] | None = None) -> dict:
         names.insert(0, "dino")
 
     t0 = time.perf_counter()
-    trainers, cfgs = {}, {}
-    for name in names:
-        cfgs[name] = load_cfg(args, VARIANTS[name])
-        trainers[name] = build_trainer(cfgs[name], device)
-    views = make_views(cfgs["mst" if "mst" in cfgs else "dino"], device)  # identical views for all variants
-    batch = views[0].shape[0]
+    cfgs = {name: variant_cfg(args, name) for name in names}
+    batch = args.batch or int(cfgs["dino"]["optim"]["batch_size"])
+    trainers = {name: build_trainer(cfgs[name], device) for name in names}
+    batches = {name: make_batch(cfgs[name], device, batch) for name in names}
     print(f"device: {device_name(device)}  torch {torch.__version__}")
-    print(f"config: {args.config} {' '.join(args.overrides)}  batch {batch}, views "
-          f"{' + '.join(f'{tuple(v.shape[1:])}' for v in views[:3])}{' ...' if len(views) > 3 else ''} "
-          f"({len(views)} views), amp={cfgs['dino']['optim']['amp']}")
+    print(f"configs: {args.config} (MST variants), {args.mae_config}, {args.simmim_config} "
+          f"{' '.join(args.overrides)}; batch {batch} for every variant, amp={cfgs['dino']['optim']['amp']}")
     print(f"built in {time.perf_counter() - t0:.1f}s; warm-up {args.warmup} round(s), {args.rounds} timed rounds")
 
-    fns = {n: (lambda tr=trainers[n]: tr.train_step(views)) for n in names}
+    fns = {n: (lambda tr=trainers[n], b=batches[n]: tr.train_batch(b)) for n in names}
     wall, cpu = alternate(fns, args.rounds, device, warmup=args.warmup)
     # On CPU with one thread, process CPU time is the robust measure (it leaves out waiting for a core on a
     # shared machine); on CUDA the wall time (synchronised) is the measure.
@@ -69,16 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "batch": batch, "rounds": args.rounds, "primary_measure": measure, "variants": {}}
     for n in names:
         med_w, med_c = median(wall[n]), median(cpu[n])
-        rows.append({"variant": n, "wall median (s)": med_w, "wall min (s)": min(wall[n]),
-                     "cpu median (s)": med_c, "img/s (wall)": batch / med_w,
-                     "wall ratio vs DINO": median(paired_ratios(wall, n, "dino")),
-                     "cpu ratio vs DINO": median(paired_ratios(cpu, n, "dino"))})
+        ratio_w, ratio_c = median(paired_ratios(wall, n, "dino")), median(paired_ratios(cpu, n, "dino"))
+        rows.append({"variant": n, "method": cfgs[n]["method"], "wall median (s)": med_w, "cpu median (s)": med_c,
+                     "img/s (wall)": batch / med_w, "wall ratio vs DINO": ratio_w, "cpu ratio vs DINO": ratio_c})
         result["variants"][n] = {
-            "wall_s": wall[n], "cpu_s": cpu[n], "wall_median_s": med_w, "cpu_median_s": med_c,
-            "images_per_s": batch / med_w,
-            "ratio_vs_dino_wall": median(paired_ratios(wall, n, "dino")),
-            "ratio_vs_dino_cpu": median(paired_ratios(cpu, n, "dino")),
-            "ratio_vs_dino": median(paired_ratios(primary, n, "dino")),
+            "method": cfgs[n]["method"], "wall_s": wall[n], "cpu_s": cpu[n], "wall_median_s": med_w,
+            "cpu_median_s": med_c, "images_per_s": batch / med_w, "ratio_vs_dino_wall": ratio_w,
+            "ratio_vs_dino_cpu": ratio_c, "ratio_vs_dino": median(paired_ratios(primary, n, "dino")),
         }
     print()
     print_table(rows)
@@ -91,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  mask alone adds {result['variants']['mask_only']['ratio_vs_dino'] - 1:+.1%}, "
                   f"decoder alone adds {result['variants']['decoder_only']['ratio_vs_dino'] - 1:+.1%} (vs DINO)")
         result["mst_over_dino"] = r
+    for n in ("mae", "simmim"):
+        if n in wall:
+            print(f"{n.upper()} / DINO step time ({measure}) = {result['variants'][n]['ratio_vs_dino']:.3f}")
     print(f"total {time.perf_counter() - t0:.0f}s")
     write_json(args.json, result)
     return result

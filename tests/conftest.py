@@ -7,15 +7,15 @@ import os
 import pytest
 import torch
 
-from mst.config import DEFAULTS, load_config
+from mst.config import COMMON, load_config
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY = [
     "model.depth=2",
-    "head.out_dim=64",
-    "head.hidden_dim=64",
-    "head.bottleneck_dim=32",
+    "dino.out_dim=64",
+    "dino.hidden_dim=64",
+    "dino.bottleneck_dim=32",
     "augment.n_local=2",
     "optim.batch_size=8",
     "optim.epochs=2",
@@ -25,8 +25,24 @@ TINY = [
     "log.tensorboard=false",
     "log.every=1",
     "log.knn_every=0",
-    "decoder.channels=[16,8]",
+    "mst.decoder_channels=[16,8]",
 ]
+
+# the same tiny model for the MIM methods (no DINO head, a 1-block 32-wide MAE decoder)
+TINY_MIM = [
+    "model.depth=2",
+    "augment.global_size=28",
+    "optim.batch_size=8",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "data.subset=64",
+    "log.progress=false",
+    "log.tensorboard=false",
+    "log.every=1",
+    "log.knn_every=0",
+]
+TINY_MAE = ["method=mae", *TINY_MIM, "mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]
+TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mim.mask=blocks", "mim.mask_ratio=0.6", "mim.norm_pix_loss=false"]
 
 
 @pytest.fixture
@@ -44,6 +60,24 @@ MEAN3, STD3 = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def aug(**kw) -> dict:
-    a = copy.deepcopy(DEFAULTS["augment"])
+    a = copy.deepcopy(COMMON["augment"])
     a.update(kw)
     return a
+
+
+def step(method, views, epoch: int = 0, generator=None):
+    """One forward of a method's step on ready views (no optimizer): its StepOutput."""
+    from mst.data import Batch
+    from mst.methods import StepContext
+
+    b = views[0].shape[0]
+    batch = Batch(list(views), torch.zeros(b, dtype=torch.long), torch.arange(b))
+    return method(batch, StepContext(epoch=epoch, step=0, generator=generator))
+
+
+def save_method(method, path, epoch: int = 0):
+    """A checkpoint file (the trainer's format, no optimizer) holding ``method``."""
+    from mst.engine.checkpoint import method_checkpoint
+
+    torch.save(method_checkpoint(method, epoch=epoch), path)
+    return path

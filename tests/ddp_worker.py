@@ -11,6 +11,5 @@ out, steps, *overrides = sys.argv[1:]
 torch.set_num_threads(1)
 trainer = Trainer(load_config(overrides=overrides), out)
 trainer.fit(max_steps=int(steps))
-torch.save({"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict()},
-           f"{out}/rank{trainer.dist.rank}.pt")
+torch.save(trainer.method.state_dict(), f"{out}/rank{trainer.dist.rank}.pt")
 cleanup()

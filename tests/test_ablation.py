@@ -11,11 +11,12 @@ import statistics
 import pytest
 import yaml
 
-import mst.ablation as ablation
 import mst.engine.trainer as trainer_mod
-from mst.ablation import ABLATIONS, PROTOCOLS, build_run_config, run_ablation, update_results_doc
-from mst.ablation_report import METRICS, section_markers
+import mst.experiments.runner as ablation
 from mst.config import ConfigError
+from mst.experiments.report import section_markers, update_results_doc
+from mst.experiments.runner import build_run_config, run_ablation
+from mst.experiments.specs import ABLATIONS, METRICS, PROTOCOLS
 
 VARIANTS = ["none", "random", "attention"]
 DOC = """# Results
@@ -68,11 +69,11 @@ def test_results_json_holds_every_variant_and_seed(tiny_run):
             assert per_run["variant"] == v["variant"] and per_run["seed"] == seed
             assert per_run["wall_s"]["total_s"] > 0
             cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-            assert cfg["seed"] == seed and cfg["mask"]["strategy"] == v["variant"]
-            assert cfg["decoder"]["enabled"] is True  # Table 4 compares strategies inside MST
+            assert cfg["seed"] == seed and cfg["mst"]["mask"] == v["variant"]
+            assert cfg["mst"]["decoder"] == "cnn"  # Table 4 compares strategies inside MST
     # Table 4: "all methods mask with the same probability p"
     cfgs = {v: build_run_config("mask", v, 0, "tiny") for v in VARIANTS}
-    assert cfgs["random"]["mask"]["p"] == cfgs["attention"]["mask"]["p"] == 0.1
+    assert cfgs["random"]["mst"]["mask_p"] == cfgs["attention"]["mst"]["mask_p"] == 0.1
     assert data == json.loads(json.dumps(agg))
 
 
@@ -210,18 +211,18 @@ def test_rerun_with_another_config_is_refused(tiny_run, tmp_path):
 
 
 def test_every_ablation_and_protocol_resolves():
-    for name, variants in ABLATIONS.items():
-        for variant, overrides in variants:
+    for name, ablation_spec in ABLATIONS.items():
+        for variant in ablation_spec.variants:
             for proto in PROTOCOLS:
-                cfg = build_run_config(name, variant, 1, proto)
+                cfg = build_run_config(name, variant.name, 1, proto)
                 assert cfg["seed"] == 1
-                for item in overrides:  # the variant's keys win over the protocol's
+                for item in variant.overrides:  # the variant's keys win over the protocol's
                     key, _, value = item.partition("=")
                     section, leaf = key.split(".")
                     assert str(cfg[section][leaf]).lower() == value.lower() or cfg[section][leaf] == float(value)
     gpu = build_run_config("mask", "attention", 0, "gpu")
     assert gpu["data"]["subset"] is None and gpu["model"]["depth"] is None and gpu["optim"]["epochs"] == 100
-    assert build_run_config("num_p", "num8_p0.15", 0, "cpu")["mask"]["num"] == 8
+    assert build_run_config("num_p", "num8_p0.15", 0, "cpu")["mst"]["mask_num"] == 8
 
 
 def test_bad_arguments_fail_early(tmp_path):
@@ -236,7 +237,7 @@ def test_bad_arguments_fail_early(tmp_path):
 
 def test_demo_preset_is_one_run_of_the_cpu_protocol():
     """configs/fashion_mnist_vit_tiny.yaml says the demo is the cpu protocol's attention run (seed 0): keep it so."""
-    from mst.ablation import _preset_path
+    from mst.experiments.runner import _preset_path
     from mst.config import _flatten
 
     demo = _flatten(ablation.load_config(_preset_path("fashion_mnist_vit_tiny.yaml")))

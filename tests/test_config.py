@@ -1,36 +1,51 @@
+"""Config: presets, overrides, the per-method sections, and errors that name the key and the valid choices."""
+from pathlib import Path
+
 import pytest
 
 from mst.config import ConfigError, load_config
 
+ROOT = Path(__file__).resolve().parents[1] / "configs"
 
-def test_presets_load(tmp_path):
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "configs"
-    names = sorted(p.name for p in root.glob("*.yaml"))
-    assert {"fashion_mnist_vit_tiny.yaml", "fashion_mnist_dino.yaml", "imagenet_deit_small_100ep.yaml",
-            "imagenet_deit_small_300ep.yaml"} <= set(names)
+def test_presets_load():
+    names = sorted(p.name for p in ROOT.glob("*.yaml"))
+    assert {"fashion_mnist_vit_tiny.yaml", "fashion_mnist_dino.yaml", "fashion_mnist_mae.yaml",
+            "fashion_mnist_simmim.yaml", "imagenet_deit_small_100ep.yaml", "imagenet_deit_small_300ep.yaml",
+            "imagenet_mae_vit_base_800ep.yaml", "imagenet_simmim_vit_base_800ep.yaml"} <= set(names)
     for name in names:
-        load_config(root / name)
-    mst = load_config(root / "fashion_mnist_vit_tiny.yaml")
-    assert mst["mask"]["strategy"] == "attention" and mst["decoder"]["enabled"]
-    dino = load_config(root / "fashion_mnist_dino.yaml")
-    assert dino["mask"]["strategy"] == "none" and not dino["decoder"]["enabled"]
-    inet = load_config(root / "imagenet_deit_small_100ep.yaml")
+        load_config(ROOT / name)
+    mst = load_config(ROOT / "fashion_mnist_vit_tiny.yaml")
+    assert mst["method"] == "mst" and mst["mst"]["mask"] == "attention" and mst["mst"]["decoder"] == "cnn"
+    dino = load_config(ROOT / "fashion_mnist_dino.yaml")
+    assert dino["mst"]["mask"] == "none" and dino["mst"]["decoder"] == "none"
+    inet = load_config(ROOT / "imagenet_deit_small_100ep.yaml")
     # the paper: lr 2e-3 at batch 1024, wd 0.04, 10 warm-up epochs, lambda 1.0 / 0.6, num 8, p 0.1
     assert inet["optim"]["base_lr"] * 1024 / 256 == pytest.approx(2e-3)
     assert inet["optim"]["weight_decay"] == 0.04 and inet["optim"]["warmup_epochs"] == 10
-    assert (inet["loss"]["ce_weight"], inet["loss"]["restore_weight"]) == (1.0, 0.6)
-    assert (inet["mask"]["num"], inet["mask"]["p"]) == (8, 0.1)
+    assert (inet["mst"]["ce_weight"], inet["mst"]["restore_weight"]) == (1.0, 0.6)
+    assert (inet["mst"]["mask_num"], inet["mst"]["mask_p"]) == (8, 0.1)
     assert inet["model"]["arch"] == "vit_small" and inet["model"]["patch_size"] == 16
 
 
+def test_each_method_gets_only_its_sections():
+    mst = load_config()
+    assert {"dino", "mst"} <= set(mst) and not {"mim", "mae", "simmim"} & set(mst)
+    mae = load_config(overrides=["method=mae"])
+    assert {"mim", "mae"} <= set(mae) and not {"dino", "mst", "simmim"} & set(mae)
+    simmim = load_config(overrides=["method=simmim"])
+    assert {"mim", "simmim"} <= set(simmim) and "mae" not in simmim
+    with pytest.raises(ConfigError, match=r"section 'mae'.*not used by method 'mst'.*belongs to mae"):
+        load_config(overrides=["mae.decoder_depth=2"])
+    with pytest.raises(ConfigError, match=r"section 'dino'.*not used by method 'simmim'.*belongs to mst"):
+        load_config(ROOT / "fashion_mnist_simmim.yaml", ["dino.out_dim=8"])
+
+
 def test_override_types():
-    cfg = load_config(overrides=["optim.base_lr=1e-3", "mask.strategy=random", "decoder.enabled=false",
+    cfg = load_config(overrides=["optim.base_lr=1e-3", "mst.mask=random", "mst.decoder=none",
                                  "augment.global_scale=[0.3, 1.0]", "data.root=null"])
     assert cfg["optim"]["base_lr"] == 1e-3
-    assert cfg["mask"]["strategy"] == "random"
-    assert cfg["decoder"]["enabled"] is False
+    assert cfg["mst"]["mask"] == "random" and cfg["mst"]["decoder"] == "none"
     assert cfg["augment"]["global_scale"] == [0.3, 1.0]
     assert cfg["data"]["root"] is None
 
@@ -38,8 +53,17 @@ def test_override_types():
 def test_unknown_override_names_closest_key():
     with pytest.raises(ConfigError, match=r"unknown config key 'optim.base_lrr'.*optim.base_lr"):
         load_config(overrides=["optim.base_lrr=1"])
-    with pytest.raises(ConfigError, match="mask.num"):
-        load_config(overrides=["mask.nun=4"])
+    with pytest.raises(ConfigError, match="mst.mask_num"):
+        load_config(overrides=["mst.mask_nun=4"])
+
+
+def test_keys_of_old_presets_say_where_they_went(tmp_path):
+    with pytest.raises(ConfigError, match=r"'mask.strategy' in --set was renamed: use mst.mask"):
+        load_config(overrides=["mask.strategy=none"])
+    f = tmp_path / "old.yaml"
+    f.write_text("head:\n  out_dim: 64\n")
+    with pytest.raises(ConfigError, match=r"'head.out_dim' in .*old.yaml was renamed: use dino.out_dim"):
+        load_config(f)
 
 
 def test_unknown_key_in_file(tmp_path):
@@ -49,14 +73,55 @@ def test_unknown_key_in_file(tmp_path):
         load_config(f)
 
 
+def test_registries_name_the_valid_choices():
+    with pytest.raises(ConfigError, match=r"method='maee' is not a registered method; choose one of .*mae, mst, "
+                                          r"simmim.*did you mean mae"):
+        load_config(overrides=["method=maee"])
+    with pytest.raises(ConfigError, match=r"mst.mask=.block. is not a registered mask strategy; .*blocks"):
+        load_config(overrides=["mst.mask=block"])
+    with pytest.raises(ConfigError, match=r"mst.decoder=.cnnn. is not a registered decoder; .*cnn, linear, transformer"):
+        load_config(overrides=["mst.decoder=cnnn"])
+    with pytest.raises(ConfigError, match=r"model.arch='vit_huge' is not a registered backbone"):
+        load_config(overrides=["model.arch=vit_huge"])
+    with pytest.raises(ConfigError, match=r"mae.decoder='cnn' decodes a full token grid"):
+        load_config(overrides=["method=mae", "mae.decoder=cnn"])
+    with pytest.raises(ConfigError, match=r"mst.decoder='transformer' decodes visible tokens only"):
+        load_config(overrides=["mst.decoder=transformer"])
+    with pytest.raises(ConfigError, match=r"mask strategy 'patches' needs the config key 'mask_ratio'"):
+        load_config(overrides=["mst.mask=patches"])
+
+
 def test_bad_values():
     with pytest.raises(ConfigError, match=r"augment.global_size=30 is not divisible by model.patch_size=4"):
         load_config(overrides=["augment.global_size=30"])
-    with pytest.raises(ConfigError, match="mask.strategy='block'"):
-        load_config(overrides=["mask.strategy=block"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(overrides=["optim.base_lr"])
     with pytest.raises(ConfigError, match="data.mean"):
         load_config(overrides=["data.channels=3"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent.yaml")
+    with pytest.raises(ConfigError, match=r"optim.betas=\[0.9\] must be two numbers"):
+        load_config(overrides=["optim.betas=[0.9]"])
+
+
+@pytest.mark.parametrize("ratio", ["1.0", "-0.1", "1.5"])
+def test_mask_ratio_outside_0_1_is_refused(ratio):
+    for method in ("mae", "simmim"):
+        with pytest.raises(ConfigError, match=rf"mim.mask_ratio={ratio} must lie in \[0, 1\)"):
+            load_config(overrides=[f"method={method}", f"mim.mask_ratio={ratio}"])
+
+
+def test_mask_patch_size_must_be_a_multiple_of_the_patch_and_divide_the_image():
+    with pytest.raises(ConfigError, match=r"mim.mask_patch_size=6 is not a multiple of model.patch_size=4"):
+        load_config(overrides=["method=simmim", "mim.mask_patch_size=6"])
+    with pytest.raises(ConfigError, match=r"mim.mask_patch_size=8 does not divide the image \(augment.global_size=28"):
+        load_config(overrides=["method=simmim", "mim.mask_patch_size=8"])
+    cfg = load_config(overrides=["method=simmim", "mim.mask_patch_size=8", "augment.global_size=32",
+                                 "model.img_size=32"])
+    assert cfg["mim"]["mask_patch_size"] == 8
+
+
+def test_online_knn_on_an_unlabelled_folder_is_switched_off_with_a_warning():
+    with pytest.warns(UserWarning, match="online evaluation is switched off"):
+        cfg = load_config(overrides=["data.name=folder", "data.root=/tmp", "log.knn_every=1"])
+    assert cfg["log"]["knn_every"] == 0

@@ -9,7 +9,8 @@ import torch
 
 from mst.config import load_config
 from mst.eval.dense import DenseProbe, make_dense_set, miou, run_dense, train_dense_probe
-from mst.models.encoder import build_student_teacher
+from mst.methods import build_method
+from tests.conftest import save_method
 
 
 def items(n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +90,11 @@ def test_probe_learns_token_labels():
 
 
 def test_run_dense(tmp_path):
-    cfg = load_config(overrides=["model.depth=1", "head.out_dim=64", "head.hidden_dim=64",
-                                 "head.bottleneck_dim=32"])
-    student, teacher = build_student_teacher(cfg)
+    cfg = load_config(overrides=["model.depth=1", "dino.out_dim=64", "dino.hidden_dim=64",
+                                 "dino.bottleneck_dim=32"])
+    method = build_method(cfg)
     path = tmp_path / "checkpoint.pt"
-    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 0}, path)
+    save_method(method, path, epoch=0)
     res = run_dense(path, n_train=32, n_test=8, epochs=2, batch_size=16, device="cpu", log=lambda s: None)
     assert len(res["per_class_iou"]) == 11 and res["classes"][0] == "background"
     assert 0.0 <= res["miou"] <= 100.0 and 0.0 <= res["pixel_acc"] <= 100.0

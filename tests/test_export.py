@@ -11,19 +11,21 @@ from safetensors.torch import load_file
 from mst.config import load_config
 from mst.engine.checkpoint import load_backbone
 from mst.eval.export import detection_state_dict, export_backbone, load_exported, save_detection_checkpoint
-from mst.models.encoder import build_student_teacher
+from mst.methods import build_method
+from tests.conftest import save_method
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = load_config(overrides=["model.depth=2", "model.embed_dim=96", "model.num_heads=3", "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32",
-                                 "decoder.channels=[16,8]"])
-    student, teacher = build_student_teacher(cfg)
+    cfg = load_config(overrides=["model.depth=2", "model.embed_dim=96", "model.num_heads=3", "dino.out_dim=64", "dino.hidden_dim=64", "dino.bottleneck_dim=32",
+                                 "mst.decoder_channels=[16,8]"])
+    method = build_method(cfg)
+    student, teacher = method.student, method.teacher
     with torch.no_grad():  # make the teacher differ from the student, as after training
         for p in teacher.backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
-    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 3}, path)
+    save_method(method, path, epoch=3)
     return path, cfg
 
 

@@ -9,10 +9,11 @@ import torch
 from mst.config import load_config
 from mst.eval.features import extract_features, normalize_images, random_init_backbone
 from mst.eval.knn import knn_accuracy, knn_classify, run_knn
-from mst.models.encoder import build_student_teacher
+from mst.methods import build_method
+from tests.conftest import save_method
 
-TINY = ["model.depth=2", "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32",
-        "decoder.channels=[16,8]"]
+TINY = ["model.depth=2", "dino.out_dim=64", "dino.hidden_dim=64", "dino.bottleneck_dim=32",
+        "mst.decoder_channels=[16,8]"]
 
 
 def brute_force_knn(train, train_labels, test, k, T, num_classes):
@@ -84,9 +85,9 @@ def test_knn_accuracy_separable():
 def tiny_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     cfg = load_config(overrides=TINY)
-    student, teacher = build_student_teacher(cfg)
+    method = build_method(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 0}, path)
+    save_method(method, path, epoch=0)
     return path, cfg
 
 

@@ -6,8 +6,9 @@ import torch
 from mst.config import load_config
 from mst.eval.features import random_init_backbone
 from mst.eval.linear import random_resized_crop_flip, topk_accuracy, train_linear_probe
+from tests.conftest import save_method
 
-TINY = ["model.depth=1", "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32"]
+TINY = ["model.depth=1", "dino.out_dim=64", "dino.hidden_dim=64", "dino.bottleneck_dim=32"]
 
 
 def blobs(n: int, centers: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,13 +75,13 @@ def test_augmented_probe_runs_backbone_each_epoch():
 
 def test_run_linear(tmp_path):
     from mst.eval.linear import run_linear
-    from mst.models.encoder import build_student_teacher
+    from mst.methods import build_method
 
     torch.manual_seed(0)
     cfg = load_config(overrides=TINY)
-    student, teacher = build_student_teacher(cfg)
+    method = build_method(cfg)
     path = tmp_path / "checkpoint.pt"
-    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 0}, path)
+    save_method(method, path, epoch=0)
     res = run_linear(path, epochs=5, train_subset=300, test_subset=100, batch_size=32, lr=0.5, device="cpu",
                      save_path=tmp_path / "clf.pt", log=lambda s: None)
     assert "classifier" not in res and len(res["history"]) == 5
@@ -93,13 +94,13 @@ def test_cli_linear_writes_json(tmp_path, capsys):
     import json
 
     from mst.cli import main
-    from mst.models.encoder import build_student_teacher
+    from mst.methods import build_method
 
     torch.manual_seed(0)
     cfg = load_config(overrides=TINY)
-    student, teacher = build_student_teacher(cfg)
+    method = build_method(cfg)
     path = tmp_path / "checkpoint.pt"
-    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 0}, path)
+    save_method(method, path, epoch=0)
     out = tmp_path / "res" / "linear.json"
     assert main(["linear", "--ckpt", str(path), "--epochs", "2", "--train-subset", "200", "--test-subset", "50",
                  "--json", str(out)]) == 0

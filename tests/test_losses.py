@@ -78,3 +78,45 @@ def test_restore_loss_whole_image_and_masked():
     assert restore_loss(pred, target, torch.zeros(2, 4, dtype=torch.bool), 4, "masked").item() == 0.0
     with pytest.raises(ValueError, match="does not match"):
         restore_loss(pred, target[:, :, :4])
+
+
+def test_mae_loss_equals_hand_computation_on_masked_patches():
+    """MAE: mean over pixels of each patch, then over masked patches; norm_pix: each target patch minus its
+    mean over sqrt(unbiased variance + 1e-6). Written out with Python loops."""
+    from mst.losses import patch_mse
+
+    g = torch.Generator().manual_seed(5)
+    pred, target = torch.randn(2, 5, 6, generator=g), torch.randn(2, 5, 6, generator=g) * 3 + 1
+    mask = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    for norm in (False, True):
+        total, count = 0.0, 0
+        for b in range(2):
+            for n in range(5):
+                if not mask[b, n]:
+                    continue
+                t = target[b, n].tolist()
+                if norm:
+                    mu = sum(t) / len(t)
+                    var = sum((v - mu) ** 2 for v in t) / (len(t) - 1)
+                    t = [(v - mu) / math.sqrt(var + 1e-6) for v in t]
+                total += sum((p - q) ** 2 for p, q in zip(pred[b, n].tolist(), t)) / len(t)
+                count += 1
+        assert patch_mse(pred, target, mask, norm_pix=norm).item() == pytest.approx(total / count, rel=1e-5)
+    # unmasked patches do not matter at all
+    other = target.clone()
+    other[~mask] += 100
+    assert patch_mse(pred, other, mask).item() == pytest.approx(patch_mse(pred, target, mask).item())
+
+
+def test_simmim_loss_equals_reference_l1_on_masked_pixels():
+    """SimMIM's reference: |x - x_rec| on the image, times the pixel mask, summed, / (mask pixels + 1e-5) / C."""
+    from mst.losses import patch_l1
+    from mst.models.tokens import patchify, pixel_mask
+
+    g = torch.Generator().manual_seed(6)
+    x, rec = torch.randn(2, 3, 8, 12, generator=g), torch.randn(2, 3, 8, 12, generator=g)
+    mask = torch.rand(2, 6, generator=g) < 0.5
+    m = pixel_mask(mask, (2, 3), 4)  # (B, 1, H, W)
+    reference = ((x - rec).abs() * m).sum() / (m.sum() + 1e-5) / 3
+    got = patch_l1(patchify(rec, 4), patchify(x, 4), mask, channels=3)
+    assert got.item() == pytest.approx(reference.item(), rel=1e-6)

@@ -3,7 +3,11 @@ import math
 import pytest
 import torch
 
-from mst.masking import AttentionGuidedMask, RandomMask, build_mask_strategy, low_attention_candidates, replace_tokens
+from mst.masking import (
+    MASKS, AttentionGuidedMask, PatchRatioMask, RandomMask, build_mask_strategy, low_attention_candidates,
+    replace_tokens,
+)
+from mst.registry import ConfigError
 
 
 def test_candidates_are_the_lowest_fraction():
@@ -21,7 +25,7 @@ def test_attention_mask_never_touches_tokens_above_threshold():
     strat = AttentionGuidedMask(num=4, p=0.9)
     for _ in range(20):
         att = torch.rand(16, 196, generator=g).softmax(-1)
-        res = strat(16, 196, att, g)
+        res = strat(16, (14, 14), att, g)
         # threshold tau: the (N/num)-th smallest attention of each image
         tau = torch.sort(att, dim=1).values[:, 196 // 4 - 1 : 196 // 4]
         assert not (res.mask & (att > tau)).any()
@@ -34,7 +38,7 @@ def test_attention_mask_never_touches_tokens_above_threshold():
 def test_attention_mask_rate_matches_p_over_num():
     g = torch.Generator().manual_seed(2)
     n_img, n_tok, num, p = 2000, 64, 8, 0.1
-    res = AttentionGuidedMask(num, p)(n_img, n_tok, torch.rand(n_img, n_tok, generator=g), g)
+    res = AttentionGuidedMask(num, p)(n_img, (8, 8), torch.rand(n_img, n_tok, generator=g), g)
     rate = res.mask.float().mean().item()
     expect = p * (n_tok // num) / n_tok  # = p / num here
     sd = math.sqrt(expect * (1 - expect) / (n_img * n_tok))
@@ -44,18 +48,71 @@ def test_attention_mask_rate_matches_p_over_num():
 
 def test_random_mask_rate_matches_p():
     g = torch.Generator().manual_seed(3)
-    res = RandomMask(0.15)(1000, 49, None, g)
+    res = RandomMask(0.15)(1000, (7, 7), None, g)
     rate = res.mask.float().mean().item()
     sd = math.sqrt(0.15 * 0.85 / 49000)
     assert abs(rate - 0.15) < 5 * sd
 
 
 def test_none_strategy_and_registry():
-    assert build_mask_strategy({"strategy": "none", "num": 8, "p": 0.1})(4, 9, None, None) is None
-    with pytest.raises(ValueError, match="mask.strategy='blocks'"):
-        build_mask_strategy({"strategy": "blocks", "num": 8, "p": 0.1})
+    assert build_mask_strategy("none", {}, 4)(4, (3, 3), None, None) is None
+    with pytest.raises(ConfigError, match="mst.mask='block' is not a registered mask strategy"):
+        build_mask_strategy("block", {}, 4, "mst.mask")
+    with pytest.raises(ConfigError, match="mask strategy 'blocks' needs the config key 'mask_ratio'"):
+        build_mask_strategy("blocks", {"mask_p": 0.1}, 4)
     with pytest.raises(ValueError, match="CLS attention"):
-        AttentionGuidedMask()(2, 9, None, None)
+        AttentionGuidedMask()(2, (3, 3), None, None)
+
+
+# every registered strategy keeps the MaskResult contract (timm-style: one test over the registry)
+SECTION = {"mask_p": 0.3, "mask_num": 4, "mask_ratio": 0.6, "mask_patch_size": 8}
+
+
+@pytest.mark.parametrize("name", MASKS.names())
+def test_every_registered_strategy_keeps_the_contract(name):
+    g = torch.Generator().manual_seed(7)
+    strategy = build_mask_strategy(name, SECTION, 4)
+    importance = torch.rand(6, 64, generator=torch.Generator().manual_seed(1))
+    res = strategy(6, (8, 8), importance if strategy.needs_importance else None, g)
+    if res is None:
+        return
+    assert res.mask.shape == (6, 64) and res.mask.dtype == torch.bool
+    if res.keep is not None:
+        assert res.keep.dtype == torch.bool and not (res.keep & res.mask).any()  # visible tokens are not hidden
+        seq = res.keep | res.mask
+        assert (seq.sum(1) == seq.sum(1)[0]).all()  # exact counts: token subsets batch
+    assert strategy.throws == bool(res.thrown.any())
+    again = strategy(6, (8, 8), importance if strategy.needs_importance else None,
+                     torch.Generator().manual_seed(7))
+    assert torch.equal(again.mask, res.mask)  # the generator decides everything
+
+
+def test_mae_patch_mask_keeps_exactly_int_n_times_1_minus_r():
+    g = torch.Generator().manual_seed(8)
+    for n_side, ratio in ((7, 0.75), (14, 0.75), (7, 0.5), (4, 0.9)):
+        res = PatchRatioMask(ratio)(50, (n_side, n_side), None, g)
+        n = n_side * n_side
+        visible = int(n * (1 - ratio))
+        assert ((~res.mask).sum(1) == visible).all() and res.keep is None
+    # uniform over positions: every token is visible about as often
+    res = PatchRatioMask(0.75)(20000, (7, 7), None, g)
+    freq = (~res.mask).float().mean(0)
+    assert torch.allclose(freq, torch.full((49,), 12 / 49), atol=0.02)
+
+
+def test_simmim_block_mask_masks_whole_units_ceil_count():
+    g = torch.Generator().manual_seed(9)
+    # a 14x14 token grid with 2x2-token units (SimMIM's 32 px units of 16 px patches): 49 units, ceil(0.6*49) = 30
+    strategy = build_mask_strategy("blocks", {"mask_ratio": 0.6, "mask_patch_size": 32}, 16)
+    res = strategy(10, (14, 14), None, g)
+    m = res.mask.reshape(10, 7, 2, 7, 2)
+    assert (m == m[:, :, :1, :, :1]).all()  # constant inside every unit
+    assert (m[:, :, 0, :, 0].sum((1, 2)) == math.ceil(0.6 * 49)).all()
+    assert (res.mask.sum(1) == 30 * 4).all()
+    with pytest.raises(ValueError, match="not a multiple of model.patch_size=16"):
+        build_mask_strategy("blocks", {"mask_ratio": 0.6, "mask_patch_size": 24}, 16)
+    with pytest.raises(ValueError, match="not divisible by the mask unit of 2 tokens"):
+        strategy(1, (7, 7), None, g)
 
 
 def test_learned_replacement_exact():

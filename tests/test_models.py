@@ -2,16 +2,21 @@ import pytest
 import torch
 
 from mst.engine.ema import TeacherEMA
-from mst.models.backbone import ViTBackbone
-from mst.models.decoder import GlobalImageDecoder
+from mst.models.backbones import create_backbone
+from mst.models.decoders import DECODERS, GlobalImageDecoder, LinearPixelDecoder, MAEDecoder, build_decoder
 from mst.models.encoder import build_student_teacher
+from mst.models.tokens import gather_tokens, keep_indices, patchify, scatter_tokens, unpatchify
 from tests.conftest import make_tiny_cfg
 
 
-def explicit_last_block_attention(vit, x):
-    """Full attention of the last block, computed by hand from its weights: (B, H, N+1, N+1)."""
-    z = vit.patch_embed(x)
-    z = vit._pos_embed(z)
+def ViTBackbone(model_cfg, in_chans, mask_token=False):  # noqa: N802 - the registry's ViT, as the tests name it
+    return create_backbone(model_cfg, in_chans, mask_token=mask_token)
+
+
+def explicit_last_block_attention(vit, x, tokens=None):
+    """Full attention of the last block, computed by hand from its weights: (B, H, N+1, N+1). ``tokens``: the
+    sequence after position embeddings (default: all of x's)."""
+    z = vit._pos_embed(vit.patch_embed(x)) if tokens is None else tokens
     z = vit.norm_pre(z)
     for blk in vit.blocks[:-1]:
         z = blk(z)
@@ -140,3 +145,85 @@ def test_ema_rejects_teacher_only_parameter():
     teacher.extra = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(KeyError, match="extra"):
         TeacherEMA(student, teacher)
+
+
+def test_keep_gathers_after_position_embeddings():
+    """keep = "keep only these tokens": each image's kept tokens, with their own position embeddings, go through
+    the blocks; the result equals running timm's blocks by hand on exactly those tokens."""
+    cfg = make_tiny_cfg("model.drop_path=0.0")
+    torch.manual_seed(0)
+    bb = ViTBackbone(cfg["model"], in_chans=1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    keep = torch.zeros(3, 49, dtype=torch.bool)
+    for i in range(3):
+        keep[i, torch.randperm(49, generator=g)[:12]] = True
+    with torch.no_grad():
+        out = bb(x, keep=keep, return_attention=True)
+        z = bb.vit._pos_embed(bb.vit.patch_embed(x))
+        idx = keep_indices(keep)
+        z = torch.cat([z[:, :1], torch.stack([z[i, 1:][idx[i]] for i in range(3)])], 1)
+        ref = bb.vit.norm(bb.vit.blocks(z))
+    assert out.patches.shape == (3, 12, bb.embed_dim) and torch.equal(out.keep_index, idx)
+    assert torch.allclose(out.patches, ref[:, 1:], atol=1e-5) and torch.allclose(out.cls, ref[:, 0], atol=1e-5)
+    for i in range(3):  # kept positions in ascending order
+        assert idx[i].tolist() == sorted(torch.nonzero(keep[i]).flatten().tolist())
+    # the attention comes back on the whole grid: CLS->kept-token attention at the kept positions, 0 elsewhere
+    with torch.no_grad():
+        full = explicit_last_block_attention(bb.vit, x, tokens=z)[:, :, 0, 1:].mean(1)  # (3, 12)
+    assert out.attention.shape == (3, 49) and (out.attention[~keep] == 0).all()
+    assert torch.allclose(out.attention[keep].reshape(3, 12), full, atol=1e-5)
+
+
+def test_token_helpers_round_trip():
+    x = torch.randn(2, 3, 8, 12)
+    p = patchify(x, 4)
+    assert p.shape == (2, 6, 48)
+    assert torch.equal(p[1, 4].reshape(4, 4, 3).permute(2, 0, 1), x[1, :, 4:8, 4:8])  # token (1, 1): rows 4-8
+    assert torch.equal(unpatchify(p, 4, (2, 3), 3), x)
+    keep = torch.tensor([[True, False, True, False], [False, False, True, True]])
+    idx = keep_indices(keep)
+    assert idx.tolist() == [[0, 2], [2, 3]]
+    t = torch.arange(16.0).reshape(2, 4, 2)
+    kept = gather_tokens(t, idx)
+    assert kept.tolist() == [[[0, 1], [4, 5]], [[12, 13], [14, 15]]]
+    back = scatter_tokens(kept, idx, 4, fill=torch.tensor([-1.0, -2.0]))
+    assert back[0, 1].tolist() == [-1, -2] and torch.equal(back[keep], t[keep])
+    with pytest.raises(ValueError, match="same number of tokens in every image, got 1 to 2"):
+        keep_indices(torch.tensor([[True, False], [True, True]]))
+
+
+def test_mae_decoder_sees_mask_tokens_at_hidden_positions_only():
+    torch.manual_seed(0)
+    dec = MAEDecoder(embed_dim=24, patch_size=4, out_chans=1, grid=(3, 3), dim=16, depth=1, num_heads=2).eval()
+    assert dec.pos_embed.shape == (1, 10, 16) and torch.equal(dec.pos_embed[0, 0], torch.zeros(16))
+    assert not any(n.endswith("pos_embed") for n, _ in dec.named_parameters())  # fixed sin-cos
+    keep = torch.zeros(2, 9, dtype=torch.bool)
+    keep[0, [1, 4]] = keep[1, [0, 8]] = True
+    visible = torch.randn(2, 2, 24)
+    everything = keep_indices(torch.ones(2, 9, dtype=torch.bool))
+    out = dec(torch.randn(2, 24), visible, keep_indices(keep), everything)
+    assert out.shape == (2, 9, 16)
+    # dropping a position from decode_index (AMT's thrown tokens) removes it from the sequence altogether
+    some = keep_indices(torch.tensor([[True] * 8 + [False], [True] * 8 + [False]]))
+    assert dec(torch.randn(2, 24), visible, keep_indices(keep), some).shape == (2, 8, 16)
+
+
+def test_linear_decoder_per_token_equals_pixel_shuffle():
+    torch.manual_seed(0)
+    dec = LinearPixelDecoder(embed_dim=12, patch_size=4, out_chans=3)
+    tokens = torch.randn(2, 6, 12)
+    image = dec(tokens, (2, 3))
+    assert image.shape == (2, 3, 8, 12)
+    assert torch.allclose(dec.patch_pixels(tokens), patchify(image, 4), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DECODERS.names())
+def test_every_registered_decoder_keeps_its_contract(name):
+    section = {"decoder_channels": [8, 8], "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}
+    dec = build_decoder(name, section, embed_dim=24, patch_size=4, in_chans=1, grid=(3, 3))
+    if DECODERS.get(name).takes == "all_tokens":
+        assert dec(torch.randn(2, 9, 24), (3, 3)).shape == (2, 1, 12, 12)
+    else:
+        idx = keep_indices(torch.ones(2, 9, dtype=torch.bool))
+        assert dec(torch.randn(2, 24), torch.randn(2, 9, 24), idx, idx).shape == (2, 9, 16)

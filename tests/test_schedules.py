@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from mst.engine.schedules import build_schedules, cosine_schedule
-from mst.engine.optim import clip_gradients, param_groups, set_lr_wd, build_optimizer
+from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
+from mst.engine.schedules import build_schedules, cosine_schedule, multistep_schedule
+from mst.methods import build_method
 
 
 def test_cosine_schedule_points():
@@ -25,18 +26,32 @@ def test_build_schedules_scaling(tiny_cfg):
     assert s["lr"][0] == 0.0 and s["lr"][8] == pytest.approx(peak)
     assert s["lr"][-1] == pytest.approx(1e-6, abs=peak * 0.01)
     assert s["wd"][0] == pytest.approx(0.04) and s["wd"][-1] == pytest.approx(0.4, abs=1e-3)
-    assert s["momentum"][0] == pytest.approx(0.996) and s["momentum"][-1] == pytest.approx(1.0, abs=1e-4)
+    assert "momentum" not in s  # the teacher momentum is MST's own schedule
+    m = build_method(cfg).schedules(4, 10)["momentum"]
+    assert m[0] == pytest.approx(0.996) and m[-1] == pytest.approx(1.0, abs=1e-4) and len(m) == 40
 
 
-def test_no_weight_decay_on_bias_and_norm():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
-    groups = param_groups(model)
-    assert [p.shape for p in groups[0]["params"]] == [torch.Size([4, 3])]
-    assert len(groups[1]["params"]) == 3 and groups[1]["weight_decay"] == 0.0
-    opt = build_optimizer(model)
+def test_multistep_schedule_points():
+    s = multistep_schedule(1.0, [6, 8], 0.1, epochs=10, iters_per_epoch=5, warmup_epochs=2)
+    assert len(s) == 50 and s[0] == 0.0 and s[5] == pytest.approx(0.5)
+    assert s[10] == s[29] == 1.0 and s[30] == pytest.approx(0.1) and s[40] == pytest.approx(0.01)
+
+
+def test_no_weight_decay_on_bias_and_norm_and_layer_scales(tiny_cfg):
+    method = build_method(tiny_cfg)
+    groups = method.param_groups()
+    names = {id(p): n for n, p in method.named_parameters()}
+    decayed = {names[id(p)] for p in groups[0]["params"]}
+    assert "student.backbone.vit.blocks.0.attn.qkv.weight" in decayed
+    assert not any(n.endswith(".bias") or "norm" in n.split(".")[-2] for n in decayed)
+    assert groups[1]["weight_decay"] == 0.0 and groups[1]["no_weight_decay"]
+    assert not any(n.startswith("teacher.") for n in names.values() if n in decayed)
+    model = torch.nn.Linear(3, 4)
+    opt = build_optimizer([{"params": [model.weight]}, {"params": [model.bias], "no_weight_decay": True,
+                                                         "weight_decay": 0.0, "lr_scale": 0.5}], (0.9, 0.95))
     set_lr_wd(opt, 0.1, 0.3)
     assert opt.param_groups[0]["weight_decay"] == 0.3 and opt.param_groups[1]["weight_decay"] == 0.0
-    assert all(g["lr"] == 0.1 for g in opt.param_groups)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.05] and opt.param_groups[0]["betas"] == (0.9, 0.95)
 
 
 def test_per_parameter_clipping():
@@ -49,3 +64,12 @@ def test_per_parameter_clipping():
     clip_gradients(m, 1.0)
     assert a.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
     assert torch.allclose(b.grad, torch.tensor([0.3, 0.4, 0.0, 0.0]))
+
+
+def test_global_norm_clipping():
+    m = torch.nn.Module()
+    m.a, m.b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    m.a.grad, m.b.grad = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])  # global norm 5
+    clip_gradients(m, 1.0, "norm")
+    assert m.a.grad.tolist() == pytest.approx([0.6, 0.0], rel=1e-4) and m.b.grad.tolist() == pytest.approx(
+        [0.0, 0.8], rel=1e-4)

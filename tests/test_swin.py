@@ -2,16 +2,15 @@
 import pytest
 import torch
 
-from mst.engine.train_step import mst_step
-from mst.losses import DINOLoss
-from mst.masking import build_mask_strategy
-from mst.models.backbone import create_backbone
-from mst.models.encoder import build_student_teacher
+from mst.methods import build_method
+from mst.models.backbones import create_backbone
 from mst.models.swin import SwinBackbone
-from tests.conftest import make_tiny_cfg
+from mst.registry import ConfigError
+from mst.config import load_config
+from tests.conftest import TINY_MAE, make_tiny_cfg, save_method, step
 
 SWIN = ["model.arch=swin_tiny", "model.patch_size=4", "model.img_size=64", "model.depth=null",
-        "augment.global_size=64", "augment.local_size=32", "decoder.channels=[16,16,8,8,8]"]
+        "augment.global_size=64", "augment.local_size=32", "mst.decoder_channels=[16,16,8,8,8]"]
 
 
 def explicit_pooled_attention(bb: SwinBackbone, x: torch.Tensor) -> torch.Tensor:
@@ -53,9 +52,10 @@ def test_swin_importance_and_shapes():
 
 
 def test_swin_mask_at_patch_embedding_and_training_step():
-    cfg = make_tiny_cfg(*SWIN, "mask.p=1.0", "mask.num=4")
+    cfg = make_tiny_cfg(*SWIN, "mst.mask_p=1.0", "mst.mask_num=4")
     torch.manual_seed(0)
-    student, teacher = build_student_teacher(cfg)
+    method = build_method(cfg)
+    student = method.student
     assert student.decoder.num_upsamplings == 5
     seen = {}
 
@@ -64,8 +64,7 @@ def test_swin_mask_at_patch_embedding_and_training_step():
 
     h = student.backbone.vit.layers[0].register_forward_pre_hook(keep_input)
     views = [torch.randn(2, 1, 64, 64) for _ in range(2)] + [torch.randn(2, 1, 32, 32) for _ in range(2)]
-    out = mst_step(views, student, teacher, DINOLoss(cfg["head"]["out_dim"]), build_mask_strategy(cfg["mask"]),
-                   cfg, epoch=0)
+    out = step(method, views)
     h.remove()
     assert out.mask.shape == (4, 256) and (out.mask.sum(1) == 64).all()  # p=1: all 256/4 candidates
     first = seen["x"].reshape(4, 256, -1)  # the masked global views' input to the first stage
@@ -82,6 +81,11 @@ def test_swin_rejects_bad_settings():
     bad = dict(cfg["model"], depth=2)
     with pytest.raises(ValueError, match="depth cannot be overridden"):
         create_backbone(bad, 1)
+    # Swin needs the whole grid: the keep contract is refused, in the backbone and for MAE at config time
+    with pytest.raises(ValueError, match="Swin cannot drop tokens"):
+        create_backbone(cfg["model"], 1)(torch.randn(1, 1, 64, 64), keep=torch.ones(1, 256, dtype=torch.bool))
+    with pytest.raises(ConfigError, match="model.arch='swin_tiny' cannot drop tokens"):
+        load_config(overrides=TINY_MAE + SWIN[:5])
 
 
 def test_swin_export_loads_in_timm(tmp_path):
@@ -89,9 +93,9 @@ def test_swin_export_loads_in_timm(tmp_path):
 
     cfg = make_tiny_cfg(*SWIN)
     torch.manual_seed(0)
-    student, teacher = build_student_teacher(cfg)
-    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 0},
-               tmp_path / "checkpoint.pt")
+    method = build_method(cfg)
+    teacher = method.teacher
+    save_method(method, tmp_path / "checkpoint.pt")
     weights, _ = export_backbone(tmp_path, tmp_path / "swin.safetensors", log=lambda *a: None)
     model = load_exported(weights).eval()
     x = torch.randn(2, 1, 64, 64)

@@ -3,14 +3,11 @@ import json
 import pytest
 import torch
 
-import mst.engine.trainer as trainer_mod
 from mst.engine.checkpoint import load_checkpoint
 from mst.engine.trainer import NonFiniteLossError, Trainer
-from mst.engine.train_step import mst_step
-from mst.losses import DINOLoss
-from mst.masking import build_mask_strategy
+from mst.methods import METHODS, build_method
 from mst.models.encoder import build_student_teacher
-from tests.conftest import make_tiny_cfg
+from tests.conftest import make_tiny_cfg, step
 
 
 def losses(run_dir):
@@ -18,12 +15,12 @@ def losses(run_dir):
 
 
 def test_train_step_gradients_reach_mask_token_and_decoder_not_teacher():
-    cfg = make_tiny_cfg("mask.p=1.0", "mask.num=2")
+    cfg = make_tiny_cfg("mst.mask_p=1.0", "mst.mask_num=2")
     torch.manual_seed(0)
-    student, teacher = build_student_teacher(cfg)
+    method = build_method(cfg)
+    student, teacher = method.student, method.teacher
     views = [torch.randn(4, 1, 28, 28) for _ in range(2)] + [torch.randn(4, 1, 12, 12) for _ in range(2)]
-    loss_fn = DINOLoss(cfg["head"]["out_dim"])
-    out = mst_step(views, student, teacher, loss_fn, build_mask_strategy(cfg["mask"]), cfg, epoch=0)
+    out = step(method, views)
     # p=1, num=2: exactly half of the 49 tokens (24) are masked in every global view
     assert out.mask.shape == (8, 49) and (out.mask.sum(1) == 24).all()
     assert out.metrics["mask_ratio"] == pytest.approx(24 / 49)
@@ -36,7 +33,7 @@ def test_train_step_gradients_reach_mask_token_and_decoder_not_teacher():
 
 
 def test_head_bn_statistics_from_global_views_only():
-    cfg = make_tiny_cfg("head.use_bn=true", "model.drop_path=0.0")
+    cfg = make_tiny_cfg("dino.use_bn=true", "model.drop_path=0.0")
     torch.manual_seed(0)
     student, teacher = build_student_teacher(cfg)
     g = [torch.randn(4, 1, 28, 28) for _ in range(2)]
@@ -65,7 +62,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 17))
     for ra, rb in zip(a, b):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6), ra["step"]
-    ta, tb = load_checkpoint(tmp_path / "full")["teacher"], load_checkpoint(tmp_path / "part")["teacher"]
+    ta, tb = load_checkpoint(tmp_path / "full")["method"], load_checkpoint(tmp_path / "part")["method"]
+    assert any(k.startswith("teacher.") for k in ta) and "dino_loss.center" in ta
     for k in ta:
         assert torch.allclose(ta[k], tb[k], atol=1e-5), k
     assert (tmp_path / "full" / "config.yaml").is_file()
@@ -74,22 +72,23 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = make_tiny_cfg("log.checkpoint_every_steps=2")
     calls = {"n": 0}
+    real_forward = METHODS.get("mst").forward
 
-    def nan_after_three(*args, **kwargs):
-        out = mst_step(*args, **kwargs)
+    def nan_after_three(self, batch, ctx):
+        out = real_forward(self, batch, ctx)
         calls["n"] += 1
         if calls["n"] == 4:
             out.loss = out.loss * float("nan")
             out.metrics["loss"] = float("nan")
         return out
 
-    monkeypatch.setattr(trainer_mod, "mst_step", nan_after_three)
+    monkeypatch.setattr(METHODS.get("mst"), "forward", nan_after_three)
     tr = Trainer(cfg, tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, step 3.*last good checkpoint"):
         tr.fit()
     ck = load_checkpoint(tmp_path / "run")
     assert ck["global_step"] == 2  # written after step 2; the NaN step wrote nothing
-    assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in ck["method"].values() if v.is_floating_point())
 
 
 def test_tensor_augment_backend_trains_and_resumes(tmp_path):
@@ -107,8 +106,8 @@ def test_tensor_augment_backend_trains_and_resumes(tmp_path):
 
 def test_resume_refuses_a_changed_configuration(tmp_path):
     Trainer(make_tiny_cfg(), tmp_path / "run").fit(max_steps=2)
-    other = Trainer(make_tiny_cfg("mask.num=4", "log.every=5"), tmp_path / "run")
-    with pytest.raises(RuntimeError, match=r"different configuration \(mask.num: 8 -> 4\)"):
+    other = Trainer(make_tiny_cfg("mst.mask_num=4", "log.every=5"), tmp_path / "run")
+    with pytest.raises(RuntimeError, match=r"different configuration \(mst.mask_num: 8 -> 4\)"):
         other.fit()
     # log settings may change: it resumes, and the metrics file keeps one line per step
     Trainer(make_tiny_cfg("log.every=1", "log.knn_every=0"), tmp_path / "run").fit(max_steps=1)
@@ -125,7 +124,7 @@ def test_failing_online_evaluation_keeps_the_epoch(tmp_path):
     tr = Trainer(cfg, tmp_path / "run", log=messages.append)
     assert tr.fit(evaluator=broken) == "done"
     assert load_checkpoint(tmp_path / "run")["epoch"] == 1
-    assert any("online k-NN at epoch 1 failed (ValueError: no labels here)" in m for m in messages)
+    assert any("online evaluation at epoch 1 failed (ValueError: no labels here)" in m for m in messages)
 
 
 def test_metrics_after_crash_are_truncated_to_the_checkpoint(tmp_path):

@@ -4,47 +4,73 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from mst.config import load_config
 from mst.eval.visualize import attention_figure, per_head_attention, plot_training_curves, run_visualize
-from mst.models.encoder import build_student_teacher
+from mst.methods import build_method
+from tests.conftest import TINY_MAE, TINY_SIMMIM, save_method
 
-TINY = ["model.depth=1", "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32",
-        "decoder.channels=[16,8]", "mask.p=0.5", "mask.num=2"]
+TINY = ["model.depth=1", "dino.out_dim=64", "dino.hidden_dim=64", "dino.bottleneck_dim=32",
+        "mst.decoder_channels=[16,8]", "mst.mask_p=0.5", "mst.mask_num=2"]
 
 
 def _models():
     torch.manual_seed(0)
     cfg = load_config(overrides=TINY)
-    student, teacher = build_student_teacher(cfg)
-    return cfg, student.eval(), teacher.eval()
+    method = build_method(cfg).eval()
+    return cfg, method, method.teacher
 
 
-def test_attention_figure(tmp_path):
-    cfg, student, teacher = _models()
+def test_attention_figure_with_mst_panels(tmp_path):
+    cfg, method, teacher = _models()
     x = torch.randn(1, 28, 28)
+    panels = method.panels(x[None], torch.Generator().manual_seed(0))[0]
+    assert [p.title.split(":")[0].split(" ")[0] for p in panels] == ["random", "attn", "decoder"]
     out = tmp_path / "fig.png"
-    res = attention_figure(teacher.backbone, x, cfg["data"]["mean"], cfg["data"]["std"], cfg["mask"],
-                           student=student, out_path=out, seed=0, panel_px=100)
+    res = attention_figure(teacher.backbone, x, cfg["data"]["mean"], cfg["data"]["std"], panels, out_path=out,
+                           panel_px=100)
     with Image.open(out) as im:
-        assert im.size == res["size"] == (5 * 100, 2 * 100)  # 5 panels in row 1 (3 heads in row 2)
+        assert im.size == res["size"] == (5 * 100, 2 * 100)  # input, attention + 3 panels; 3 heads in row 2
     assert res["attention"].shape == (28, 28) and np.ptp(res["attention"]) > 0
     assert res["head_attention"].shape == (3, 28, 28) and all(np.ptp(a) > 0 for a in res["head_attention"])
     # the plotted mean map is the backbone's own attention, upsampled
     own = teacher.backbone(x[None], return_attention=True).attention.reshape(7, 7)
     np.testing.assert_allclose(res["attention"][::4, ::4], own.numpy(), atol=1e-6)
     np.testing.assert_allclose(res["head_attention"].mean(0), res["attention"], atol=1e-6)
-    assert res["attention_mask"].shape == res["random_mask"].shape == (7, 7)
-    assert not (res["attention_mask"] & ~res["candidates"]).any()  # only candidates are ever masked
-    assert res["candidates"].sum() == 49 // 2
-    assert res["reconstruction"].shape == (28, 28)
-    # without a student: 4 panels
-    res2 = attention_figure(teacher.backbone, x, [0.5], [0.5], cfg["mask"], out_path=tmp_path / "b.png")
+    # MST's guided mask panel: masked tokens (grey 0.5) only among the candidates (red tint), 2 x 2 = 4 px tokens
+    guided = panels[1].image
+    grey = (guided == 0.5).all(-1)[::4, ::4]
+    red = (guided[..., 0] > guided[..., 1] + 0.1)[::4, ::4]
+    n_mask, n_cand = (int(v) for v in panels[1].title.split(": ")[1].split("/"))
+    assert grey.sum() == n_mask and n_cand == 49 // 2 and red.sum() == n_cand - n_mask
+    assert panels[2].image.shape == (28, 28)
+    # without method panels: input and attention only, the heads set the width
+    res2 = attention_figure(teacher.backbone, x, [0.5], [0.5], out_path=tmp_path / "b.png")
     with Image.open(tmp_path / "b.png") as im:
-        assert im.size == res2["size"] == (4 * 160, 2 * 160)
-    assert res2["reconstruction"] is None
+        assert im.size == res2["size"] == (3 * 160, 2 * 160)
+
+
+@pytest.mark.parametrize("tiny", [TINY_MAE, TINY_SIMMIM])
+def test_mim_panels_show_mask_and_reconstruction(tiny):
+    torch.manual_seed(0)
+    method = build_method(load_config(overrides=tiny)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    rows = method.panels(x, torch.Generator().manual_seed(0))
+    assert [p.title.split(" ")[0] for p in rows[0]] == ["masked", "reconstruction", "reconstruction"]
+    masked, _, pasted = rows[0]
+    n_masked = int(masked.title.split(" ")[1])
+    assert n_masked == (37 if method.cfg["method"] == "mae" else 30)  # 49 - int(49 * 0.25); ceil(0.6 * 49)
+    grey = (masked.image == 0.5).all(-1)[::4, ::4]
+    assert grey.sum() == n_masked
+    # visible tokens of the pasted panel are the input itself
+    from mst.figures import to_display
+
+    img = to_display(x[0], method.cfg["data"]["mean"], method.cfg["data"]["std"])
+    visible = np.kron(~grey, np.ones((4, 4), dtype=bool))
+    np.testing.assert_allclose(pasted.image[visible], img[visible], atol=1e-5)
 
 
 def test_per_head_attention_sums_to_patch_share():
@@ -72,15 +98,15 @@ def test_training_curves(tmp_path):
 
 
 def test_run_visualize(tmp_path):
-    cfg, student, teacher = _models()
+    cfg, method, teacher = _models()
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 0},
-               run / "checkpoint.pt")
+    save_method(method, run / "checkpoint.pt")
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
     img = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(img)
-    written = run_visualize(run, images=[img], out_dir=tmp_path / "figs", log=lambda s: None)
+    written = run_visualize(run, images=[img], out_dir=tmp_path / "figs", log=lambda s: None,
+                            method_panels=method.panels)
     assert [p.name for p in written] == ["attention_photo.png", "training_curves.png"]
     with Image.open(written[0]) as im:
         assert im.size == (5 * 160, 2 * 160)

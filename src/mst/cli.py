@@ -6,10 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-DESCRIPTION = """MST: masked self-supervised pretraining of vision transformers (Li et al., NeurIPS 2021).
+DESCRIPTION = """mst: self-supervised pretraining of vision transformers with attention-guided masking.
+
+Methods (config key `method`): mst (MST, Li et al. NeurIPS 2021; plain DINO is a preset of it), mae, simmim.
 
 subcommands:
-  pretrain   train a ViT with MST (DINO + attention-guided mask + global image decoder) or plain DINO
+  pretrain   train a ViT with a method (see configs/ for presets)
   knn        weighted k-NN accuracy of a checkpoint's frozen CLS features
   linear     linear probe on frozen features (last CLS, or DINO-style last 4 CLS [+ pooled patches])
   dense      per-patch linear segmentation probe (mIoU) on a seeded Fashion-MNIST collage set
@@ -68,7 +70,7 @@ def cmd_knn(args) -> int:
     for random_init in ([False, True] if args.baselines else [False]):
         res = run_knn(args.ckpt, data=args.data, which=args.which, ks=tuple(args.k), train_subset=args.train_subset,
                       test_subset=args.test_subset, batch_size=args.batch_size, random_init=random_init)
-        results["random_init" if random_init else args.which] = res["top1"]
+        results["random_init" if random_init else res["which"]] = res["top1"]
     if args.baselines:
         from mst.eval.knn import raw_pixel_knn
 
@@ -105,10 +107,13 @@ def cmd_dense(args) -> int:
 
 
 def cmd_visualize(args) -> int:
+    from mst.eval.features import default_device
     from mst.eval.visualize import run_visualize
+    from mst.methods import load_method
 
+    method = load_method(args.ckpt, default_device())
     for p in run_visualize(args.ckpt, images=args.images or None, n=args.n, out_dir=args.out, which=args.which,
-                           seed=args.seed):
+                           seed=args.seed, method_panels=method.panels):
         print(p)
     return 0
 
@@ -128,9 +133,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from mst.ablation import run_ablation
-
-    from mst.config import ConfigError
+    from mst.experiments.runner import run_ablation
+    from mst.registry import ConfigError
 
     shard = None
     if args.shard:
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain a ViT with MST or DINO",
+    p = sub.add_parser("pretrain", help="pretrain a ViT with a method (mst, mae, simmim)",
                        description="Pretrain; resumes automatically when --out already holds a checkpoint. "
                                    "Under torchrun every process runs this same command.")
     _add_config_args(p)
@@ -161,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     def eval_common(q, ckpt_help="run directory or checkpoint file"):
         q.add_argument("--ckpt", required=True, help=ckpt_help)
         q.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
-        q.add_argument("--which", choices=("teacher", "student"), default="teacher")
+        q.add_argument("--which", default=None,
+                       help="which backbone of the checkpoint: teacher (default) or student for MST/DINO, encoder "
+                            "for MAE/SimMIM")
         q.add_argument("--batch-size", type=int, default=256)
 
     p = sub.add_parser("knn", help="weighted k-NN accuracy on frozen CLS features")
@@ -201,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="run directory (also plots its training curves) or checkpoint")
     p.add_argument("--images", nargs="*", help="image files; default: --n test images of the dataset")
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--which", default=None, help="backbone whose attention is drawn (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_visualize)
@@ -209,15 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the backbone for timm (.safetensors + .json)")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--which", default=None, help="backbone to export (default: the checkpoint's: teacher for MST, "
+                                                 "encoder for MAE/SimMIM)")
     p.add_argument("--detection", default=None, help="also write a .pth state dict with a framework key prefix")
     p.add_argument("--detection-prefix", default="backbone.", help="'backbone.' (MMDetection), 'backbone.net.' "
                    "(detectron2 ViTDet)")
     p.set_defaults(func=cmd_export)
 
+    from mst.experiments.specs import ABLATIONS, PROTOCOLS
+
     p = sub.add_parser("ablate", help="rerun a paper ablation at small scale (several seeds)")
-    p.add_argument("name", choices=("mask", "num_p", "decoder", "replacement"))
-    p.add_argument("--protocol", choices=("tiny", "cpu", "gpu"), default="cpu")
+    p.add_argument("name", choices=sorted(ABLATIONS))
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", required=True)
     p.add_argument("--data", default=None)
@@ -232,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mst.config import ConfigError
     from mst.data import DataError
+    from mst.registry import ConfigError
 
     args = build_parser().parse_args(argv)
     try:

@@ -1,31 +1,39 @@
-"""Configuration: defaults, YAML presets and ``--set key=value`` overrides.
+"""Configuration: defaults, YAML presets and ``--set key=value`` overrides, validated against the registries.
 
-Every key a run can use is listed in :data:`DEFAULTS`; a preset or an override that names any other key is an
-error naming the closest valid keys, so a typo never silently falls back to a default.
+A resolved config holds the common sections (``data``, ``augment``, ``model``, ``optim``, ``log``) and the sections
+of its ``method`` only (e.g. ``dino`` + ``mst`` for MST, ``mim`` + ``mae`` + ``amt`` for MAE). A key in no section,
+or a section the method does not use, is an error naming the closest valid keys, so a typo never silently falls
+back to a default. Names of methods, backbones, mask strategies and decoders are checked against their registries.
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULTS: dict[str, Any] = {
+from mst.registry import ConfigError
+
+COMMON: dict[str, Any] = {
     "seed": 0,
+    "method": "mst",  # a registered method: mst | mae | simmim | finetune (plain DINO is mst with mst.mask=none)
     "data": {
         "name": "fashion_mnist",  # fashion_mnist | folder (unlabelled, any nesting) | image_folder (class subdirs)
         "root": None,  # None -> /usr/share/datasets/fashion-mnist for fashion_mnist
         "split": "train",
         "subset": None,  # int: a fixed random subset of that many images (seeded)
+        "balanced": False,  # subset: the same number of images per class (labelled data only)
+        "subset_seed": 0,  # which fixed subset
         "channels": 1,  # images are converted to this many channels (1 or 3)
         "bad_files": "error",  # error | skip
         "num_workers": 0,
         "mean": [0.2860],
         "std": [0.3530],
     },
-    "augment": {
+    "augment": {  # multi-crop methods (MST) use all of it; single-view methods one global crop + flip
         "global_size": 28,
         "local_size": 12,
         "n_local": 6,
@@ -41,42 +49,15 @@ DEFAULTS: dict[str, Any] = {
         "backend": "pil",  # pil (per image, DataLoader workers) | tensor (batched on the training device)
     },
     "model": {
-        "arch": "vit_tiny",  # vit_tiny | vit_small | vit_base | swin_tiny
+        "arch": "vit_tiny",  # a registered backbone: vit_tiny | vit_small | vit_base | vit_large | swin_tiny
         "patch_size": 4,
         "img_size": 28,
         "depth": None,  # override the arch's depth (e.g. a shallower ViT for CPU runs)
         "embed_dim": None,  # override the arch's width (ViT only; a narrower ViT for CPU runs)
         "num_heads": None,  # override the arch's number of heads (must divide the width)
         "drop_path": 0.1,
+        "pos_embed": "learned",  # learned | sincos (fixed 2-d sin-cos, MAE's encoder)
         "grad_checkpointing": False,
-    },
-    "head": {
-        "out_dim": 4096,
-        "hidden_dim": 2048,
-        "bottleneck_dim": 256,
-        "nlayers": 3,
-        "norm_last_layer": True,
-        "use_bn": False,  # Table 6: BN in the projection head, statistics from the global views only
-    },
-    "loss": {
-        "teacher_temp": 0.04,
-        "warmup_teacher_temp": 0.04,
-        "warmup_teacher_temp_epochs": 0,
-        "student_temp": 0.1,
-        "center_momentum": 0.9,
-        "ce_weight": 1.0,  # lambda1 of eq. 11
-        "restore_weight": 0.6,  # lambda2 of eq. 11
-    },
-    "mask": {
-        "strategy": "attention",  # none | random | attention
-        "num": 8,  # attention: the lowest 1/num tokens are candidates
-        "p": 0.1,  # probability of masking a candidate (random: any token)
-        "replacement": "learned",  # learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)
-    },
-    "decoder": {
-        "enabled": True,
-        "channels": [256, 128, 64, 32],  # conv widths, one per 2x upsampling stage (the first log2(patch) are used)
-        "target": "image",  # image (whole view, eq. 9) | masked (masked tokens' pixels only)
     },
     "optim": {
         "epochs": 100,
@@ -84,11 +65,14 @@ DEFAULTS: dict[str, Any] = {
         "base_lr": 5e-4,  # lr = base_lr * global_batch / 256
         "min_lr": 1e-6,
         "warmup_epochs": 10,
+        "lr_schedule": "cosine",  # cosine (to min_lr) | multistep (x lr_gamma at each of lr_milestones, SimMIM)
+        "lr_milestones": [],  # epochs, for multistep
+        "lr_gamma": 0.1,
         "weight_decay": 0.04,
-        "weight_decay_end": 0.4,
-        "momentum_teacher": 0.996,
-        "clip_grad": 3.0,
-        "freeze_last_layer": 1,
+        "weight_decay_end": 0.4,  # cosine from weight_decay; equal to it = constant
+        "betas": [0.9, 0.999],  # AdamW
+        "clip_grad": 3.0,  # 0: no clipping
+        "clip_mode": "param",  # param (each parameter's norm, DINO) | norm (the global norm, SimMIM)
         "amp": "auto",  # auto (bf16 on GPU when supported, else fp16; fp32 on CPU) | bf16 | fp16 | none
         "compile": False,
         "channels_last_decoder": True,  # measured faster on CPU (benchmarks/step_time.py)
@@ -97,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "every": 10,  # steps between metric lines
         "progress": True,
         "tensorboard": True,
-        "knn_every": 0,  # epochs between online k-NN evaluations (0: off)
+        "knn_every": 0,  # epochs between online evaluations (k-NN; fine-tuning: top-1) (0: off)
         "knn_train_subset": 5000,
         "knn_test_subset": 1000,
         "knn_k": 20,
@@ -105,9 +89,70 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# Method sections: a method names the ones it reads (``Method.sections``); register more with register_section().
+SECTIONS: dict[str, dict[str, Any]] = {
+    "dino": {  # self-distillation (DINO; MST's eq. 1-2)
+        "out_dim": 4096,
+        "hidden_dim": 2048,
+        "bottleneck_dim": 256,
+        "nlayers": 3,
+        "norm_last_layer": True,
+        "use_bn": False,  # MST Table 6: BN in the projection head, statistics from the global views only
+        "teacher_temp": 0.04,
+        "warmup_teacher_temp": 0.04,
+        "warmup_teacher_temp_epochs": 0,
+        "student_temp": 0.1,
+        "center_momentum": 0.9,
+        "momentum_teacher": 0.996,  # cosine to 1 over training
+        "freeze_last_layer": 1,  # epochs during which the prototypes do not move
+    },
+    "mst": {  # MST's mask and decoder (eq. 5-11)
+        "mask": "attention",  # a registered strategy without throwing: none | random | attention
+        "mask_num": 8,  # attention: the lowest 1/num tokens are candidates
+        "mask_p": 0.1,  # probability of masking a candidate (random: any token)
+        "replacement": "learned",  # learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)
+        "decoder": "cnn",  # an image decoder (cnn | linear) or none
+        "decoder_channels": [256, 128, 64, 32],  # cnn widths, one per 2x upsampling (the first log2(patch) used)
+        "restore_target": "image",  # image (whole view, eq. 9) | masked (masked tokens' pixels only)
+        "ce_weight": 1.0,  # lambda1 of eq. 11
+        "restore_weight": 0.6,  # lambda2 of eq. 11
+    },
+    "mim": {  # masked image modelling, shared by MAE and SimMIM
+        "mask": "patches",  # patches (MAE: a share of patches) | blocks (SimMIM: a share of mask units)
+        "mask_ratio": 0.75,  # share of tokens (patches) or mask units (blocks) masked, in [0, 1)
+        "mask_patch_size": None,  # blocks: mask unit side in pixels, a multiple of model.patch_size (null: patch)
+        "norm_pix_loss": True,  # target = per-patch normalised pixels
+    },
+    "mae": {  # MAE's decoder
+        "decoder": "transformer",
+        "decoder_dim": 512,
+        "decoder_depth": 8,
+        "decoder_heads": 16,
+    },
+    "simmim": {  # SimMIM's decoder
+        "decoder": "linear",
+    },
+}
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or an invalid value."""
+# keys that existed before methods had sections: an old preset gets told where its key went
+RENAMED = {
+    **{f"head.{k}": f"dino.{k}" for k in ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer",
+                                          "use_bn")},
+    **{f"loss.{k}": f"dino.{k}" for k in ("teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_epochs",
+                                          "student_temp", "center_momentum")},
+    "loss.ce_weight": "mst.ce_weight", "loss.restore_weight": "mst.restore_weight",
+    "mask.strategy": "mst.mask", "mask.num": "mst.mask_num", "mask.p": "mst.mask_p",
+    "mask.replacement": "mst.replacement", "decoder.enabled": "mst.decoder (cnn | none)",
+    "decoder.channels": "mst.decoder_channels", "decoder.target": "mst.restore_target",
+    "optim.momentum_teacher": "dino.momentum_teacher", "optim.freeze_last_layer": "dino.freeze_last_layer",
+}
+
+
+def register_section(name: str, defaults: dict[str, Any]) -> None:
+    """A new config section (for a method registered outside this package)."""
+    if name in COMMON:
+        raise ValueError(f"{name!r} is a common config section")
+    SECTIONS[name] = copy.deepcopy(defaults)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -121,25 +166,55 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-VALID_KEYS = sorted(_flatten(DEFAULTS))
-_SECTIONS = {k for k, v in DEFAULTS.items() if isinstance(v, dict)}
+def method_class(name: str):
+    from mst.methods import METHODS
+
+    return METHODS.get(name)
 
 
-def _unknown(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, VALID_KEYS + sorted(_SECTIONS), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid sections: {', '.join(sorted(_SECTIONS))}"
+def defaults_for(method: str) -> dict[str, Any]:
+    """The default config of ``method``: the common sections and the method's own."""
+    cfg = copy.deepcopy(COMMON)
+    cfg["method"] = method
+    for section in method_class(method).sections:
+        if section not in SECTIONS:
+            raise ConfigError(f"method {method!r} reads config section {section!r}, which is not registered")
+        cfg[section] = copy.deepcopy(SECTIONS[section])
+    return cfg
+
+
+def _unknown(key: str, where: str, cfg: dict) -> ConfigError:
+    section = key.split(".")[0]
+    if key in RENAMED:
+        return ConfigError(f"config key '{key}' in {where} was renamed: use {RENAMED[key]}")
+    if section in SECTIONS and section not in cfg:
+        users = [m for m, cls in _method_items() if section in cls.sections]
+        return ConfigError(f"config section '{section}' (key '{key}' in {where}) is not used by method "
+                           f"'{cfg['method']}'; it belongs to {', '.join(users) or 'no registered method'}")
+    valid = sorted(_flatten(cfg)) + sorted(k for k, v in cfg.items() if isinstance(v, dict))
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    sections = sorted(k for k, v in cfg.items() if isinstance(v, dict))
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid sections: {', '.join(sections)}"
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
-def _merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
+def _method_items():
+    from mst.methods import METHODS
+
+    return METHODS.items()
+
+
+def _merge(base: dict, update: dict, where: str, root: dict, prefix: str = "") -> None:
     for k, v in update.items():
         key = f"{prefix}{k}"
         if k not in base:
-            raise _unknown(key, where)
+            if isinstance(v, dict):  # an old section (head:, mask:): name the first key that moved
+                key = next((f"{key}.{sub}" for sub in v if f"{key}.{sub}" in RENAMED), key)
+            raise _unknown(key, where, root)
         if isinstance(base[k], dict):
             if not isinstance(v, dict):
                 raise ConfigError(f"config key '{key}' in {where} must be a mapping, got {v!r}")
-            _merge(base[k], v, where, key + ".")
+            _merge(base[k], v, where, root, key + ".")
         else:
             base[k] = _number(v) if isinstance(base[k], (int, float)) and not isinstance(base[k], bool) else v
 
@@ -160,16 +235,20 @@ def _number(value: Any) -> Any:
     return value
 
 
-def apply_override(cfg: dict, item: str) -> None:
+def _split_override(item: str) -> tuple[str, str]:
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like key=value, e.g. optim.lr=1e-3")
+        raise ConfigError(f"override '{item}' must look like key=value, e.g. optim.base_lr=1e-3")
     key, _, text = item.partition("=")
-    key = key.strip()
+    return key.strip(), text
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    key, text = _split_override(item)
     parts = key.split(".")
     node = cfg
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
-            raise _unknown(key, "--set")
+            raise _unknown(key, "--set", cfg)
         if i == len(parts) - 1:
             if isinstance(node[part], dict):
                 raise ConfigError(f"--set {key}: '{key}' is a section; set one of its keys, e.g. {key}.{next(iter(node[part]))}")
@@ -178,20 +257,31 @@ def apply_override(cfg: dict, item: str) -> None:
             node = node[part]
 
 
+def _read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """Defaults, then the YAML preset at ``path``, then each ``key=value`` override, validated."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at top level")
-        _merge(cfg, data, str(path))
+    """Defaults of the method, then the YAML preset at ``path``, then each ``key=value`` override, validated.
+
+    The method is the last ``method=`` override, else the preset's ``method``, else ``mst``."""
+    data = _read_yaml(path) if path is not None else {}
+    method = data.get("method", COMMON["method"])
+    for item in overrides or []:
+        key, text = _split_override(item)
+        if key == "method":
+            method = parse_value(text)
+    cfg = defaults_for(str(method))
+    _merge(cfg, data, str(path), cfg)
     for item in overrides or []:
         apply_override(cfg, item)
     validate(cfg)
@@ -201,52 +291,59 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def merge_dict(cfg: dict, update: dict, where: str = "config") -> dict:
     """Return a copy of ``cfg`` updated by the nested ``update`` (validated like a preset)."""
     out = copy.deepcopy(cfg)
-    _merge(out, update, where)
+    _merge(out, update, where, out)
     validate(out)
     return out
 
 
-def _choice(cfg: dict, key: str, options: tuple) -> None:
-    section, name = key.split(".")
-    if cfg[section][name] not in options:
-        raise ConfigError(f"{key}={cfg[section][name]!r} is not one of {', '.join(map(str, options))}")
+def choice(cfg: dict, key: str, options) -> None:
+    """``key`` (dotted) must hold one of ``options``."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    if node not in options:
+        raise ConfigError(f"{key}={node!r} is not one of {', '.join(map(str, options))}")
 
 
 def validate(cfg: dict) -> None:
-    _choice(cfg, "data.bad_files", ("error", "skip"))
-    _choice(cfg, "data.channels", (1, 3))
-    _choice(cfg, "mask.strategy", ("none", "random", "attention"))
-    _choice(cfg, "mask.replacement", ("learned", "bert"))
-    _choice(cfg, "decoder.target", ("image", "masked"))
-    _choice(cfg, "optim.amp", ("auto", "bf16", "fp16", "none"))
-    _choice(cfg, "augment.backend", ("pil", "tensor"))
-    _choice(cfg, "model.arch", ("vit_tiny", "vit_small", "vit_base", "swin_tiny"))
-    if len(cfg["data"]["mean"]) != cfg["data"]["channels"] or len(cfg["data"]["std"]) != cfg["data"]["channels"]:
-        raise ConfigError(
-            f"data.mean / data.std need {cfg['data']['channels']} values (data.channels), "
-            f"got {cfg['data']['mean']} / {cfg['data']['std']}"
-        )
-    m = cfg["model"]
-    for size_key in ("global_size", "local_size"):
-        size = cfg["augment"][size_key]
-        if size % m["patch_size"]:
-            raise ConfigError(
-                f"augment.{size_key}={size} is not divisible by model.patch_size={m['patch_size']}"
-            )
+    """Common checks, then the method's own (``Method.validate``). Mutates nothing but ``log.knn_every`` on
+    unlabelled data (switched off with a warning)."""
+    from mst.models.backbones import BACKBONES
+
+    d, a, m, o = cfg["data"], cfg["augment"], cfg["model"], cfg["optim"]
+    choice(cfg, "data.bad_files", ("error", "skip"))
+    choice(cfg, "data.channels", (1, 3))
+    choice(cfg, "optim.amp", ("auto", "bf16", "fp16", "none"))
+    choice(cfg, "optim.clip_mode", ("param", "norm"))
+    choice(cfg, "optim.lr_schedule", ("cosine", "multistep"))
+    choice(cfg, "augment.backend", ("pil", "tensor"))
+    choice(cfg, "model.pos_embed", ("learned", "sincos"))
+    BACKBONES.get(m["arch"])
+    if len(d["mean"]) != d["channels"] or len(d["std"]) != d["channels"]:
+        raise ConfigError(f"data.mean / data.std need {d['channels']} values (data.channels), "
+                          f"got {d['mean']} / {d['std']}")
+    multicrop = method_class(cfg["method"]).views == "multicrop"
+    for size_key in ("global_size", "local_size") if multicrop else ("global_size",):
+        if a[size_key] % m["patch_size"]:
+            raise ConfigError(f"augment.{size_key}={a[size_key]} is not divisible by model.patch_size={m['patch_size']}")
     if m["img_size"] % m["patch_size"]:
         raise ConfigError(f"model.img_size={m['img_size']} is not divisible by model.patch_size={m['patch_size']}")
-    if not (0.0 <= cfg["mask"]["p"] <= 1.0):
-        raise ConfigError(f"mask.p={cfg['mask']['p']} must lie in [0, 1]")
-    if int(cfg["mask"]["num"]) < 1:
-        raise ConfigError(f"mask.num={cfg['mask']['num']} must be >= 1")
-    if cfg["optim"]["batch_size"] < 1 or cfg["optim"]["epochs"] < 1:
+    if o["batch_size"] < 1 or o["epochs"] < 1:
         raise ConfigError("optim.batch_size and optim.epochs must be >= 1")
-    if cfg["log"]["knn_every"] and cfg["data"]["name"] == "folder":
-        raise ConfigError("log.knn_every needs labels, but data.name=folder is unlabelled: set log.knn_every=0 "
-                          "or use data.name=image_folder (class subfolders)")
-    if len(cfg["augment"]["blur_p"]) != 3:
+    if len(o["betas"]) != 2 or not all(0 <= b < 1 for b in o["betas"]):
+        raise ConfigError(f"optim.betas={o['betas']} must be two numbers in [0, 1)")
+    if len(a["blur_p"]) != 3:
         raise ConfigError("augment.blur_p needs 3 probabilities: global 1, global 2, locals")
+    if d["balanced"] and d["name"] == "folder":
+        raise ConfigError("data.balanced needs labels, but data.name=folder is unlabelled")
+    if cfg["log"]["knn_every"] and d["name"] == "folder":
+        warnings.warn("log.knn_every needs labels, but data.name=folder is unlabelled: online evaluation is "
+                      "switched off (use data.name=image_folder with class subfolders to keep it)", stacklevel=2)
+        cfg["log"]["knn_every"] = 0
+    method_class(cfg["method"]).validate(cfg)
 
 
 def save_config(cfg: dict, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+

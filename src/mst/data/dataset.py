@@ -32,11 +32,36 @@ class SubsetDataset(torch.utils.data.Subset):
         return np.asarray(self.dataset.targets)[np.asarray(self.indices, dtype=np.int64)]
 
 
-def subset_indices(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``size`` of ``n`` items, drawn without replacement by numpy's default_rng(seed)."""
-    if size >= n:
+def subset_indices(n: int, size: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a fixed random ``size`` of ``n`` items (the first ``size`` of a permutation drawn by numpy's
+    default_rng(seed)), or all of them. The one subset rule of pretraining and evaluation alike."""
+    if size is None or size >= n:
         return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    return np.sort(np.random.default_rng(seed).permutation(n)[: int(size)])
+
+
+def balanced_subset_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``size`` items with the same count of each class: ``size // C`` per class, one more for
+    the first ``size % C`` classes (in class order); within a class a fixed random choice by default_rng(seed).
+    For low-label fine-tuning (e.g. 1000 labels = 100 per Fashion-MNIST class)."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels[labels >= 0])
+    if size > len(labels):
+        raise DataError(f"a balanced subset of {size} images was asked for, but the split has only {len(labels)}")
+    if size < len(classes):
+        raise DataError(f"a balanced subset of {size} images cannot hold one image of each of the {len(classes)} "
+                        "classes")
+    rng = np.random.default_rng(seed)
+    base, extra = divmod(int(size), len(classes))
+    chosen = []
+    for k, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        want = base + (1 if k < extra else 0)
+        if want > len(members):
+            raise DataError(f"class {c} has only {len(members)} images, fewer than the {want} a balanced subset of "
+                            f"{size} needs")
+        chosen.append(members[rng.permutation(len(members))[:want]])
+    return np.sort(np.concatenate(chosen))
 
 
 def _folder_root(root: str | Path | None, name: str, split: str) -> Path:
@@ -80,7 +105,11 @@ def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
     if subset is not None:
         if int(subset) < 1:
             raise DataError(f"data.subset={subset} must be a positive number of images (or null)")
-        ds = SubsetDataset(ds, subset_indices(len(ds), int(subset)).tolist())
+        if data_cfg.get("balanced"):
+            idx = balanced_subset_indices(np.asarray(ds.targets), int(subset), int(data_cfg.get("subset_seed", 0)))
+        else:
+            idx = subset_indices(len(ds), int(subset), int(data_cfg.get("subset_seed", 0)))
+        ds = SubsetDataset(ds, idx.tolist())
     return ds
 
 
@@ -148,6 +177,6 @@ def build_pretrain_dataset(cfg: dict, split: str | None = None) -> AugmentedData
 
 
 __all__ = [
-    "ArrayDataset", "AugmentedDataset", "DATASET_NAMES", "DataError", "SubsetDataset", "build_dataset",
-    "build_pretrain_dataset", "collate_crops", "sample_seed", "subset_indices",
+    "ArrayDataset", "AugmentedDataset", "DATASET_NAMES", "DataError", "SubsetDataset", "balanced_subset_indices",
+    "build_dataset", "build_pretrain_dataset", "collate_crops", "sample_seed", "subset_indices",
 ]

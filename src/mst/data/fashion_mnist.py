@@ -116,6 +116,17 @@ class ArrayDataset(torch.utils.data.Dataset):
     def targets(self) -> np.ndarray:
         return self.labels
 
+    def uint8_batch(self, indices) -> tuple[np.ndarray, np.ndarray] | None:
+        """(uint8 (B, C, H, W), labels) for many indices at once, or None when a channel conversion is needed
+        (then go through PIL per image, as ``__getitem__``). The fast path of the tensor augmentation backend."""
+        gray = self.images.ndim == 3
+        if gray != (self.channels == 1):
+            return None
+        idx = np.asarray(indices, dtype=np.int64)
+        arr = self.images[idx]
+        arr = arr[:, None] if gray else arr.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(arr), self.labels[idx]
+
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         img = Image.fromarray(self.images[i])
         img = img.convert("RGB" if self.channels == 3 else "L")

@@ -199,6 +199,60 @@ def _apply_where(x: torch.Tensor, sel: torch.Tensor, fn, *params: torch.Tensor) 
     return x
 
 
+# -- input ------------------------------------------------------------------------------------------------------
+def float_images(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) (B, C, H, W) -> float in [0, 1] with ``channels`` channels."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    cin = x.shape[1]
+    if cin == channels:
+        return x
+    if cin == 1 and channels == 3:
+        return x.repeat(1, 3, 1, 1)
+    if cin == 3 and channels == 1:
+        return to_gray(x)
+    raise ValueError(f"images have {cin} channels; expected 1 or 3 (data.channels={channels})")
+
+
+def prepare_images(images, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (B, C, H, W) batch or a list of (C, H_i, W_i) images -> float (B, C, Hmax, Wmax) in [0, 1] (zero-padded
+    at the bottom / right), heights (B,), widths (B,)."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"batched augmentation needs (B, C, H, W) images, got shape {tuple(images.shape)}")
+        x = float_images(images, channels)
+        b, _, h, w = x.shape
+        return x, torch.full((b,), h, device=x.device), torch.full((b,), w, device=x.device)
+    images = list(images)
+    if not images:
+        raise ValueError("batched augmentation got an empty list of images")
+    hmax = max(int(im.shape[-2]) for im in images)
+    wmax = max(int(im.shape[-1]) for im in images)
+    first = float_images(images[0][None], channels)
+    x = first.new_zeros((len(images), first.shape[1], hmax, wmax))
+    for k, im in enumerate(images):
+        x[k, :, : im.shape[-2], : im.shape[-1]] = float_images(im[None], channels)[0]
+    hs = torch.tensor([int(im.shape[-2]) for im in images], device=x.device)
+    ws = torch.tensor([int(im.shape[-1]) for im in images], device=x.device)
+    return x, hs, ws
+
+
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop boxes (n, 4) pixel (x0, y0, x1, y1) of images x (B, C, H, W) -> (n, C, size, size), bilinear with area
+    averaging (an antialiased downscale); ``batch_index`` (n,) says which image each box is on (default: box i on
+    image i)."""
+    if batch_index is None:
+        batch_index = torch.arange(len(boxes), device=x.device)
+    rois = torch.cat([batch_index.to(boxes.dtype)[:, None], boxes], dim=1)
+    out = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return out.clamp_(0, 1)
+
+
+def normalize(v: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(list(mean), device=v.device, dtype=v.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), device=v.device, dtype=v.dtype).view(1, -1, 1, 1)
+    return (v - m) / s
+
+
 # -- the transform ----------------------------------------------------------------------------------------------
 class GPUMultiCrop:
     """Batched multi-crop: images (B, C, H, W) uint8 (0..255) or float (0..1), or a list of (C, H_i, W_i)
@@ -234,51 +288,13 @@ class GPUMultiCrop:
         return (f"GPUMultiCrop(global={self.global_size} x 2, local={self.local_size} x {self.n_local}, "
                 f"channels={self.channels})")
 
-    # -- input -------------------------------------------------------------------------------------------------
-    def _prepare(self, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> float (B, C, Hmax, Wmax) in [0, 1] (zero-padded), heights (B,), widths (B,)."""
-        if isinstance(images, torch.Tensor):
-            if images.ndim != 4:
-                raise ValueError(f"GPUMultiCrop needs (B, C, H, W) images, got shape {tuple(images.shape)}")
-            x = self._float(images)
-            b, _, h, w = x.shape
-            hs = torch.full((b,), h, device=x.device)
-            ws = torch.full((b,), w, device=x.device)
-        else:
-            images = list(images)
-            if not images:
-                raise ValueError("GPUMultiCrop got an empty list of images")
-            hmax = max(int(im.shape[-2]) for im in images)
-            wmax = max(int(im.shape[-1]) for im in images)
-            first = self._float(images[0][None])
-            x = first.new_zeros((len(images), first.shape[1], hmax, wmax))
-            for k, im in enumerate(images):
-                x[k, :, : im.shape[-2], : im.shape[-1]] = self._float(im[None])[0]
-            hs = torch.tensor([int(im.shape[-2]) for im in images], device=x.device)
-            ws = torch.tensor([int(im.shape[-1]) for im in images], device=x.device)
-        return x, hs, ws
-
-    def _float(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        cin = x.shape[1]
-        if cin == self.channels:
-            return x
-        if cin == 1 and self.channels == 3:
-            return x.repeat(1, 3, 1, 1)
-        if cin == 3 and self.channels == 1:
-            return to_gray(x)
-        raise ValueError(f"images have {cin} channels; expected 1 or 3 (data.channels={self.channels})")
-
     # -- one group of views --------------------------------------------------------------------------------------
     def _views(self, x, hs, ws, n_views, size, scale, blur_p, solarize_p, generator) -> list[torch.Tensor]:
         b = x.shape[0]
         n = n_views * b
         dev = x.device
         boxes = sample_crop_boxes(hs.repeat(n_views), ws.repeat(n_views), scale, RATIO, generator)
-        batch_idx = torch.arange(b, device=dev, dtype=boxes.dtype).repeat(n_views)
-        rois = torch.cat([batch_idx[:, None], boxes], dim=1)
-        v = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        v = v.clamp_(0, 1)  # (n, C, S, S), view-major
+        v = crop_resize(x, boxes, size, torch.arange(b, device=dev).repeat(n_views))  # (n, C, S, S), view-major
 
         flip = torch.rand(n, generator=generator, device=dev) < self.flip_p
         v = torch.where(_col(flip, v), v.flip(-1), v)
@@ -304,15 +320,13 @@ class GPUMultiCrop:
             sol = torch.rand(n, generator=generator, device=dev) < solarize_p
             v = torch.where(_col(sol, v) & (v >= SOLARIZE_THRESHOLD), 1.0 - v, v)
 
-        mean = torch.tensor(self.mean, device=dev, dtype=v.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=dev, dtype=v.dtype).view(1, -1, 1, 1)
-        v = (v - mean) / std
+        v = normalize(v, self.mean, self.std)
         return list(v.chunk(n_views)) if n_views > 1 else [v]
 
     @torch.no_grad()
     def __call__(self, images, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """``generator`` must live on the images' device (``torch.Generator(device)``); None: the global one."""
-        x, hs, ws = self._prepare(images)
+        x, hs, ws = prepare_images(images, self.channels)
         p1, p2, pl = self.blur_p
         g, s = self.global_size, self.global_scale
         views = self._views(x, hs, ws, 1, g, s, p1, 0.0, generator)
@@ -346,6 +360,19 @@ class RawImageDataset(torch.utils.data.Dataset):
         img, label = self.base[i]
         return pil_to_uint8(img, self.channels), label
 
+    def __getitems__(self, indices: list[int]) -> list:
+        """A whole batch with one array index when the data are an in-memory array (Fashion-MNIST): no PIL round
+        trip per image. Same values as ``__getitem__`` one by one."""
+        base, idx = self.base, list(indices)
+        while hasattr(base, "indices") and hasattr(base, "dataset"):  # a Subset: map to the dataset's positions
+            idx = [int(base.indices[i]) for i in idx]
+            base = base.dataset
+        fast = base.uint8_batch(idx) if hasattr(base, "uint8_batch") and base.channels == self.channels else None
+        if fast is None:
+            return [self[i] for i in indices]
+        images, labels = fast
+        return list(zip(torch.from_numpy(images).unbind(0), (int(v) for v in labels)))
+
 
 def collate_raw(batch):
     """[(uint8 (C, H, W), label)] -> (uint8 (B, C, H, W) if all sizes match, else the list, labels (B,))."""
@@ -360,5 +387,6 @@ def collate_raw(batch):
 
 __all__ = [
     "GPUMultiCrop", "RawImageDataset", "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation",
-    "collate_raw", "gaussian_blur", "gaussian_kernels", "pil_to_uint8", "sample_crop_boxes", "to_gray",
+    "collate_raw", "crop_resize", "float_images", "gaussian_blur", "gaussian_kernels", "normalize", "pil_to_uint8",
+    "prepare_images", "sample_crop_boxes", "to_gray",
 ]

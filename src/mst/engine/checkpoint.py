@@ -46,20 +46,60 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
 
 
-def backbone_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Encoder state dict -> the timm ViT's own keys (drops head, decoder and [MASK] token)."""
-    prefix = "backbone.vit."
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+def method_checkpoint(method, **extra: Any) -> dict[str, Any]:
+    """What every checkpoint holds about a method: its config, its state, and where its backbones are
+    (``backbones``: name -> state-dict prefix of the timm weights; ``default_backbone``), plus ``extra``."""
+    return {
+        "config": method.cfg,
+        "method": method.state_dict(),
+        "backbones": {name: f"{prefix}.vit." for name, prefix in method.backbones.items()},
+        "default_backbone": method.default_backbone,
+        **extra,
+    }
 
 
-def load_backbone(path: str | Path, which: str = "teacher", device: str | torch.device = "cpu"):
-    """Rebuild the pretrained ViT from a checkpoint: returns (ViTBackbone in eval mode, config dict)."""
-    from mst.models.backbone import create_backbone
+def backbone_names(ckpt: dict) -> tuple[list[str], str]:
+    """(names of the backbones a checkpoint holds, the default one): e.g. (["student", "teacher"], "teacher") for MST,
+    (["encoder"], "encoder") for MAE / SimMIM."""
+    if "backbones" not in ckpt or "method" not in ckpt:
+        raise RuntimeError("this checkpoint has no 'backbones' / 'method' entries: it was not written by mst's "
+                           "trainer (or by an older version of it, before methods)")
+    return sorted(ckpt["backbones"]), ckpt["default_backbone"]
 
-    if which not in ("teacher", "student"):
-        raise ValueError(f"which={which!r} must be 'teacher' or 'student'")
+
+def backbone_state(ckpt: dict, which: str | None = None) -> dict[str, torch.Tensor]:
+    """The timm-layout weights of backbone ``which`` (default: the checkpoint's default) of a loaded checkpoint:
+    no head, decoder or [MASK] token; a fine-tuned classifier's ``head.*`` is left out too."""
+    which = resolve_which(ckpt, which)
+    prefix = ckpt["backbones"][which]
+    return {k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix) and
+            not k[len(prefix):].startswith("head.")}
+
+
+def resolve_which(ckpt: dict, which: str | None) -> str:
+    """``which`` checked against the checkpoint's backbones; None -> its default (teacher for MST, encoder for MIM)."""
+    names, default = backbone_names(ckpt)
+    which = which or default
+    if which not in names:
+        from mst.registry import ConfigError
+
+        raise ConfigError(f"this checkpoint ({ckpt['config']['method']}) holds the backbone(s) {', '.join(names)}, "
+                         f"not {which!r}")
+    return which
+
+
+def load_backbone(path: str | Path, which: str | None = None, device: str | torch.device = "cpu"):
+    """Rebuild a pretrained backbone from a checkpoint: returns (backbone in eval mode, config dict). The backbone's
+    ``which`` attribute names the one loaded (e.g. "teacher")."""
+    from mst.models.backbones import create_backbone
+
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
+    state = backbone_state(ckpt, which)
     model = create_backbone(cfg["model"], in_chans=int(cfg["data"]["channels"]))
-    model.vit.load_state_dict(backbone_state(ckpt[which]))
+    missing, unexpected = model.vit.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"the backbone in {resolve_checkpoint(path)} does not fit model.arch={cfg['model']['arch']} "
+                           f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+    model.which = resolve_which(ckpt, which)
     return model.to(device).eval(), cfg

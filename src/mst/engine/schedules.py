@@ -20,13 +20,31 @@ def cosine_schedule(
     return sched
 
 
+def multistep_schedule(base: float, milestones: list[int], gamma: float, epochs: int, iters_per_epoch: int,
+                       warmup_epochs: int = 0, warmup_start: float = 0.0) -> np.ndarray:
+    """Linear warm-up to ``base``, then ``base * gamma ** (number of milestone epochs passed)`` (SimMIM ViT-B)."""
+    total = epochs * iters_per_epoch
+    warm = min(warmup_epochs * iters_per_epoch, total)
+    it = np.arange(total)
+    passed = np.searchsorted(np.asarray(sorted(milestones), dtype=np.int64) * iters_per_epoch, it, side="right")
+    sched = base * float(gamma) ** passed
+    if warm > 0:
+        sched[:warm] = np.linspace(warmup_start, base, warm, endpoint=False)
+    return sched
+
+
 def build_schedules(cfg: dict, iters_per_epoch: int, world_size: int) -> dict[str, np.ndarray]:
-    """lr (scaled by the global batch / 256), weight decay and teacher momentum, per iteration."""
+    """lr (scaled by the global batch / 256) and weight decay, per iteration (methods add their own, e.g. the
+    teacher momentum)."""
     o = cfg["optim"]
     global_batch = int(o["batch_size"]) * world_size
     lr = float(o["base_lr"]) * global_batch / 256.0
+    epochs, warm = int(o["epochs"]), int(o["warmup_epochs"])
+    if o.get("lr_schedule", "cosine") == "multistep":
+        lrs = multistep_schedule(lr, list(o["lr_milestones"]), float(o["lr_gamma"]), epochs, iters_per_epoch, warm)
+    else:
+        lrs = cosine_schedule(lr, float(o["min_lr"]), epochs, iters_per_epoch, warm)
     return {
-        "lr": cosine_schedule(lr, float(o["min_lr"]), o["epochs"], iters_per_epoch, int(o["warmup_epochs"])),
-        "wd": cosine_schedule(float(o["weight_decay"]), float(o["weight_decay_end"]), o["epochs"], iters_per_epoch),
-        "momentum": cosine_schedule(float(o["momentum_teacher"]), 1.0, o["epochs"], iters_per_epoch),
+        "lr": lrs,
+        "wd": cosine_schedule(float(o["weight_decay"]), float(o["weight_decay_end"]), epochs, iters_per_epoch),
     }

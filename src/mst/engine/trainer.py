@@ -1,23 +1,26 @@
-"""The pretraining loop: set-up, resume, the optimisation around :func:`mst_step`, checkpoints, logs, stops.
+"""The training loop, for any registered method: set-up, resume, the optimisation around ``method(batch, ctx)``,
+checkpoints, logs, stops.
 
-Reproducibility: every step reseeds torch from (seed, global step, rank), and every sample's augmentation is seeded
-from (seed, epoch, index), so a run resumed from a checkpoint repeats the losses of an uninterrupted one.
+Reproducibility: every step reseeds torch, numpy and ``random`` from (seed, global step, rank), and every sample's
+augmentation is seeded from (seed, epoch, index) (or per step on the tensor backend), so a run resumed from a
+checkpoint repeats the losses of an uninterrupted one.
 """
 from __future__ import annotations
 
 import math
+import random
 import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from mst.config import save_config
-from mst.data import AugmentedDataset, MultiCropTransform, build_dataset, collate_crops
-from mst.data.gpu_augment import GPUMultiCrop, RawImageDataset, collate_raw
-from mst.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mst.data import Batch, DataError, build_dataset, build_pipeline
+from mst.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, method_checkpoint, save_checkpoint
 from mst.engine.distributed import (
     DistInfo,
     ResumableSampler,
@@ -29,12 +32,9 @@ from mst.engine.distributed import (
 )
 from mst.engine.ema import TeacherEMA, unwrap
 from mst.engine.logger import MetricLogger
-from mst.engine.optim import build_optimizer, cancel_last_layer_grads, clip_gradients, set_lr_wd
+from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
 from mst.engine.schedules import build_schedules
-from mst.engine.train_step import mst_step
-from mst.losses import DINOLoss
-from mst.masking import build_mask_strategy
-from mst.models.encoder import build_student_teacher
+from mst.methods.base import EpochData, StepContext, build_method
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,7 +100,8 @@ def autocast_context(amp: str, device: torch.device):
 
 
 class Trainer:
-    """Builds everything from a resolved config and trains into ``out_dir`` (resuming if it holds a checkpoint)."""
+    """Builds the method and everything around it from a resolved config and trains into ``out_dir`` (resuming if
+    it holds a checkpoint). Knows nothing of any method's losses, heads or teachers."""
 
     def __init__(self, cfg: dict, out_dir: str | Path, dist_info: DistInfo | None = None, log=print) -> None:
         self.cfg = cfg
@@ -109,65 +110,50 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
         self.device = self.dist.device
         torch.manual_seed(cfg["seed"])
-
         o = cfg["optim"]
-        a = cfg["augment"]
-        base = build_dataset(cfg["data"], min_size=int(a["global_size"]))  # folders: reject images < global crop
-        stats = (a, cfg["data"]["mean"], cfg["data"]["std"], cfg["data"]["channels"])
-        self.batch_augment = None
-        if a["backend"] == "tensor":  # decode in workers, augment whole batches on the device
-            self.batch_augment = GPUMultiCrop(*stats)
-            self.dataset = RawImageDataset(base, cfg["data"]["channels"])
-        else:
-            self.dataset = AugmentedDataset(base, MultiCropTransform(*stats), seed=cfg["seed"])
-        check_same_length(len(self.dataset), self.device)  # ranks that skipped different files would deadlock
+
+        self.method = build_method(cfg)
+        base = build_dataset(cfg["data"], min_size=int(cfg["augment"]["global_size"]))  # reject too-small images
+        if self.method.needs_labels and (len(base) == 0 or int(np.min(getattr(base, "targets", [-1]))) < 0):
+            raise DataError(f"method {cfg['method']} trains on labels, but data.name={cfg['data']['name']} has none "
+                            "(use image_folder with class subfolders, or fashion_mnist)")
+        self.base_dataset = base
+        self.pipeline = build_pipeline(self.method.views, cfg, base)
+        check_same_length(len(self.pipeline.dataset), self.device)  # ranks that skipped different files deadlock
         self.sampler = ResumableSampler(
-            len(self.dataset), o["batch_size"], self.dist.rank, self.dist.world_size, seed=cfg["seed"]
+            len(self.pipeline.dataset), o["batch_size"], self.dist.rank, self.dist.world_size, seed=cfg["seed"]
         )
         self.iters_per_epoch = self.sampler.batches_per_epoch
 
-        self.student, self.teacher = build_student_teacher(cfg)
-        self.student.to(self.device)
-        self.teacher.to(self.device)
-        if o["channels_last_decoder"] and self.student.decoder is not None:
-            self.student.decoder.to(memory_format=torch.channels_last)
-        self.model = self.student
+        self.method.to(self.device)
+        self.model = self.method
         if self.dist.world_size > 1:
             if self.device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) BN stays per process
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
-                self.teacher = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
+                self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            self.student = unwrap(self.model)
+            self.model = torch.nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+            self.method = unwrap(self.model)
         if o["compile"]:
             self.model = torch.compile(self.model)
-        self.ema = TeacherEMA(self.student, self.teacher)
-        self.optimizer = build_optimizer(self.student)
+        self.emas = [TeacherEMA(online, averaged) for online, averaged in self.method.ema_pairs()]
+        self.optimizer = build_optimizer(self.method.param_groups(), o["betas"])
         self.amp_ctx, self.scaler = autocast_context(o["amp"], self.device)
-        l = cfg["loss"]
-        self.dino_loss = DINOLoss(
-            cfg["head"]["out_dim"], 2, l["student_temp"], l["teacher_temp"], l["warmup_teacher_temp"],
-            l["warmup_teacher_temp_epochs"], o["epochs"], l["center_momentum"],
-        ).to(self.device)
-        self.mask_strategy = build_mask_strategy(cfg["mask"])
         self.schedules = build_schedules(cfg, self.iters_per_epoch, self.dist.world_size)
+        self.schedules.update(self.method.schedules(self.iters_per_epoch, int(o["epochs"])))
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.ckpt_path = self.out / CHECKPOINT_NAME
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {
-            "config": self.cfg,
-            "student": self.student.state_dict(),
-            "teacher": self.teacher.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "dino_loss": self.dino_loss.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "world_size": self.dist.world_size,
-        }
+        return method_checkpoint(
+            self.method,
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            global_step=self.global_step,
+            world_size=self.dist.world_size,
+        )
 
     def save(self) -> None:
         if self.dist.is_main:
@@ -188,10 +174,8 @@ class Trainer:
                 f"{self.ckpt_path} was written with a different configuration ({'; '.join(changed)}); "
                 "resume with the same settings, or pass a new --out"
             )
-        self.student.load_state_dict(ckpt["student"])
-        self.teacher.load_state_dict(ckpt["teacher"])
+        self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.dino_loss.load_state_dict(ckpt["dino_loss"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
@@ -208,36 +192,37 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        if self.batch_augment is None:
-            self.dataset.set_epoch(self.epoch)
-        nw = int(self.cfg["data"]["num_workers"])
-        collate = collate_crops if self.batch_augment is None else collate_raw
+        self.pipeline.set_epoch(self.epoch)
         return DataLoader(
-            self.dataset, batch_size=self.cfg["optim"]["batch_size"], sampler=self.sampler, num_workers=nw,
-            collate_fn=collate, pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=False,
+            self.pipeline.dataset,
+            batch_size=self.cfg["optim"]["batch_size"],
+            sampler=self.sampler,
+            num_workers=int(self.cfg["data"]["num_workers"]),
+            collate_fn=self.pipeline.collate,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
         )
 
-    def _views(self, batch, seed: int) -> list[torch.Tensor]:
-        """The loader's batch -> [global_1, global_2, local_1, ...] on the device (augmenting it here for the
-        tensor backend, seeded per step so resuming repeats it)."""
-        if self.batch_augment is None:
-            return [v.to(self.device, non_blocking=True) for v in batch]
-        images = batch.to(self.device, non_blocking=True) if torch.is_tensor(batch) else batch
-        gen = torch.Generator(self.device).manual_seed(seed ^ 0x5DEECE66D)  # not the mask / drop-path stream
-        return self.batch_augment(images, generator=gen)
-
-    def train_step(self, batch) -> dict[str, float]:
-        """One optimisation step: schedules, loss (mst_step), backward, clip, freeze, optimizer, EMA.
-
-        ``batch``: the list of view batches (pil backend) or raw uint8 images (tensor backend)."""
-        it = self.global_step
-        lr, wd, m = (float(self.schedules[k][it]) for k in ("lr", "wd", "momentum"))
-        set_lr_wd(self.optimizer, lr, wd)
-        seed = step_seed(self.cfg["seed"], it, self.dist.rank)
+    def train_step(self, loaded) -> dict[str, float]:
+        """Reseed every generator for this step, turn what the DataLoader yields into a Batch on the device (the
+        tensor backend augments here, on its own seeded stream), then :meth:`train_batch`."""
+        seed = step_seed(self.cfg["seed"], self.global_step, self.dist.rank)
         torch.manual_seed(seed)
-        views = self._views(batch, seed)
+        np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy, RandomErasing from random
+        random.seed(seed)
+        gen = torch.Generator(self.device).manual_seed(seed ^ 0x5DEECE66D)  # augmentation: its own stream
+        return self.train_batch(self.pipeline.to_batch(loaded, self.device, gen))
+
+    def train_batch(self, batch: Batch) -> dict[str, float]:
+        """One optimisation step on a ready batch: schedules, the method's loss, backward, clip, the method's
+        after-backward hook, optimizer, EMA. (Benchmarks feed synthetic batches here.)"""
+        it = self.global_step
+        values = {k: float(v[it]) for k, v in self.schedules.items()}
+        set_lr_wd(self.optimizer, values["lr"], values["wd"])
+        ctx = StepContext(epoch=self.epoch, step=it, values=values)
         with self.amp_ctx:
-            out = mst_step(views, self.model, self.teacher, self.dino_loss, self.mask_strategy, self.cfg, self.epoch)
+            out = self.model(batch, ctx)
         finite = math.isfinite(out.metrics["loss"])
         (any_bad,) = all_reduce_flags([not finite], self.device)
         if any_bad:
@@ -253,19 +238,25 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.scale(out.loss).backward()
             self.scaler.unscale_(self.optimizer)
-            clip_gradients(self.student, o["clip_grad"])
-            cancel_last_layer_grads(self.student, self.epoch, o["freeze_last_layer"])
+        else:
+            out.loss.backward()
+        clip_gradients(self.method, float(o["clip_grad"]), o["clip_mode"])
+        self.method.after_backward(ctx)
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            out.loss.backward()
-            clip_gradients(self.student, o["clip_grad"])
-            cancel_last_layer_grads(self.student, self.epoch, o["freeze_last_layer"])
             self.optimizer.step()
-        self.ema.update(m)
+        for ema in self.emas:
+            ema.update(values["momentum"])
         metrics = average_across_ranks(out.metrics, self.device)
-        return {**metrics, "lr": lr, "wd": wd, "momentum": m,
-                "teacher_temp": self.dino_loss.teacher_temp(self.epoch)}
+        return {**metrics, **values}
+
+    def _epoch_start(self, logger: MetricLogger) -> None:
+        data = EpochData(self.base_dataset, self.device, self.dist.rank, self.dist.world_size, self.log)
+        metrics = self.method.on_epoch_start(self.epoch, data)
+        if metrics:
+            logger.epoch(self.global_step, self.epoch, metrics)
 
     def fit(self, max_steps: int | None = None, evaluator=None) -> str:
         """Train to the configured number of epochs. Returns "done", "preempted" or "max_steps".
@@ -282,14 +273,14 @@ class Trainer:
         batch_global = self.cfg["optim"]["batch_size"] * self.dist.world_size
         done_steps, status = 0, "done"
         every_n = int(self.cfg["log"]["checkpoint_every_steps"])
-        self.student.train()
-        self.teacher.train()
+        self.method.train()
         try:
             with _StopRequest() as stop:
                 while self.epoch < epochs:
+                    self._epoch_start(logger)
                     t_last = time.perf_counter()
-                    for views, _ in self._loader():
-                        metrics = self.train_step(views)
+                    for loaded in self._loader():
+                        metrics = self.train_step(loaded)
                         self.step_in_epoch += 1
                         self.global_step += 1
                         done_steps += 1
@@ -321,8 +312,9 @@ class Trainer:
                         try:
                             logger.epoch(self.global_step, self.epoch, evaluator(self))
                         except Exception as e:  # noqa: BLE001 - report and keep training
-                            self.log(f"warning: online k-NN at epoch {self.epoch} failed ({type(e).__name__}: {e}); "
-                                     "training goes on (set log.knn_every=0 to turn it off)")
+                            self.log(f"warning: online evaluation at epoch {self.epoch} failed "
+                                     f"({type(e).__name__}: {e}); training goes on (set log.knn_every=0 to turn "
+                                     "it off)")
                     if status == "max_steps":
                         return status
         finally:

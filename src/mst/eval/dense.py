@@ -178,7 +178,7 @@ def train_dense_probe(
 def run_dense(
     ckpt: str | Path,
     root: str | Path | None = None,
-    which: str = "teacher",
+    which: str | None = None,
     n_train: int = 1000,
     n_test: int = 200,
     canvas: int = 56,
@@ -215,11 +215,11 @@ def run_dense(
         maps[split] = torch.from_numpy(lab)
     grid = (canvas // patch, canvas // patch)
     log(f"dense probe: {n_train} train / {n_test} test canvases of {canvas}px, grid {grid}, "
-        f"{'random-init' if random_init else which} backbone")
+        f"{backbone.which} backbone")
     res = train_dense_probe(tokens["train"], maps["train"], tokens["test"], maps["test"], grid, num_classes,
                             epochs, lr, batch_size, dev, seed, log)
     res.pop("probe")
     log(f"mIoU {res['miou']:.2f} %  pixel accuracy {res['pixel_acc']:.2f} %")
-    res.update(classes=["background", *CLASSES], which="random-init" if random_init else which,
+    res.update(classes=["background", *CLASSES], which=backbone.which,
                canvas=canvas, n_train=n_train, n_test=n_test, checkpoint=str(ckpt))
     return res

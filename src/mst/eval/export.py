@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mst.eval.features import Log
-from mst.models.backbone import timm_spec
+from mst.models.backbones import timm_spec
 
 __all__ = ["export_backbone", "load_exported", "detection_state_dict", "save_detection_checkpoint"]
 
@@ -25,23 +25,23 @@ def _json_path(weights: str | Path) -> Path:
 
 
 def export_backbone(
-    ckpt: str | Path, out_path: str | Path, which: str = "teacher", log: Log = print
+    ckpt: str | Path, out_path: str | Path, which: str | None = None, log: Log = print
 ) -> tuple[Path, Path]:
     """Write ``which``'s ViT weights (timm keys: cls_token, pos_embed, patch_embed.proj.weight, blocks.N...,
     norm.weight; no head, decoder or [MASK] token) to ``out_path`` (.safetensors) and metadata to the same
     name with suffix .json: {"model_name", "model_kwargs", "source_checkpoint", "which", "epoch", "mean",
-    "std"}. The teacher is the default, as in DINO/MST: it is the better encoder. Returns both paths."""
-    from mst.engine.checkpoint import backbone_state, load_checkpoint, resolve_checkpoint
+    "std"}. ``which`` defaults to the checkpoint's default backbone: the teacher for MST/DINO (the better encoder,
+    as DINO releases it), the encoder for MAE / SimMIM. Returns both paths."""
+    from mst.engine.checkpoint import backbone_state, load_checkpoint, resolve_checkpoint, resolve_which
 
-    if which not in ("teacher", "student"):
-        raise ValueError(f"which={which!r} must be 'teacher' or 'student'")
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"export path {out_path} must end in .safetensors")
     ckpt_file = resolve_checkpoint(ckpt)
     state = load_checkpoint(ckpt_file)
     cfg = state["config"]
-    weights = {k: v.detach().cpu().contiguous() for k, v in backbone_state(state[which]).items()}
+    which = resolve_which(state, which)
+    weights = {k: v.detach().cpu().contiguous() for k, v in backbone_state(state, which).items()}
     if not weights:
         raise RuntimeError(f"checkpoint {ckpt_file} holds no backbone weights under '{which}'")
     name, kwargs = timm_spec(cfg["model"], int(cfg["data"]["channels"]))

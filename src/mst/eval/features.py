@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mst.models.backbone import ViTBackbone, create_backbone
+from mst.data.dataset import subset_indices
+
+from mst.models.backbone import ViTBackbone
+from mst.models.backbones import create_backbone
 
 FeatureKind = Literal["cls", "last4", "last4_avgpool", "patches"]
 KINDS: tuple[str, ...] = ("cls", "last4", "last4_avgpool", "patches")
@@ -52,20 +55,6 @@ def normalize_images(
     m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
     return ((x - m) / s).contiguous()
-
-
-def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Inverse of the normalisation, clipped to [0, 1] (for figures)."""
-    m = torch.tensor(list(mean), dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    s = torch.tensor(list(std), dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return (x * s + m).clamp(0, 1)
-
-
-def subset_indices(n: int, subset: int | None, seed: int = 0) -> np.ndarray:
-    """A fixed (seeded) random subset of ``subset`` indices out of ``n``, or all of them."""
-    if subset is None or subset >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).permutation(n)[: int(subset)])
 
 
 class _Transformed(Dataset):
@@ -136,14 +125,16 @@ def random_init_backbone(cfg: dict, seed: int = 0) -> ViTBackbone:
     with torch.random.fork_rng(devices=[]):  # CPU generator only: the caller's RNG streams are left untouched
         torch.default_generator.manual_seed(seed)
         model = create_backbone(cfg["model"], in_chans=int(cfg["data"]["channels"]))
+    model.which = "random-init"
     return model.eval()
 
 
 def load_eval_backbone(
-    ckpt: str | Path, which: str = "teacher", device: str | torch.device = "cpu", random_init: bool = False,
+    ckpt: str | Path, which: str | None = None, device: str | torch.device = "cpu", random_init: bool = False,
     seed: int = 0,
 ) -> tuple[ViTBackbone, dict]:
-    """(backbone in eval mode, config) from a checkpoint; ``random_init`` keeps the config but not the weights."""
+    """(backbone in eval mode, config) from a checkpoint; ``random_init`` keeps the config but not the weights.
+    ``which``: a backbone of the checkpoint (teacher / student for MST, encoder for MIM); None: its default."""
     from mst.engine.checkpoint import load_backbone, load_checkpoint
 
     if random_init:

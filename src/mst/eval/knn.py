@@ -96,7 +96,7 @@ def knn_accuracy(
 def run_knn(
     ckpt: str | Path,
     data: dict | str | Path | None = None,
-    which: str = "teacher",
+    which: str | None = None,
     ks: Sequence[int] = (10, 20, 100, 200),
     T: float = 0.07,
     train_subset: int | None = None,
@@ -117,7 +117,7 @@ def run_knn(
     dev = default_device(device)
     backbone, cfg = load_eval_backbone(ckpt, which, dev, random_init, seed)
     cfg = with_data(cfg, data)
-    what = "random-init" if random_init else which
+    what = backbone.which
     log(f"k-NN: {what} backbone from {ckpt}, data {cfg['data']['name']} ({cfg['data']['root'] or 'default root'})")
     train = load_eval_split(cfg, "train", train_subset, seed)
     test = load_eval_split(cfg, "test", test_subset, seed + 1)

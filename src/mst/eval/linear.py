@@ -221,7 +221,7 @@ def _epoch_batches(train_f, train_y, train_ds, backbone, kind, batch_size, crop_
 def run_linear(
     ckpt: str | Path,
     data: dict | str | Path | None = None,
-    which: str = "teacher",
+    which: str | None = None,
     kind: str = "cls",
     augment: bool = False,
     epochs: int = 100,
@@ -252,7 +252,7 @@ def run_linear(
     clf = res.pop("classifier")
     if save_path is not None:
         Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": clf.state_dict(), "kind": kind, "which": which, "checkpoint": str(ckpt)}, save_path)
+        torch.save({"state_dict": clf.state_dict(), "kind": kind, "which": backbone.which, "checkpoint": str(ckpt)}, save_path)
         log(f"classifier saved to {save_path}")
-    res.update(which="random-init" if random_init else which, kind=kind, augment=augment, checkpoint=str(ckpt))
+    res.update(which=backbone.which, kind=kind, augment=augment, checkpoint=str(ckpt))
     return res

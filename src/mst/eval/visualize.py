@@ -1,14 +1,15 @@
-"""Figures: what the teacher attends to, which tokens MST masks, what the decoder restores, and training curves.
+"""Figures: what a backbone attends to, what a method does to an image (masks, reconstructions), training curves.
 
 Figures are saved at an exact pixel size (figure inches x dpi, no tight bounding box), so a caller or a test knows
-the PNG's size in advance. Drawing functions also return the arrays they plot.
+the PNG's size in advance. Drawing functions also return the arrays they plot. A method's own panels arrive as
+:class:`~mst.figures.Panel` lists (``Method.panels``); this module never imports a method.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
@@ -18,56 +19,36 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mst.eval.features import Log, default_device, denormalize  # noqa: E402
-from mst.masking import AttentionGuidedMask, RandomMask  # noqa: E402
-from mst.models.backbone import ViTBackbone  # noqa: E402
+from mst.eval.features import Log, default_device  # noqa: E402
+from mst.figures import Panel, to_display  # noqa: E402
 
 __all__ = ["per_head_attention", "attention_figure", "plot_training_curves", "run_visualize"]
 
 DPI = 100
+PanelsFn = Callable[[torch.Tensor, torch.Generator], list[list[Panel]]]
 
 
-def per_head_attention(backbone: ViTBackbone, x: torch.Tensor) -> torch.Tensor:
+def per_head_attention(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Last-block CLS->patch attention per head, (B, heads, N), from one no-grad forward pass (the mean over
-    heads is what the backbone hands the mask strategy)."""
+    heads is what the backbone hands an attention-guided mask strategy)."""
     with torch.no_grad():
         return backbone(x, return_attention=True, per_head=True).attention
 
 
-def _to_hwc(img: torch.Tensor) -> np.ndarray:
-    arr = img.detach().float().cpu().permute(1, 2, 0).numpy()
-    return arr[..., 0] if arr.shape[-1] == 1 else arr
-
-
-def _masked_view(rgb: np.ndarray, mask: np.ndarray, patch: int, cand: np.ndarray | None = None) -> np.ndarray:
-    """The image as RGB with masked patches grey and (optionally) unmasked mask candidates tinted red."""
-    out = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb.copy()
-    up = lambda m: np.kron(m, np.ones((patch, patch), dtype=bool))  # noqa: E731
-    if cand is not None:
-        c = up(cand & ~mask)
-        out[c] = 0.6 * out[c] + 0.4 * np.array([1.0, 0.0, 0.0])
-    out[up(mask)] = 0.5
-    return out
-
-
 def attention_figure(
-    backbone: ViTBackbone,
+    backbone: torch.nn.Module,
     image: torch.Tensor,
     mean: Sequence[float],
     std: Sequence[float],
-    mask_cfg: dict,
-    student: torch.nn.Module | None = None,
+    panels: Sequence[Panel] = (),
     out_path: str | Path | None = None,
-    seed: int = 0,
     panel_px: int = 160,
 ) -> dict:
     """One PNG grid for one normalised image (C, H, W).
 
-    Row 1: input, mean-over-heads CLS attention, a random mask (RandomMask, p = mask_cfg["p"]), the
-    attention-guided mask (num, p from mask_cfg; red = candidates left unmasked) and, when ``student`` (an Encoder
-    with a decoder) is given, the decoder's restoration of the attention-masked view. Row 2: each head's attention.
-    The PNG is exactly (ncols * panel_px, 2 * panel_px) pixels. Returns the plotted arrays, the masks, the path
-    and "size" (width, height).
+    Row 1: the input, the backbone's mean-over-heads CLS attention, then ``panels`` (what the method does to the
+    image: masks, reconstructions). Row 2: each head's attention. The PNG is exactly (ncols * panel_px,
+    2 * panel_px) pixels. Returns the plotted arrays, the path and "size" (width, height).
     """
     dev = next(backbone.parameters()).device
     x = image.unsqueeze(0).to(dev)
@@ -80,39 +61,20 @@ def attention_figure(
         backbone.train(was_training)
     h, w = grid
     H, W = image.shape[-2:]
-    patch = H // h
     att_maps = F.interpolate(heads.reshape(1, -1, h, w), size=(H, W), mode="nearest")[0].numpy()
-    mean_att = heads.mean(0)
-    gen = torch.Generator().manual_seed(seed)
-    n = h * w
-    rand = RandomMask(mask_cfg["p"])(1, n, None, gen).mask[0].reshape(h, w).numpy()
-    guided = AttentionGuidedMask(mask_cfg["num"], mask_cfg["p"])(1, n, mean_att[None], gen)
-    amask = guided.mask[0].reshape(h, w).numpy()
-    cand = guided.candidates[0].reshape(h, w).numpy()
-
-    rgb = _to_hwc(denormalize(image.float().cpu(), mean, std))
-    recon = None
-    if student is not None and getattr(student, "decoder", None) is not None:
-        recon = _reconstruct(student, x, guided.mask.to(dev), mask_cfg.get("replacement", "learned"), gen)
-        recon = _to_hwc(denormalize(recon[0].float().cpu(), mean, std))
-
-    panels: list[tuple[str, np.ndarray, dict]] = [
-        ("input", rgb, {"cmap": "gray", "vmin": 0, "vmax": 1}),
-        ("attention (mean)", F.interpolate(mean_att.reshape(1, 1, h, w), size=(H, W))[0, 0].numpy(),
-         {"cmap": "inferno"}),
-        (f"random p={mask_cfg['p']}: {int(rand.sum())}", _masked_view(rgb, rand, patch), {}),
-        (f"attn num={mask_cfg['num']} p={mask_cfg['p']}: {int(amask.sum())}/{int(cand.sum())}",
-         _masked_view(rgb, amask, patch, cand), {}),
-    ]
-    if recon is not None:
-        panels.append(("decoder restoration", recon, {"cmap": "gray", "vmin": 0, "vmax": 1}))
-    ncols = max(len(panels), len(heads))
+    mean_att = F.interpolate(heads.mean(0).reshape(1, 1, h, w), size=(H, W))[0, 0].numpy()
+    shown = [Panel("input", to_display(image, mean, std)), Panel("attention (mean)", mean_att, "inferno"),
+             *panels]
+    ncols = max(len(shown), len(heads))
     fig, axes = plt.subplots(2, ncols, figsize=(ncols * panel_px / DPI, 2 * panel_px / DPI), dpi=DPI, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (title, arr, kw) in zip(axes[0], panels):
-        ax.imshow(arr, **kw)
-        ax.set_title(title, fontsize=7)
+    for ax, p in zip(axes[0], shown):
+        kw = {"cmap": p.cmap} if p.cmap else {}
+        if p.cmap == "gray":
+            kw.update(vmin=0, vmax=1)
+        ax.imshow(p.image, **kw)
+        ax.set_title(p.title, fontsize=7)
     for i, (ax, arr) in enumerate(zip(axes[1], att_maps)):
         ax.imshow(arr, cmap="inferno")
         ax.set_title(f"head {i}", fontsize=7)
@@ -124,29 +86,11 @@ def attention_figure(
     return {
         "path": str(out_path) if out_path is not None else None,
         "size": (ncols * panel_px, 2 * panel_px),
-        "image": rgb,
-        "attention": panels[1][1],
+        "image": shown[0].image,
+        "attention": mean_att,
         "head_attention": att_maps,
-        "random_mask": rand,
-        "attention_mask": amask,
-        "candidates": cand,
-        "reconstruction": recon,
+        "panels": {p.title: p.image for p in panels},
     }
-
-
-def _reconstruct(student, x, mask, replacement, gen) -> torch.Tensor:
-    """The student's decoder output for the attention-masked view (unmasked if it has no [MASK] embedding)."""
-    was_training = student.training
-    student.eval()
-    try:
-        with torch.no_grad():
-            if student.backbone.mask_token is None:
-                out = student.backbone(x)
-            else:
-                out = student.backbone(x, mask=mask, replacement=replacement, generator=gen)
-            return student.decoder(out.patches, out.grid)
-    finally:
-        student.train(was_training)
 
 
 def read_metrics(path: str | Path, log: Log = print) -> list[dict]:
@@ -220,28 +164,22 @@ def run_visualize(
     images: Sequence[str | Path] | None = None,
     n: int = 4,
     out_dir: str | Path = "figures",
-    which: str = "teacher",
+    which: str | None = None,
     split: str | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     log: Log = print,
+    method_panels: PanelsFn | None = None,
 ) -> list[Path]:
-    """Attention/mask/restoration figures for a checkpoint (for ``mst visualize``): for the given image files, or
-    else ``n`` seeded random images of the checkpoint's dataset ``split`` (default: test; train for an
-    unlabelled folder). The student's decoder is used
-    when the checkpoint has one. If the checkpoint sits in a run directory with metrics.jsonl, its training
-    curves are drawn too. Returns the written PNG paths."""
-    from mst.engine.checkpoint import load_checkpoint, resolve_checkpoint
+    """Attention figures for a checkpoint (for ``mst visualize``): for the given image files, or else ``n`` seeded
+    random images of the checkpoint's dataset ``split`` (default: test; train for an unlabelled folder).
+    ``method_panels(images, generator)`` adds what the method does to each image (``Method.panels``). If the
+    checkpoint sits in a run directory with metrics.jsonl, its training curves are drawn too. Returns the PNGs."""
+    from mst.engine.checkpoint import resolve_checkpoint
     from mst.eval.features import load_eval_backbone, load_eval_split
-    from mst.models.encoder import Encoder
 
     dev = default_device(device)
     backbone, cfg = load_eval_backbone(ckpt, which, dev)
-    student = None
-    if cfg["decoder"]["enabled"]:
-        student = Encoder(cfg, student=True)
-        student.load_state_dict(load_checkpoint(ckpt)["student"])
-        student = student.to(dev).eval()
     if split is None:
         split = "train" if cfg["data"]["name"] == "folder" else "test"
     if images:
@@ -252,11 +190,15 @@ def run_visualize(
             named = [(f"{split}_{i}", data[0][i]) for i in range(min(n, len(data[0])))]
         else:
             named = [(f"{split}_{i}", data[i][0]) for i in range(min(n, len(data)))]  # type: ignore[arg-type]
+    rows: list[list[Panel]] = [[] for _ in named]
+    if method_panels is not None and named:
+        gen = torch.Generator().manual_seed(seed)
+        rows = method_panels(torch.stack([x for _, x in named]).to(dev), gen)
     out_dir = Path(out_dir)
     written = []
-    for name, x in named:
-        res = attention_figure(backbone, x, cfg["data"]["mean"], cfg["data"]["std"], cfg["mask"], student,
-                               out_dir / f"attention_{name}.png", seed)
+    for (name, x), panels in zip(named, rows):
+        res = attention_figure(backbone, x, cfg["data"]["mean"], cfg["data"]["std"], panels,
+                               out_dir / f"attention_{name}.png")
         written.append(Path(res["path"]))
         log(f"wrote {res['path']}")
     run_dir = resolve_checkpoint(ckpt).parent

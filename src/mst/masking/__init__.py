@@ -1,17 +1,12 @@
-"""Mask strategies and token replacement."""
+"""Mask strategies (a registry, :data:`MASKS`) and [MASK] token replacement. Importing the package registers the
+built-in strategies: none, random, attention (MST), patches (MAE), blocks (SimMIM)."""
+from mst.masking.base import MASKS, MaskResult, MaskStrategy, build_mask_strategy
+from mst.masking.bernoulli import NoMask, RandomMask
+from mst.masking.attention import AttentionGuidedMask, low_attention_candidates
+from mst.masking.ratio import BlockMask, PatchRatioMask
 from mst.masking.replace import replace_tokens
-from mst.masking.strategies import (
-    AttentionGuidedMask,
-    MaskResult,
-    MaskStrategy,
-    NoMask,
-    RandomMask,
-    build_mask_strategy,
-    low_attention_candidates,
-    register,
-)
 
 __all__ = [
-    "AttentionGuidedMask", "MaskResult", "MaskStrategy", "NoMask", "RandomMask", "build_mask_strategy",
-    "low_attention_candidates", "register", "replace_tokens",
+    "MASKS", "AttentionGuidedMask", "BlockMask", "MaskResult", "MaskStrategy", "NoMask", "PatchRatioMask",
+    "RandomMask", "build_mask_strategy", "low_attention_candidates", "replace_tokens",
 ]

@@ -1,9 +1,11 @@
-"""The ViT backbone: a timm VisionTransformer with MST's two hooks into its forward pass.
+"""The ViT backbone: a timm VisionTransformer driven through the token contract of :mod:`mst.models.contract`.
 
-1. Masking after the linear projection (paper appendix K): patch-embed, replace masked tokens, *then* add the CLS
-   token and position embeddings, then run the blocks. So a [MASK] token still knows where it sits.
-2. The last block's CLS->patch attention (eq. 4), computed from that block's q/k (captured by a forward hook on
-   its qkv projection) for the CLS query only: O(N) extra work, and every block keeps fused SDPA attention.
+Two hooks into timm's forward pass:
+
+1. ``mask``: replace tokens right after the linear projection (MST appendix K, SimMIM), *then* add the CLS token and
+   position embeddings; ``keep``: gather each image's kept tokens after the position embeddings (MAE, AMT).
+2. The last block's CLS->patch attention (MST eq. 4, AMT's maps), computed from that block's q/k (captured by a
+   forward hook on its qkv projection) for the CLS query only: O(N) extra work, every block keeps fused attention.
 
 The wrapped timm model is kept whole in ``self.vit`` so its ``state_dict`` is timm's (prefixed ``vit.``).
 """
@@ -13,61 +15,40 @@ from dataclasses import dataclass
 
 import timm
 import torch
+from timm.layers import build_sincos2d_pos_embed
 from torch import nn
 
-from mst.masking.replace import replace_tokens
+from mst.models.contract import BackboneOutput, check_divisible, mask_grid_tokens, new_mask_token
+from mst.models.tokens import gather_tokens, keep_indices, scatter_tokens
 
-# name -> (timm model whose defaults we start from, its width/depth/heads)
-ARCHS: dict[str, tuple[str, dict]] = {
-    "vit_tiny": ("vit_tiny_patch16_224", dict(embed_dim=192, depth=12, num_heads=3)),
-    "vit_small": ("vit_small_patch16_224", dict(embed_dim=384, depth=12, num_heads=6)),
-    "vit_base": ("vit_base_patch16_224", dict(embed_dim=768, depth=12, num_heads=12)),
-}
+POS_EMBEDS = ("learned", "sincos")
 
 
-def timm_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
-    """The timm model name and the kwargs that recreate our backbone (also written next to exported weights)."""
-    arch = model_cfg["arch"]
-    if arch.startswith("swin"):
-        from mst.models.swin import swin_spec
+@dataclass(frozen=True)
+class ViTArch:
+    """A timm ViT whose defaults we start from, with its width / depth / heads (overridable in ``model``)."""
 
-        return swin_spec(model_cfg, in_chans)
-    if arch not in ARCHS:
-        raise ValueError(f"model.arch={arch!r} is not supported; choose one of {', '.join(ARCHS)}")
-    name, dims = ARCHS[arch]
-    kwargs = dict(
-        img_size=int(model_cfg["img_size"]),
-        patch_size=int(model_cfg["patch_size"]),
-        in_chans=int(in_chans),
-        num_classes=0,
-        dynamic_img_size=True,
-    )
-    for key in ("depth", "embed_dim", "num_heads"):  # optional overrides of the arch's shape
-        if model_cfg.get(key):
-            kwargs[key] = int(model_cfg[key])
-    width = kwargs.get("embed_dim", dims["embed_dim"])
-    heads = kwargs.get("num_heads", dims["num_heads"])
-    if width % heads:
-        raise ValueError(f"model.embed_dim={width} is not divisible by model.num_heads={heads}")
-    return name, kwargs
+    timm_name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    drops_tokens = True  # the keep contract: a per-image subset of tokens can go through the blocks
 
+    def timm_spec(self, model_cfg: dict, in_chans: int) -> tuple[str, dict]:
+        """The timm model name and kwargs that recreate the backbone (also written next to exported weights)."""
+        kwargs = dict(img_size=int(model_cfg["img_size"]), patch_size=int(model_cfg["patch_size"]),
+                      in_chans=int(in_chans), num_classes=0, dynamic_img_size=True)
+        for key in ("depth", "embed_dim", "num_heads"):  # optional overrides of the arch's shape
+            if model_cfg.get(key):
+                kwargs[key] = int(model_cfg[key])
+        width = kwargs.get("embed_dim", self.embed_dim)
+        heads = kwargs.get("num_heads", self.num_heads)
+        if width % heads:
+            raise ValueError(f"model.embed_dim={width} is not divisible by model.num_heads={heads}")
+        return self.timm_name, kwargs
 
-def create_timm_vit(model_cfg: dict, in_chans: int, drop_path: float = 0.0) -> nn.Module:
-    name, kwargs = timm_spec(model_cfg, in_chans)
-    return timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)
-
-
-@dataclass
-class BackboneOutput:
-    cls: torch.Tensor  # (B, D) CLS token after the final norm
-    patches: torch.Tensor  # (B, N, D) patch tokens after the final norm
-    grid: tuple[int, int]  # (h, w) token grid
-    attention: torch.Tensor | None = None  # (B, N) last-block CLS->patch attention, mean over heads
-    mask_grid: tuple[int, int] | None = None  # grid the mask and attention live on (the patch grid); None: grid
-
-    def __post_init__(self) -> None:
-        if self.mask_grid is None:
-            self.mask_grid = self.grid
+    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
+        return ViTBackbone(self, model_cfg, in_chans, drop_path, mask_token)
 
 
 class _QKVCapture:
@@ -94,47 +75,33 @@ def cls_attention_from_qkv(attn: nn.Module, qkv: torch.Tensor, num_prefix: int, 
     return probs if per_head else probs.mean(dim=1)
 
 
-def new_mask_token(dim: int) -> nn.Parameter:
-    """The learnable [MASK] embedding (student only), N(0, 0.02) like timm's other tokens."""
-    return nn.Parameter(nn.init.normal_(torch.zeros(1, 1, dim), std=0.02))
-
-
-def mask_grid_tokens(
-    tokens: torch.Tensor,
-    mask: torch.Tensor | None,
-    mask_token: torch.Tensor | None,
-    replacement: str,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Patch-embedded tokens (B, h, w, D) with the masked ones replaced (eq. 6); unchanged when ``mask`` is None."""
-    if mask is None:
-        return tokens
-    if mask_token is None:
-        raise RuntimeError("this backbone has no [MASK] embedding (the teacher is never masked)")
-    b, h, w, d = tokens.shape
-    flat = replace_tokens(tokens.reshape(b, h * w, d), mask, mask_token, replacement, generator)
-    return flat.reshape(b, h, w, d)
-
-
-def check_divisible(x: torch.Tensor, stride: int, what: str) -> None:
-    if x.shape[-1] % stride or x.shape[-2] % stride:
-        raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the {what} {stride}")
-
-
 class ViTBackbone(nn.Module):
-    """timm ViT + optional learnable [MASK] embedding (student) + CLS-attention capture (teacher)."""
+    """timm ViT + optional learnable [MASK] embedding + CLS-attention capture + kept-token gathering."""
 
-    def __init__(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> None:
+    def __init__(self, arch: ViTArch, model_cfg: dict, in_chans: int, drop_path: float = 0.0,
+                 mask_token: bool = False) -> None:
         super().__init__()
-        self.vit = create_timm_vit(model_cfg, in_chans, drop_path)
+        name, kwargs = arch.timm_spec(model_cfg, in_chans)
+        self.vit = timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)
         self.embed_dim = self.vit.embed_dim
         self.patch_size = int(model_cfg["patch_size"])
         self.num_prefix = self.vit.num_prefix_tokens
         self.mask_token = new_mask_token(self.embed_dim) if mask_token else None
+        if model_cfg.get("pos_embed", "learned") == "sincos":
+            self._fix_sincos_pos_embed()
         self._capture = _QKVCapture()
         self.vit.blocks[-1].attn.qkv.register_forward_hook(self._capture)
         if model_cfg.get("grad_checkpointing"):
             self.vit.set_grad_checkpointing(True)
+
+    def _fix_sincos_pos_embed(self) -> None:
+        """MAE's encoder: fixed 2-d sin-cos position embeddings (not trained), zero for the CLS token."""
+        grid = self.vit.patch_embed.grid_size
+        table = build_sincos2d_pos_embed(list(grid), self.embed_dim)  # (h * w, D)
+        with torch.no_grad():
+            self.vit.pos_embed.zero_()
+            self.vit.pos_embed[0, self.num_prefix:] = table
+        self.vit.pos_embed.requires_grad_(False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Linear projection of the patches: (B, C, H, W) -> (B, h, w, D)."""
@@ -145,18 +112,25 @@ class ViTBackbone(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
         replacement: str = "learned",
         return_attention: bool = False,
         generator: torch.Generator | None = None,
         per_head: bool = False,
     ) -> BackboneOutput:
-        """``mask`` (B, N) bool marks the tokens to replace (student only); ``return_attention`` adds the
-        last block's CLS->patch attention from this same pass (teacher); ``per_head`` keeps (B, heads, N)."""
+        """See :mod:`mst.models.contract`. ``return_attention`` adds the last block's CLS->patch attention from this
+        same pass, on the whole patch grid (0 at tokens not kept); ``per_head`` keeps (B, heads, N)."""
         tokens = mask_grid_tokens(self.embed(x), mask, self.mask_token, replacement, generator)
         b, h, w, _ = tokens.shape
         self._capture.enabled = return_attention
         try:
             z = self.vit._pos_embed(tokens)
+            idx = None
+            if keep is not None:
+                if keep.shape != (b, h * w):
+                    raise ValueError(f"keep shape {tuple(keep.shape)} does not match {b} images of {h * w} tokens")
+                idx = keep_indices(keep.to(z.device))
+                z = torch.cat([z[:, : self.num_prefix], gather_tokens(z[:, self.num_prefix:], idx)], dim=1)
             z = self.vit.patch_drop(z)
             z = self.vit.norm_pre(z)
             if self.vit.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -166,23 +140,18 @@ class ViTBackbone(nn.Module):
             z = self.vit.norm(z)
             attention = None
             if return_attention:
-                attention = cls_attention_from_qkv(
-                    self.vit.blocks[-1].attn, self._capture.qkv, self.num_prefix, per_head
-                )
+                attention = cls_attention_from_qkv(self.vit.blocks[-1].attn, self._capture.qkv, self.num_prefix,
+                                                   per_head=True)
+                if idx is not None:  # back onto the whole grid
+                    attention = scatter_tokens(attention.transpose(1, 2), idx, h * w).transpose(1, 2)
+                if not per_head:
+                    attention = attention.mean(dim=1)
         finally:
             self._capture.enabled = False
             self._capture.qkv = None
-        return BackboneOutput(cls=z[:, 0], patches=z[:, self.num_prefix:], grid=(h, w), attention=attention)
+        return BackboneOutput(cls=z[:, 0], patches=z[:, self.num_prefix:], grid=(h, w), attention=attention,
+                              keep_index=idx)
 
     def timm_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped ViT's weights in timm's own key layout (no ``vit.`` prefix, no [MASK] token)."""
         return {k: v.detach().clone() for k, v in self.vit.state_dict().items()}
-
-
-def create_backbone(model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
-    """ViTBackbone or SwinBackbone for ``model.arch``; both return :class:`BackboneOutput`."""
-    if model_cfg["arch"].startswith("swin"):
-        from mst.models.swin import SwinBackbone
-
-        return SwinBackbone(model_cfg, in_chans, drop_path, mask_token)
-    return ViTBackbone(model_cfg, in_chans, drop_path, mask_token)

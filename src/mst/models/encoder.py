@@ -1,4 +1,4 @@
-"""f_s and f_t of the paper: backbone + projection head, plus the global image decoder on the student."""
+"""f_s and f_t of MST: backbone + DINO projection head, plus the global image decoder on the student."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mst.models.backbone import create_backbone
+from mst.models.backbones import create_backbone
 from mst.models.bn import frozen_bn_stats
-from mst.models.decoder import GlobalImageDecoder
+from mst.models.decoders import build_decoder
 from mst.models.head import DINOHead
 
 
@@ -20,20 +20,21 @@ class StudentOutput:
 
 
 class Encoder(nn.Module):
-    """A backbone and a DINO head. The student also owns the [MASK] embedding (inside its backbone, when a mask
-    strategy is on) and the decoder (when enabled); the teacher owns neither, so the EMA, which runs over the
-    parameters the two share by name, can never touch them."""
+    """A backbone and a DINO head. The student also owns the [MASK] embedding (inside its backbone, when it masks)
+    and the decoder (when one is configured); the teacher owns neither, so the EMA, which runs over the parameters
+    the two share by name, can never touch them."""
 
     def __init__(self, cfg: dict, student: bool) -> None:
         super().__init__()
         in_chans = int(cfg["data"]["channels"])
+        mst = cfg["mst"]
         self.backbone = create_backbone(
             cfg["model"],
             in_chans=in_chans,
             drop_path=float(cfg["model"]["drop_path"]) if student else 0.0,
-            mask_token=student and cfg["mask"]["strategy"] != "none",
+            mask_token=student and mst["mask"] != "none",
         )
-        h = cfg["head"]
+        h = cfg["dino"]
         self.head = DINOHead(
             self.backbone.embed_dim,
             out_dim=int(h["out_dim"]),
@@ -44,10 +45,10 @@ class Encoder(nn.Module):
             use_bn=bool(h["use_bn"]),
         )
         self.decoder = None
-        if student and cfg["decoder"]["enabled"]:
-            self.decoder = GlobalImageDecoder(
-                self.backbone.embed_dim, self.backbone.patch_size, in_chans, list(cfg["decoder"]["channels"])
-            )
+        if student and mst["decoder"] != "none":
+            grid = (cfg["model"]["img_size"] // self.backbone.patch_size,) * 2
+            self.decoder = build_decoder(mst["decoder"], mst, self.backbone.embed_dim, self.backbone.patch_size,
+                                         in_chans, grid, "mst.decoder")
 
     def forward(
         self,
@@ -59,7 +60,7 @@ class Encoder(nn.Module):
         n_local: int = 0,
     ) -> StudentOutput:
         """The student's pass: masked global views (one batch of n_global * B), unmasked local crops, the head on
-        every CLS token, and the decoder on the global views' patch tokens. One ``forward`` so DDP sees it all.
+        every CLS token, and the decoder on the global views' patch tokens.
 
         BatchNorm statistics (head with BN, decoder) are updated from the global views only (appendix C)."""
         g = self.backbone(global_views, mask=mask, replacement=replacement)

@@ -57,3 +57,12 @@ class DINOHead(nn.Module):
         x = self.mlp(x)
         x = F.normalize(x, dim=-1, p=2)
         return self.last_layer(x)
+
+
+def cancel_last_layer_grads(model: nn.Module, epoch: int, freeze_epochs: int) -> None:
+    """During the first ``freeze_epochs`` epochs the prototypes (head.last_layer) do not move (DINO)."""
+    if epoch >= freeze_epochs:
+        return
+    for name, p in model.named_parameters():
+        if "last_layer" in name:
+            p.grad = None

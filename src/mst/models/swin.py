@@ -16,24 +16,36 @@ Swin-T: 5 upsamplings); ``patch_size`` is that stride, ``embed_patch`` the 4-px 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mst.models.backbone import BackboneOutput, check_divisible, mask_grid_tokens, new_mask_token
+from mst.models.contract import BackboneOutput, check_divisible, mask_grid_tokens, new_mask_token
 
-SWIN_ARCHS = {"swin_tiny": "swin_tiny_patch4_window7_224"}
+@dataclass(frozen=True)
+class SwinArch:
+    """A timm Swin Transformer (4-px patch embedding; depth and widths are per stage, so not overridable)."""
 
+    timm_name: str
+    drops_tokens = False  # windows need the whole grid
 
-def swin_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
-    if int(model_cfg["patch_size"]) != 4:
-        raise ValueError(f"model.patch_size={model_cfg['patch_size']}: Swin-T embeds 4-px patches (set 4)")
-    for key in ("depth", "embed_dim", "num_heads"):
-        if model_cfg.get(key):
-            raise ValueError(f"model.{key} cannot be overridden for Swin (it is per stage); leave it null")
-    kwargs = dict(img_size=int(model_cfg["img_size"]), in_chans=int(in_chans), num_classes=0, dynamic_img_size=True)
-    return SWIN_ARCHS[model_cfg["arch"]], kwargs
+    def timm_spec(self, model_cfg: dict, in_chans: int) -> tuple[str, dict]:
+        if int(model_cfg["patch_size"]) != 4:
+            raise ValueError(f"model.patch_size={model_cfg['patch_size']}: Swin embeds 4-px patches (set 4)")
+        for key in ("depth", "embed_dim", "num_heads"):
+            if model_cfg.get(key):
+                raise ValueError(f"model.{key} cannot be overridden for Swin (it is per stage); leave it null")
+        if model_cfg.get("pos_embed", "learned") != "learned":
+            raise ValueError("model.pos_embed=sincos is for ViTs; Swin has relative position biases")
+        kwargs = dict(img_size=int(model_cfg["img_size"]), in_chans=int(in_chans), num_classes=0,
+                      dynamic_img_size=True)
+        return self.timm_name, kwargs
+
+    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
+        return SwinBackbone(self, model_cfg, in_chans, drop_path, mask_token)
 
 
 class _InputCapture:
@@ -60,9 +72,10 @@ def pooled_query_attention(attn: nn.Module, x: torch.Tensor, per_head: bool = Fa
 class SwinBackbone(nn.Module):
     """timm Swin Transformer + [MASK] at the patch embedding + pooled-query token importance."""
 
-    def __init__(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> None:
+    def __init__(self, arch: SwinArch, model_cfg: dict, in_chans: int, drop_path: float = 0.0,
+                 mask_token: bool = False) -> None:
         super().__init__()
-        name, kwargs = swin_spec(model_cfg, in_chans)
+        name, kwargs = arch.timm_spec(model_cfg, in_chans)
         self.vit = timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)  # the timm model
         self.embed_dim = self.vit.num_features
         self.embed_patch = 4
@@ -84,11 +97,15 @@ class SwinBackbone(nn.Module):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
         replacement: str = "learned",
         return_attention: bool = False,
         generator: torch.Generator | None = None,
         per_head: bool = False,
     ) -> BackboneOutput:
+        if keep is not None:
+            raise ValueError("Swin cannot drop tokens (keep): its windows need the whole grid. Use a ViT for MAE / "
+                             "AMT throwing, or a method that only replaces tokens with [MASK] (MST, SimMIM)")
         tokens = mask_grid_tokens(self.embed(x), mask, self.mask_token, replacement, generator)  # B, H/4, W/4, C0
         b, mh, mw, _ = tokens.shape
         self._capture.enabled = return_attention

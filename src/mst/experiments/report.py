@@ -8,7 +8,7 @@ import re
 import statistics
 from pathlib import Path
 
-from mst.ablation import ABLATIONS, EXTRA_METRICS, METRICS, PAPER, PAPER_SOURCE, Protocol, protocol_dict
+from mst.experiments.specs import ABLATIONS, EXTRA_METRICS, METRICS, Protocol, protocol_dict
 
 LABELS = {
     "knn_top1_k20": "k-NN top-1 k=20 (%)",
@@ -47,8 +47,9 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
         wall = [r["wall_s"]["total_s"] for r in runs]
         rows.append({
             "variant": variant,
-            "overrides": dict(ABLATIONS[name])[variant],
-            "paper_linear_top1": PAPER.get(name, {}).get(variant),
+            "overrides": list(ABLATIONS[name].variant(variant).overrides),
+            "preset": ABLATIONS[name].variant(variant).preset,
+            "paper": ABLATIONS[name].variant(variant).paper,
             "n_seeds": len(runs),
             "seeds": [r["seed"] for r in runs],
             "stats": stats,
@@ -64,8 +65,9 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
         "seeds_requested": seeds,
         "out_dir": str(out_dir),
         "user_overrides": list(user_overrides or []),
-        "paper_source": PAPER_SOURCE.get(name),
-        "metrics": list(METRICS),
+        "paper_source": ABLATIONS[name].paper_source,
+        "paper_label": ABLATIONS[name].paper_label,
+        "metrics": [m for m in METRICS if any(m in r["stats"] for r in rows)],
         "variants": rows,
         "failures": list(failures or []),
         "total_wall_s": sum(r["wall_s_per_run"]["mean"] * r["n_seeds"] for r in rows if r["wall_s_per_run"]),
@@ -78,7 +80,7 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
 def spread(agg: dict) -> dict:
     """Per metric: the largest gap between variant means and the largest std over seeds of any variant."""
     out = {}
-    for m in METRICS:
+    for m in agg["metrics"]:
         cells = [r["stats"][m] for r in agg["variants"] if m in r["stats"]]
         if cells:
             means = [c["mean"] for c in cells]
@@ -89,7 +91,7 @@ def spread(agg: dict) -> dict:
 
 def summary_text(agg: dict) -> str:
     lines = [f"std across seeds (ablation {agg['ablation']}, protocol {agg['protocol']['name']}):"]
-    for m in METRICS:
+    for m in agg["metrics"]:
         parts = [f"{r['variant']} {r['stats'][m]['std']:.2f}" for r in agg["variants"] if m in r["stats"]]
         s = agg["spread"].get(m)
         if s:
@@ -112,18 +114,21 @@ def _fmt(cell: dict | None) -> str:
 
 
 def markdown_table(agg: dict) -> str:
-    src = agg.get("paper_source") or "paper"
-    head = ["Variant", "Overrides", *(LABELS[m] for m in METRICS), "Seeds",
-            f"Paper linear top-1 ({src}, ImageNet, %)"]
+    metrics = agg["metrics"]
+    head = ["Variant", "Settings", *(LABELS[m] for m in metrics), "Pretraining (min)", "Seeds",
+            agg.get("paper_label") or "Paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in agg["variants"]:
-        paper = "–" if r["paper_linear_top1"] is None else f"{r['paper_linear_top1']:.1f}"
-        cells = [r["variant"], "`" + " ".join(r["overrides"]) + "`", *(_fmt(r["stats"].get(m)) for m in METRICS),
-                 str(r["n_seeds"]), paper]
+        paper = "–" if r.get("paper") is None else f"{r['paper']:.1f}"
+        settings = ([f"configs/{r['preset']}"] if r.get("preset") else []) + list(r["overrides"])
+        pre = [run["wall_s"].get("pretrain_s") for run in r["runs"] if run["wall_s"].get("pretrain_s")]
+        cells = [r["variant"], "`" + " ".join(settings) + "`", *(_fmt(r["stats"].get(m)) for m in metrics),
+                 f"{statistics.fmean(pre) / 60:.1f}" if pre else "–", str(r["n_seeds"]), paper]
         lines.append("| " + " | ".join(cells) + " |")
     if agg.get("random_init"):
         ref = agg["random_init"]
-        cells = ["random init (reference)", "no pretraining", *(f"{ref[m]:.2f}" for m in METRICS), "–", "–"]
+        cells = ["random init (reference)", "no pretraining",
+                 *(f"{ref[m]:.2f}" if m in ref else "–" for m in metrics), "0", "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -134,9 +139,10 @@ def markdown_body(agg: dict) -> str:
     walls = [r["wall_s_per_run"]["mean"] for r in agg["variants"] if r["wall_s_per_run"]]
     n_runs = sum(r["n_seeds"] for r in agg["variants"])
     out = [
-        f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (teacher backbone; "
-        "k-NN and linear probe on frozen CLS features, dense = per-patch linear probe mIoU on Fashion-MNIST "
-        "collages). The paper column is ImageNet (DeiT-S, 100 epochs), for the direction of the effect only.",
+        f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (the checkpoint's "
+        "default backbone: MST's teacher, MIM's encoder; k-NN and linear probe on frozen CLS features, dense = "
+        "per-patch linear probe mIoU on Fashion-MNIST collages). The paper column is ImageNet, for the direction "
+        "of the effect only.",
         "",
         markdown_table(agg),
         "",
@@ -165,9 +171,10 @@ def plot(agg: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     variants = [r["variant"] for r in agg["variants"]]
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 3.6), squeeze=False)
+    plotted = [m for m in PLOTTED if m in agg["metrics"]]
+    fig, axes = plt.subplots(1, len(plotted), figsize=(4.2 * len(plotted), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, m in zip(axes[0], PLOTTED):
+    for ax, m in zip(axes[0], plotted):
         lo, hi = math.inf, -math.inf
         for i, r in enumerate(agg["variants"]):
             cell = r["stats"].get(m)

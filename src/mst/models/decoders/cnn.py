@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from mst.models.decoders.base import DECODERS
+
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
@@ -58,3 +60,11 @@ class GlobalImageDecoder(nn.Module):
         if self.stages and next(self.parameters()).is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.out(self.stages(x))
+
+
+def cnn_decoder(section: dict, embed_dim: int, patch_size: int, in_chans: int, grid) -> GlobalImageDecoder:
+    return GlobalImageDecoder(embed_dim, patch_size, in_chans, list(section["decoder_channels"]))
+
+
+cnn_decoder.takes = "all_tokens"
+DECODERS.register("cnn", cnn_decoder)

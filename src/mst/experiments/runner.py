@@ -16,120 +16,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from mst.config import ConfigError, _flatten, load_config
+from mst.config import ConfigError, _flatten, load_config, method_class
+from mst.experiments.specs import ABLATIONS, PROTOCOLS, Protocol, Variant
 
 Log = Callable[[str], None]
 
-# ----------------------------------------------------------------------------------------------- ablations
-
-# Table 4 compares mask strategies inside MST (decoder on in all rows) with "the same probability p" for all:
-# p = 0.1 here. With num = 8, attention-guided masking draws its 10 % among the lowest-attention 1/8 of the tokens
-# (about 1.25 % of a view, 0.6 of 49 tokens on average), while random masking draws 10 % of *all* tokens; this is
-# the paper's comparison (same p, not the same masked fraction). num_p's "num1_p0.10" is random-over-all-tokens
-# through the attention code path.
-ABLATIONS: dict[str, list[tuple[str, list[str]]]] = {
-    "mask": [
-        ("none", ["mask.strategy=none"]),
-        ("random", ["mask.strategy=random", "mask.p=0.1"]),
-        ("attention", ["mask.strategy=attention", "mask.num=8", "mask.p=0.1"]),
-    ],
-    "num_p": [
-        ("num1_p0.10", ["mask.strategy=attention", "mask.num=1", "mask.p=0.1"]),
-        ("num2_p0.05", ["mask.strategy=attention", "mask.num=2", "mask.p=0.05"]),
-        ("num2_p0.15", ["mask.strategy=attention", "mask.num=2", "mask.p=0.15"]),
-        ("num8_p0.05", ["mask.strategy=attention", "mask.num=8", "mask.p=0.05"]),
-        ("num8_p0.15", ["mask.strategy=attention", "mask.num=8", "mask.p=0.15"]),
-    ],
-    "decoder": [
-        ("no_decoder", ["decoder.enabled=false"]),
-        ("lambda0.2", ["decoder.enabled=true", "loss.restore_weight=0.2"]),
-        ("lambda0.6", ["decoder.enabled=true", "loss.restore_weight=0.6"]),
-        ("lambda1.0", ["decoder.enabled=true", "loss.restore_weight=1.0"]),
-    ],
-    "replacement": [
-        ("learned", ["mask.replacement=learned"]),
-        ("bert", ["mask.replacement=bert"]),
-    ],
-}
-
-# The paper's ImageNet linear top-1 (DeiT-S, 100 epochs) for a variant, where one was transcribed; None = not
-# filled in here (Table 5, appendix J and Table 10 hold the others).
-PAPER: dict[str, dict[str, float | None]] = {
-    "mask": {"none": 73.1, "random": 63.2, "attention": 73.7},
-    "num_p": {}, "decoder": {}, "replacement": {},
-}
-PAPER_SOURCE = {"mask": "Table 4", "num_p": "Table 5", "decoder": "appendix J", "replacement": "Table 10"}
-
-# ----------------------------------------------------------------------------------------------- protocols
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A preset plus overrides for pretraining, and the settings of the three evaluations."""
-
-    name: str
-    preset: str | None  # a file in configs/ (None: DEFAULTS)
-    overrides: tuple[str, ...]
-    knn: dict = field(default_factory=dict)  # train_subset, test_subset (also the linear probe's data), ks
-    linear: dict = field(default_factory=dict)  # epochs, lr, batch_size (on precomputed CLS features)
-    dense: dict = field(default_factory=dict)  # n_train, n_test, epochs, canvas
-    description: str = ""
-
-
-# Everything that shapes the result is pinned here, so an edit of the preset does not silently change an ablation.
-_CPU_MODEL = ("model.arch=vit_tiny", "model.depth=4", "model.embed_dim=96", "model.num_heads=3",
-              "model.patch_size=4", "model.img_size=28", "head.out_dim=1024", "head.hidden_dim=512",
-              "head.bottleneck_dim=128", "decoder.channels=[96,48]", "augment.n_local=2", "augment.backend=tensor",
-              "mask.strategy=attention", "mask.num=8", "mask.p=0.1", "loss.restore_weight=0.6",
-              "optim.base_lr=5e-4", "optim.momentum_teacher=0.99", "optim.freeze_last_layer=1")
-
-PROTOCOLS: dict[str, Protocol] = {
-    "tiny": Protocol(
-        "tiny", "fashion_mnist_vit_tiny.yaml",
-        ("model.depth=1", "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32", "augment.n_local=2",
-         "decoder.channels=[16,8]", "data.subset=32", "optim.batch_size=16", "optim.epochs=1",
-         "optim.warmup_epochs=0", "optim.momentum_teacher=0.5", "log.progress=false", "log.tensorboard=false", "log.knn_every=0", "log.every=1"),
-        knn={"train_subset": 200, "test_subset": 100},
-        linear={"epochs": 2, "lr": 0.1, "batch_size": 64},
-        dense={"n_train": 16, "n_test": 8, "epochs": 1, "canvas": 56},
-        description="smoke test (seconds per run): a 1-block ViT, 32 images, one epoch (2 steps), tiny probes",
-    ),
-    "cpu": Protocol(
-        "cpu", "fashion_mnist_vit_tiny.yaml",
-        _CPU_MODEL + ("data.subset=12000", "optim.batch_size=32", "optim.epochs=4", "optim.warmup_epochs=1",
-                      "log.knn_every=0", "log.tensorboard=false", "log.every=50"),
-        knn={"train_subset": 10000, "test_subset": 2000},
-        linear={"epochs": 100, "lr": 0.1, "batch_size": 256},
-        dense={"n_train": 1000, "n_test": 300, "epochs": 20, "canvas": 56},
-        description="2-core CPU: a narrow ViT (width 96, 3 heads, 4 blocks), 2 global + 2 local crops, "
-                    "12000 train images, 4 epochs (1500 steps of 32); k-NN and linear probe (100 epochs, "
-                    "precomputed CLS) on 10000/2000 images, dense probe on 1000/300 canvases",
-    ),
-    "gpu": Protocol(
-        "gpu", "fashion_mnist_vit_tiny.yaml",
-        ("model.arch=vit_tiny", "model.depth=null", "model.embed_dim=null", "model.num_heads=null",
-         "head.out_dim=4096", "head.hidden_dim=2048", "head.bottleneck_dim=256", "decoder.channels=[96,48]",
-         "augment.n_local=6", "augment.backend=tensor", "mask.strategy=attention", "mask.num=8", "mask.p=0.1",
-         "loss.restore_weight=0.6", "data.subset=null", "data.num_workers=8",
-         "optim.batch_size=256", "optim.epochs=100", "optim.warmup_epochs=10", "optim.base_lr=5e-4",
-         "optim.momentum_teacher=0.996", "log.knn_every=10", "log.progress=false", "log.every=50"),
-        knn={"train_subset": None, "test_subset": None},
-        linear={"epochs": 100, "lr": 0.1, "batch_size": 256},
-        dense={"n_train": 2000, "n_test": 500, "epochs": 20, "canvas": 56},
-        description="one GPU: ViT-Tiny (12 blocks), all 60000 Fashion-MNIST images, 100 epochs, batch 256; "
-                    "full k-NN and linear probe (60000/10000), dense probe on 2000/500 canvases",
-    ),
-}
-
 DEFAULT_DOC = "docs/results.md"
-METRICS = ("knn_top1_k20", "knn_top1_k10", "linear_top1", "dense_miou")  # aggregated and tabulated
-EXTRA_METRICS = ("linear_best_top1", "dense_pixel_acc")  # aggregated, kept in results.json only
 _NOT_COMPARED = ("data.root", "data.num_workers", "log.")  # config keys that may differ on a rerun
 
 
@@ -142,14 +39,29 @@ def _preset_path(preset: str | None) -> Path | None:
     raise ConfigError(f"protocol preset configs/{preset} not found (run from the repository root)")
 
 
+def _method_of(preset: Path | None, overrides: list[str]) -> str:
+    method = (yaml.safe_load(preset.read_text()) or {}).get("method", "mst") if preset else "mst"
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() == "method":
+            method = value.strip()
+    return method
+
+
 def build_run_config(name: str, variant: str, seed: int, protocol: str | Protocol = "cpu",
                      data_root: str | None = None, overrides: list[str] | None = None) -> dict:
-    """The resolved config of one run of an ablation (see the module docstring for the order)."""
+    """The resolved config of one run of an ablation (see the module docstring for the order). The variant's
+    preset, when it has one, replaces the protocol's; protocol pins for sections its method does not read are
+    skipped (the user's overrides never are)."""
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
-    var = dict(ABLATIONS[name])[variant]
-    items = list(proto.overrides) + ([f"data.root={data_root}"] if data_root else [])
-    items += list(overrides or []) + list(var) + [f"seed={seed}"]
-    return load_config(_preset_path(proto.preset), items)
+    var: Variant = ABLATIONS[name].variant(variant)
+    preset = _preset_path(var.preset or proto.preset)
+    tail = list(overrides or []) + list(var.overrides) + [f"seed={seed}"]
+    used = {"seed", "method", "data", "augment", "model", "optim", "log"}
+    used |= set(method_class(_method_of(preset, tail)).sections)
+    pins = [o for o in proto.overrides if o.split("=")[0].split(".")[0].strip() in used]
+    items = pins + ([f"data.root={data_root}"] if data_root else []) + tail
+    return load_config(preset, items)
 
 
 def _check_same_config(run_dir: Path, cfg: dict) -> None:
@@ -189,8 +101,8 @@ def pretrain(cfg: dict, run_dir: Path, log: Log = print) -> dict:
 
 def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
              random_init: bool = False) -> tuple[dict, dict]:
-    """k-NN (k=10, 20) and a linear probe on the same frozen teacher CLS features (extracted once), then the dense
-    probe. ``random_init``: the same architecture untrained (seed 0), the no-pretraining reference.
+    """k-NN (k=10, 20) and a linear probe on the same frozen CLS features of the checkpoint's default backbone
+    (teacher for MST, encoder for MIM; extracted once), then the dense probe when the protocol has one. ``random_init``: the same architecture untrained (seed 0), the no-pretraining reference.
     Returns (metrics, wall seconds per evaluation)."""
     from mst.eval.dense import run_dense
     from mst.eval.features import default_device, extract_features, load_eval_backbone, load_eval_split
@@ -200,7 +112,7 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
     dev = default_device(device)
     wall = {}
     t0 = time.perf_counter()
-    backbone, cfg = load_eval_backbone(run_dir, "teacher", dev, random_init=random_init, seed=0)
+    backbone, cfg = load_eval_backbone(run_dir, None, dev, random_init=random_init, seed=0)
     train = load_eval_split(cfg, "train", proto.knn.get("train_subset"), seed=0)
     test = load_eval_split(cfg, "test", proto.knn.get("test_subset"), seed=1)
     train_f, train_y = extract_features(backbone, train, "cls", 256, dev)
@@ -212,14 +124,15 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
                              lr=proto.linear["lr"], batch_size=proto.linear["batch_size"],
                              eval_every=proto.linear["epochs"], device=dev, seed=0, log=lambda s: None)
     wall["linear_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    d = proto.dense
-    dense = run_dense(run_dir, n_train=d["n_train"], n_test=d["n_test"], canvas=d["canvas"], epochs=d["epochs"],
-                      seed=0, device=dev, random_init=random_init, log=lambda s: None)
-    wall["dense_s"] = time.perf_counter() - t0
     metrics = {"knn_top1_k20": acc[20], "knn_top1_k10": acc[10], "linear_top1": lin["top1"],
-               "linear_best_top1": lin["best_top1"], "dense_miou": dense["miou"],
-               "dense_pixel_acc": dense["pixel_acc"]}
+               "linear_best_top1": lin["best_top1"]}
+    if proto.dense:
+        t0 = time.perf_counter()
+        d = proto.dense
+        dense = run_dense(run_dir, n_train=d["n_train"], n_test=d["n_test"], canvas=d["canvas"], epochs=d["epochs"],
+                          seed=0, device=dev, random_init=random_init, log=lambda s: None)
+        wall["dense_s"] = time.perf_counter() - t0
+        metrics.update(dense_miou=dense["miou"], dense_pixel_acc=dense["pixel_acc"])
     log("  " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return metrics, wall
 
@@ -244,7 +157,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     """
     import torch
 
-    from mst.ablation_report import aggregate, update_results_doc, write_reports
+    from mst.experiments.report import aggregate, update_results_doc, write_reports
     from mst.engine.trainer import NonFiniteLossError
 
     if name not in ABLATIONS:
@@ -256,7 +169,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     if shard is not None and not (len(shard) == 2 and shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ConfigError(f"shard={shard} must be (i, n) with 0 <= i < n")
     proto = PROTOCOLS[protocol]
-    chosen = [v for v, _ in ABLATIONS[name] if variants is None or v in variants]
+    chosen = [v for v in ABLATIONS[name].names if variants is None or v in variants]
     if variants is not None and len(chosen) != len(set(variants)):
         raise ConfigError(f"unknown variants {sorted(set(variants) - set(chosen))} for ablation {name!r}")
     out = Path(out_dir)
@@ -268,7 +181,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
         logfile.write(msg + "\n")
         logfile.flush()
 
-    var_keys = {o.split("=")[0] for _, ov in ABLATIONS[name] for o in ov}
+    var_keys = {o.split("=")[0] for v in ABLATIONS[name].variants for o in v.overrides}
     for o in overrides or []:
         if o.split("=")[0].strip() in var_keys:
             tee(f"note: --set {o} is overridden by the variants of ablation {name!r} that set the same key")
@@ -310,7 +223,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
                    "threads": torch.get_num_threads()}
             res_path.write_text(json.dumps({
                 "ablation": name, "variant": variant, "seed": seed, "protocol": protocol,
-                "overrides": dict(ABLATIONS[name])[variant], "metrics": metrics, "wall_s": wall,
+                "overrides": list(ABLATIONS[name].variant(variant).overrides), "metrics": metrics, "wall_s": wall,
                 "cpu_s": cpu,
             }, indent=2))
             tee(f"[{variant} seed {seed}] done in {wall['total_s'] / 60:.1f} min: {res_path}")
@@ -341,16 +254,3 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
         return agg
     finally:
         logfile.close()
-
-
-def protocol_dict(proto: Protocol) -> dict:
-    return asdict(proto)
-
-
-def update_results_doc(results_json: str | Path, doc_path: str | Path = DEFAULT_DOC,
-                       section: str | None = None) -> Path:
-    """Regenerate the marked section of ``doc_path`` from an ablation's results.json (see
-    :func:`mst.ablation_report.update_results_doc`)."""
-    from mst.ablation_report import update_results_doc as _update
-
-    return _update(results_json, doc_path, section)

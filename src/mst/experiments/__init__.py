@@ -1,0 +1,1 @@
+"""Experiments: ablation specs (variants, protocols), the runner, and its reports."""

@@ -1,0 +1,130 @@
+"""What the engine knows of a method, and the method registry.
+
+A :class:`Method` is an ``nn.Module`` holding everything its step trains or reads (student, teacher, decoder, loss
+state). The engine builds it from the config, feeds ``forward(batch, ctx)`` one :class:`~mst.data.batch.Batch`
+per step and gets a :class:`StepOutput` back; around that it owns everything generic: data, schedules, AMP,
+clipping, the optimizer, EMA over the pairs the method names, checkpoints, resume, DDP, logs, the NaN stop.
+
+A method says:
+
+* ``sections``: the config sections it reads besides the common ones (``load_config`` adds their defaults);
+* ``views``: ``multicrop`` or ``single`` (see :mod:`mst.data.pipeline`); ``needs_labels`` for supervised methods;
+* ``validate(cfg)``: its own config checks (raise :class:`~mst.registry.ConfigError` naming the key);
+* ``schedules``: per-iteration values it needs besides lr / wd (e.g. the teacher momentum);
+* ``ema_pairs``: (online, averaged) module pairs the engine updates with the ``momentum`` schedule;
+* ``backbones``: which backbone(s) evaluation and export use, as state-dict prefixes, and ``default_backbone``.
+
+Register with ``METHODS.register("name", cls)``.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from mst.data.batch import Batch
+from mst.figures import Panel
+from mst.registry import Registry
+
+METHODS: Registry = Registry("method", "method")
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what backward() is called on
+    metrics: dict[str, float]  # every term, for the logs ("loss" included)
+    mask: torch.Tensor | None = None  # (B', N) bool tokens hidden this step, for inspection and tests
+
+
+@dataclass
+class StepContext:
+    epoch: int
+    step: int  # global step
+    values: dict[str, float] = field(default_factory=dict)  # this step's schedule values (lr, wd, momentum, ...)
+    generator: torch.Generator | None = None  # for mask draws; None: torch's global generator (reseeded per step)
+
+
+@dataclass
+class EpochData:
+    """What a method may use at an epoch boundary (AMT's attention pass): the un-augmented training images."""
+
+    dataset: Any  # (PIL image, label) dataset, positions = Batch.index
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    log: Any = print
+
+
+class Method(nn.Module, metaclass=abc.ABCMeta):
+    sections: ClassVar[tuple[str, ...]] = ()
+    views: ClassVar[str] = "single"
+    needs_labels: ClassVar[bool] = False
+    backbones: ClassVar[dict[str, str]] = {}  # name -> state_dict prefix of a backbone (its ``vit.`` inside)
+    default_backbone: ClassVar[str] = ""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        """Method-specific config checks; raise ConfigError naming the key and the valid values."""
+
+    @abc.abstractmethod
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        """One step's loss and metrics from a batch, top to bottom like the paper's algorithm."""
+
+    # -- engine hooks (defaults: nothing) ---------------------------------------------------------------------
+    def schedules(self, iters_per_epoch: int, epochs: int) -> dict[str, np.ndarray]:
+        """Per-iteration values besides lr and wd (arrays of length epochs * iters_per_epoch)."""
+        return {}
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, averaged) pairs, updated after every optimizer step with the ``momentum`` schedule."""
+        return []
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups: weight decay on weight matrices only (biases, norms, 1-d parameters get none)."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_weight_decay": True}]
+
+    def after_backward(self, ctx: StepContext) -> None:
+        """After gradients exist (unscaled, clipped), before the optimizer step (e.g. freeze a layer)."""
+
+    def on_epoch_start(self, epoch: int, data: EpochData) -> dict[str, float]:
+        """At the start of every epoch (also a resumed one); returns metrics to log (e.g. a refresh's cost)."""
+        return {}
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def backbone(self, which: str | None = None) -> nn.Module:
+        """The backbone evaluation uses (``which`` in ``backbones``; default ``default_backbone``)."""
+        which = which or self.default_backbone
+        prefix = self.backbones[which]
+        return self.get_submodule(prefix.rstrip(".")) if prefix else self
+
+    def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
+        """Per image, what the method does to it (masks, reconstruction), for ``mst visualize``. Default: none."""
+        return [[] for _ in range(len(images))]
+
+
+def build_method(cfg: dict) -> Method:
+    """The method ``cfg['method']`` built from a resolved config."""
+    return METHODS.get(cfg["method"])(cfg)
+
+
+def load_method(ckpt: str, device: str | torch.device = "cpu") -> Method:
+    """The method of a checkpoint (run directory or file) with its trained weights, in eval mode."""
+    from mst.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    method = build_method(state["config"])
+    method.load_state_dict(state["method"])
+    return method.to(device).eval()

@@ -1,0 +1,143 @@
+"""MST (Li et al., NeurIPS 2021): DINO self-distillation + attention-guided [MASK] + a global image decoder.
+
+One step, in the order of Algorithm 2:
+
+    views -> teacher (DINO targets + CLS attention, one pass) -> mask -> student -> losses
+
+Plain DINO is this method with ``mst.mask: none`` and ``mst.decoder: none``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mst.data.batch import Batch
+from mst.engine.schedules import cosine_schedule
+from mst.losses import DINOLoss, restore_loss
+from mst.masking import MASKS, build_mask_strategy
+from mst.masking.replace import REPLACEMENTS
+from mst.methods.base import METHODS, Method, StepContext, StepOutput
+from mst.figures import Panel, masked_view, to_display
+from mst.models.decoders import decoder_kind
+from mst.models.encoder import build_student_teacher
+from mst.models.head import cancel_last_layer_grads
+from mst.registry import ConfigError
+
+
+@METHODS.register("mst")
+class MST(Method):
+    sections = ("dino", "mst")
+    views = "multicrop"
+    backbones = {"teacher": "teacher.backbone", "student": "student.backbone"}
+    default_backbone = "teacher"  # DINO/MST report and release the teacher
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        d, m = cfg["dino"], cfg["mst"]
+        self.student, self.teacher = build_student_teacher(cfg)
+        if cfg["optim"]["channels_last_decoder"] and self.student.decoder is not None:
+            self.student.decoder.to(memory_format=torch.channels_last)  # measured faster on CPU
+        self.dino_loss = DINOLoss(
+            int(d["out_dim"]), 2, float(d["student_temp"]), float(d["teacher_temp"]), float(d["warmup_teacher_temp"]),
+            int(d["warmup_teacher_temp_epochs"]), int(cfg["optim"]["epochs"]), float(d["center_momentum"]),
+        )
+        self.mask_strategy = build_mask_strategy(m["mask"], m, int(cfg["model"]["patch_size"]), "mst.mask")
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        m = cfg["mst"]
+        if MASKS.get(m["mask"], "mst.mask").throws:
+            raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, which MST does not do (its student sees "
+                              "every token); choose one of the strategies that only mask: none, random, attention")
+        if m["replacement"] not in REPLACEMENTS:
+            raise ConfigError(f"mst.replacement={m['replacement']!r} is not one of {', '.join(REPLACEMENTS)}")
+        if m["restore_target"] not in ("image", "masked"):
+            raise ConfigError(f"mst.restore_target={m['restore_target']!r} is not one of image, masked")
+        if m["decoder"] != "none":
+            if decoder_kind(m["decoder"], "mst.decoder") != "all_tokens":
+                raise ConfigError(f"mst.decoder={m['decoder']!r} decodes visible tokens only; MST restores the whole "
+                                  "view from every patch token: choose an image decoder (cnn, linear) or none")
+        if not 0.0 <= float(m["mask_p"]) <= 1.0:
+            raise ConfigError(f"mst.mask_p={m['mask_p']} must lie in [0, 1]")
+        if int(m["mask_num"]) < 1:
+            raise ConfigError(f"mst.mask_num={m['mask_num']} must be >= 1")
+        build_mask_strategy(m["mask"], m, int(cfg["model"]["patch_size"]), "mst.mask")
+
+    # -- the step ---------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        """``batch.views``: [global_1, global_2, local_1, ..., local_n], each (B, C, H, W) on the device."""
+        views = batch.views
+        n_global, n_local = 2, len(views) - 2
+        global_views = torch.cat(views[:n_global])  # (2B, C, H, W): view-major, like the teacher's outputs
+        local_views = torch.cat(views[n_global:]) if n_local else None
+
+        # 1. Teacher: the DINO targets and, from the *same* pass, the last block's CLS->patch attention (eq. 4).
+        with torch.no_grad():
+            t = self.teacher.backbone(global_views, return_attention=self.mask_strategy.needs_importance)
+            teacher_logits = self.teacher.head(t.cls)
+
+        # 2. Mask: which of the student's global-view tokens become [MASK] (eq. 5; locals are never masked).
+        result = self.mask_strategy(global_views.shape[0], t.mask_grid, t.attention, ctx.generator)
+        mask = None if result is None else result.mask.to(global_views.device)
+
+        # 3. Student: masked global views + local crops through backbone and head; decoder on the global views.
+        s = self.student(global_views, local_views, mask=mask, replacement=self.cfg["mst"]["replacement"],
+                         n_global=n_global, n_local=n_local)
+
+        # 4. Losses: self-distillation (eq. 2) and restoration of the whole augmented view (eq. 9), eq. 11.
+        loss_ce = self.dino_loss(s.logits, teacher_logits, ctx.epoch)
+        m = self.cfg["mst"]
+        loss = float(m["ce_weight"]) * loss_ce
+        metrics = {"loss_ce": loss_ce.item()}
+        if s.reconstruction is not None:
+            loss_restore = restore_loss(s.reconstruction, global_views, mask, int(self.cfg["model"]["patch_size"]),
+                                        m["restore_target"])
+            loss = loss + float(m["restore_weight"]) * loss_restore
+            metrics["loss_restore"] = loss_restore.item()
+        metrics["loss"] = loss.item()
+        metrics["mask_ratio"] = mask.float().mean().item() if mask is not None else 0.0
+        metrics["teacher_temp"] = self.dino_loss.teacher_temp(ctx.epoch)
+        return StepOutput(loss=loss, metrics=metrics, mask=mask)
+
+    # -- engine hooks -----------------------------------------------------------------------------------------
+    def schedules(self, iters_per_epoch: int, epochs: int) -> dict[str, np.ndarray]:
+        """The teacher momentum: cosine from dino.momentum_teacher to 1, per iteration (DINO)."""
+        return {"momentum": cosine_schedule(float(self.cfg["dino"]["momentum_teacher"]), 1.0, epochs, iters_per_epoch)}
+
+    def ema_pairs(self):
+        return [(self.student, self.teacher)]
+
+    def after_backward(self, ctx: StepContext) -> None:
+        cancel_last_layer_grads(self.student, ctx.epoch, int(self.cfg["dino"]["freeze_last_layer"]))
+
+    # -- figures ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
+        """Per image: a random mask (same p), MST's attention-guided mask (red: candidates left unmasked) and,
+        with a decoder, the student's restoration of the attention-masked view."""
+        from mst.masking import AttentionGuidedMask, RandomMask
+
+        m, d = self.cfg["mst"], self.cfg["data"]
+        t = self.teacher.backbone(images, return_attention=True)
+        b, grid = len(images), t.mask_grid
+        rand = RandomMask(m["mask_p"])(b, grid, None, generator).mask
+        guided = AttentionGuidedMask(m["mask_num"], m["mask_p"])(b, grid, t.attention.cpu(), generator)
+        recon = None
+        if self.student.decoder is not None:
+            bb = self.student.backbone
+            out = bb(images, mask=guided.mask.to(images.device) if bb.mask_token is not None else None,
+                     replacement=m["replacement"], generator=generator)
+            recon = self.student.decoder(out.patches, out.grid)
+        rows = []
+        for i in range(b):
+            img = to_display(images[i], d["mean"], d["std"])
+            row = [
+                Panel(f"random p={m['mask_p']}: {int(rand[i].sum())}", masked_view(img, rand[i], grid), None),
+                Panel(f"attn num={m['mask_num']} p={m['mask_p']}: {int(guided.mask[i].sum())}/"
+                      f"{int(guided.candidates[i].sum())}",
+                      masked_view(img, guided.mask[i], grid, candidates=guided.candidates[i]), None),
+            ]
+            if recon is not None:
+                row.append(Panel("decoder restoration", to_display(recon[i], d["mean"], d["std"])))
+            rows.append(row)
+        return rows

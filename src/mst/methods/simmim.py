@@ -1,0 +1,95 @@
+"""SimMIM (Xie et al., CVPR 2022): replace a share of mask units by [MASK], encode every token, predict each
+token's pixels with one linear map, L1 on the masked pixels.
+
+One step:
+
+    view -> mask (a share of mask_patch_size units, per image) -> [MASK] before position embeddings
+         -> encoder on all tokens -> per-token linear decoder -> L1 on the masked pixels
+
+A strategy that throws tokens (AMT) is honoured: thrown tokens leave the encoder's sequence (after position
+embeddings) and the loss; the decoder then maps the remaining tokens one by one.
+"""
+from __future__ import annotations
+
+import torch
+
+from mst.data.batch import Batch
+from mst.losses import patch_l1
+from mst.masking import MASKS, build_mask_strategy
+from mst.figures import Panel
+from mst.methods.base import METHODS, Method, StepContext, StepOutput
+from mst.methods.mim_common import draw_mask, reconstruction_panels, validate_mim
+from mst.models.backbones import create_backbone
+from mst.models.decoders import build_decoder, decoder_kind
+from mst.models.tokens import gather_tokens, patchify, scatter_tokens
+from mst.registry import ConfigError
+
+
+@METHODS.register("simmim")
+class SimMIM(Method):
+    sections = ("mim", "simmim")
+    views = "single"
+    backbones = {"encoder": "encoder"}
+    default_backbone = "encoder"
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        model, self.channels = cfg["model"], int(cfg["data"]["channels"])
+        self.patch = int(model["patch_size"])
+        self.encoder = create_backbone(model, self.channels, drop_path=float(model["drop_path"]), mask_token=True)
+        grid = (int(model["img_size"]) // self.patch,) * 2
+        self.decoder = build_decoder(cfg["simmim"]["decoder"], cfg["simmim"], self.encoder.embed_dim, self.patch,
+                                     self.channels, grid, "simmim.decoder")
+        self.masking = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        validate_mim(cfg, drops_tokens=MASKS.get(cfg["mim"]["mask"], "mim.mask").throws)
+        if cfg["mim"]["mask"] == "none" or float(cfg["mim"]["mask_ratio"]) == 0.0:
+            raise ConfigError(f"mim.mask={cfg['mim']['mask']!r} with mim.mask_ratio={cfg['mim']['mask_ratio']} masks "
+                              "nothing, so SimMIM has nothing to reconstruct")
+        name = cfg["simmim"]["decoder"]
+        if decoder_kind(name, "simmim.decoder") != "all_tokens":
+            raise ConfigError(f"simmim.decoder={name!r} decodes visible tokens only; SimMIM decodes every token: "
+                              "choose an image decoder (linear)")
+
+    def _predict(self, x: torch.Tensor, m):
+        """Encoder + decoder -> (predicted patches, their positions (B, M) or None for all N). The sequence is every
+        token but the thrown ones (masked ones as [MASK])."""
+        keep = None if m.keep is None else m.keep | m.mask
+        z = self.encoder(x, mask=m.mask, keep=keep)
+        if keep is None:
+            return patchify(self.decoder(z.patches, z.grid), self.patch), None
+        if not hasattr(self.decoder, "patch_pixels"):
+            raise ValueError(f"simmim.decoder={self.cfg['simmim']['decoder']!r} needs the whole token grid, but the "
+                             "mask strategy throws tokens away: use the per-token decoder (linear)")
+        return self.decoder.patch_pixels(z.patches), z.keep_index
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        x = batch.views[0]
+
+        # 1. Mask: a share of mask units per image (AMT: also tokens thrown out of the sequence).
+        m = draw_mask(self.masking, x, self.patch, ctx.generator)
+
+        # 2-3. Encoder ([MASK] before position embeddings; every kept token) and the per-token linear decoder.
+        pred, where = self._predict(x, m)
+
+        # 4. Loss: L1 on the masked pixels.
+        target, masked = patchify(x, self.patch), m.mask
+        if where is not None:
+            target, masked = gather_tokens(target, where), gather_tokens(masked, where)
+        loss = patch_l1(pred, target, masked, self.channels, bool(self.cfg["mim"]["norm_pix_loss"]))
+        metrics = {"loss": loss.item(), "mask_ratio": m.mask.float().mean().item()}
+        if m.keep is not None:
+            metrics["visible_ratio"] = (m.keep & ~m.mask).float().mean().item()
+        return StepOutput(loss=loss, metrics=metrics, mask=m.mask)
+
+    @torch.no_grad()
+    def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
+        m = draw_mask(self.masking, images, self.patch, generator)
+        pred, where = self._predict(images, m)
+        if where is not None:  # thrown tokens predicted as 0 (shown black anyway)
+            pred = scatter_tokens(pred, where, m.mask.shape[1])
+        d = self.cfg["data"]
+        return reconstruction_panels(images, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), d["mean"],
+                                     d["std"])

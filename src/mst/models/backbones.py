@@ -1,0 +1,25 @@
+"""The backbone registry: ``model.arch`` names an entry with ``timm_spec`` and ``build`` (ViT or Swin)."""
+from __future__ import annotations
+
+from torch import nn
+
+from mst.models.backbone import ViTArch
+from mst.models.swin import SwinArch
+from mst.registry import Registry
+
+BACKBONES: Registry = Registry("backbone", "model.arch")
+BACKBONES.register("vit_tiny", ViTArch("vit_tiny_patch16_224", embed_dim=192, depth=12, num_heads=3))
+BACKBONES.register("vit_small", ViTArch("vit_small_patch16_224", embed_dim=384, depth=12, num_heads=6))
+BACKBONES.register("vit_base", ViTArch("vit_base_patch16_224", embed_dim=768, depth=12, num_heads=12))
+BACKBONES.register("vit_large", ViTArch("vit_large_patch16_224", embed_dim=1024, depth=24, num_heads=16))
+BACKBONES.register("swin_tiny", SwinArch("swin_tiny_patch4_window7_224"))
+
+
+def timm_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
+    """The timm model name and the kwargs that recreate ``model.arch`` (written next to exported weights)."""
+    return BACKBONES.get(model_cfg["arch"]).timm_spec(model_cfg, in_chans)
+
+
+def create_backbone(model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
+    """A backbone keeping the token contract (:mod:`mst.models.contract`) for ``model.arch``."""
+    return BACKBONES.get(model_cfg["arch"]).build(model_cfg, in_chans, drop_path, mask_token)

@@ -1,0 +1,238 @@
+"""The method engine: every registered method keeps the contract; MAE and SimMIM match hand computations; a
+method or strategy registered here is usable by name; the engine imports no method's loss, head or step."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mst.config import load_config, register_section
+from mst.engine.checkpoint import load_backbone, load_checkpoint
+from mst.engine.trainer import Trainer
+from mst.losses import patch_l1, patch_mse
+from mst.masking import MASKS, MaskResult, MaskStrategy, PatchRatioMask
+from mst.methods import METHODS, Method, StepOutput, build_method
+from mst.models.tokens import gather_tokens, keep_indices, patchify, scatter_tokens
+from tests.conftest import TINY, TINY_MAE, TINY_SIMMIM, save_method, step
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mst"
+TINY_BY_METHOD = {"mst": ["method=mst", *TINY], "mae": TINY_MAE, "simmim": TINY_SIMMIM}
+
+
+def views_for(method, b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = int(method.cfg["data"]["channels"])
+    size = int(method.cfg["augment"]["global_size"])
+    if method.views == "multicrop":
+        local = int(method.cfg["augment"]["local_size"])
+        return [torch.randn(b, c, size, size, generator=g) for _ in range(2)] + \
+               [torch.randn(b, c, local, local, generator=g) for _ in range(int(method.cfg["augment"]["n_local"]))]
+    return [torch.randn(b, c, size, size, generator=g)]
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if n in TINY_BY_METHOD])
+def test_every_method_keeps_the_engine_contract(name, tmp_path):
+    cfg = load_config(overrides=TINY_BY_METHOD[name])
+    torch.manual_seed(0)
+    method = build_method(cfg).train()
+    assert set(method.sections) <= set(cfg) and method.views in ("multicrop", "single")
+    out = step(method, views_for(method))
+    assert isinstance(out, StepOutput) and out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.metrics["loss"] == pytest.approx(out.loss.item())
+    out.loss.backward()
+    trained = [p for p in method.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained), [n for n, p in method.named_parameters()
+                                                                  if p.requires_grad and p.grad is None]
+    # the evaluation backbone keeps the token contract and round-trips through a checkpoint
+    bb = method.backbone()
+    x = views_for(method, b=2)[0]
+    feats = bb.eval()(x).cls
+    save_method(method, tmp_path / "checkpoint.pt")
+    loaded, _ = load_backbone(tmp_path, None)
+    assert loaded.which == method.default_backbone
+    assert torch.allclose(loaded(x).cls, feats, atol=1e-6)
+    panels = method.eval().panels(x, torch.Generator().manual_seed(0))
+    assert len(panels) == 2 and all(p.image.shape[:2] == x.shape[-2:] for row in panels for p in row)
+
+
+def test_mae_step_equals_a_hand_computation():
+    """Same generator -> the same mask; the loss is MSE over the hidden patches of per-patch normalised pixels, and
+    the encoder saw exactly int(N * (1 - r)) tokens per image, with the decoder's output back in image order."""
+    cfg = load_config(overrides=TINY_MAE + ["mim.mask_ratio=0.75", "model.drop_path=0.0"])
+    torch.manual_seed(0)
+    mae = build_method(cfg).eval()
+    x = views_for(mae, b=3)[0]
+    seen = {}
+
+    def count(module, inputs):  # returns None: the input is only read
+        seen.setdefault("n", inputs[0].shape[1])
+
+    hook = mae.encoder.vit.blocks[0].register_forward_pre_hook(count)
+    out = step(mae, [x], generator=torch.Generator().manual_seed(5))
+    hook.remove()
+    assert seen["n"] == 1 + int(49 * 0.25)  # CLS + 12 visible tokens
+    mask = PatchRatioMask(0.75)(3, (7, 7), None, torch.Generator().manual_seed(5)).mask
+    assert torch.equal(out.mask, mask) and (mask.sum(1) == 37).all()
+    with torch.no_grad():
+        z = mae.encoder(x, keep=~mask)
+        everything = keep_indices(torch.ones_like(mask))
+        pred = mae.decoder(z.cls, z.patches, z.keep_index, everything)  # image order: position n at row n
+        target = patchify(x, 4)
+        # the un-shuffle round trip: visible tokens scattered back land on their own positions
+        back = scatter_tokens(gather_tokens(target, z.keep_index), z.keep_index, 49)
+        assert torch.equal(back[~mask], target[~mask])
+        total = 0.0
+        for b in range(3):
+            for n in torch.nonzero(mask[b]).flatten().tolist():
+                t = target[b, n]
+                t = (t - t.mean()) / (t.var() + 1e-6) ** 0.5
+                total += ((pred[b, n] - t) ** 2).mean().item()
+    assert out.loss.item() == pytest.approx(total / int(mask.sum()), rel=1e-4)
+
+
+def test_simmim_step_equals_the_reference_l1_on_masked_pixels():
+    cfg = load_config(overrides=TINY_SIMMIM + ["augment.global_size=32", "model.img_size=32",
+                                               "mim.mask_patch_size=8", "model.drop_path=0.0"])
+    torch.manual_seed(0)
+    sim = build_method(cfg).eval()
+    x = views_for(sim, b=2)[0]
+    out = step(sim, [x], generator=torch.Generator().manual_seed(3))
+    m = out.mask.reshape(2, 4, 2, 4, 2)
+    assert (m == m[:, :, :1, :, :1]).all() and (m[:, :, 0, :, 0].sum((1, 2)) == 10).all()  # ceil(0.6 * 16)
+    with torch.no_grad():
+        z = sim.encoder(x, mask=out.mask)
+        rec = sim.decoder(z.patches, z.grid)
+        pix = out.mask.reshape(2, 1, 8, 8).float().repeat_interleave(4, 2).repeat_interleave(4, 3)
+        reference = ((x - rec).abs() * pix).sum() / (pix.sum() + 1e-5) / 1
+    assert out.loss.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+class _ThrowHalf(MaskStrategy):
+    """Test strategy: per image, the first quarter of a random order masked, the next half thrown, rest visible."""
+
+    throws = True
+
+    def __call__(self, batch, grid, importance, generator):
+        n = grid[0] * grid[1]
+        order = torch.argsort(torch.rand(batch, n, generator=generator), dim=1)
+        mask = torch.zeros(batch, n, dtype=torch.bool)
+        keep = torch.zeros(batch, n, dtype=torch.bool)
+        mask.scatter_(1, order[:, : n // 4], True)
+        keep.scatter_(1, order[:, n // 4 + n // 2:], True)
+        return MaskResult(mask=mask, keep=keep)
+
+
+@pytest.fixture
+def throw_half():
+    MASKS.register("throw_half", _ThrowHalf)
+    yield
+    MASKS.unregister("throw_half")
+
+
+@pytest.mark.parametrize("tiny", [TINY_MAE, TINY_SIMMIM])
+def test_thrown_tokens_leave_the_encoder_and_the_loss(tiny, throw_half):
+    cfg = load_config(overrides=tiny + ["mim.mask=throw_half", "model.drop_path=0.0"])
+    torch.manual_seed(0)
+    method = build_method(cfg).eval()
+    x = views_for(method, b=2)[0]
+    seen = []
+
+    def count(module, inputs):  # returns None: the input is only read
+        seen.append(inputs[0].shape[1])
+
+    hook = method.encoder.vit.blocks[0].register_forward_pre_hook(count)
+    out = step(method, [x], generator=torch.Generator().manual_seed(1))
+    res = _ThrowHalf()(2, (7, 7), None, torch.Generator().manual_seed(1))
+    thrown = res.thrown
+    assert int(thrown[0].sum()) == 24
+    expect_tokens = 49 - 24 - (12 if cfg["method"] == "mae" else 0)  # MAE: visible only; SimMIM: + [MASK] ones
+    assert seen == [1 + expect_tokens]
+    # changing the pixels of thrown patches changes nothing: they are neither input nor target
+    pixels = torch.nn.functional.interpolate(thrown.reshape(2, 1, 7, 7).float(), scale_factor=4)
+    y = x + 10.0 * pixels
+    again = step(method, [y], generator=torch.Generator().manual_seed(1))
+    assert again.loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def test_mst_refuses_a_throwing_strategy(throw_half):
+    from mst.registry import ConfigError
+
+    with pytest.raises(ConfigError, match="mst.mask='throw_half' throws tokens away, which MST does not do"):
+        load_config(overrides=TINY + ["mst.mask=throw_half"])
+
+
+class _MeanColour(Method):
+    """A test method: predict each image's mean intensity from the encoder's CLS token (a linear probe)."""
+
+    sections = ("probe",)
+    backbones = {"encoder": "encoder"}
+    default_backbone = "encoder"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from mst.models.backbones import create_backbone
+
+        self.encoder = create_backbone(cfg["model"], int(cfg["data"]["channels"]))
+        self.head = torch.nn.Linear(self.encoder.embed_dim, 1)
+
+    def forward(self, batch, ctx):
+        x = batch.views[0]
+        pred = self.head(self.encoder(x).cls).squeeze(1) * float(self.cfg["probe"]["scale"])
+        loss = ((pred - x.mean((1, 2, 3))) ** 2).mean()
+        return StepOutput(loss=loss, metrics={"loss": loss.item()})
+
+
+def test_a_method_registered_here_is_configured_and_trained_by_name(tmp_path):
+    register_section("probe", {"scale": 1.0})
+    METHODS.register("mean_colour", _MeanColour)
+    try:
+        cfg = load_config(overrides=["method=mean_colour", *TINY_MAE[1:6], "log.progress=false",
+                                     "log.tensorboard=false", "log.every=1", "probe.scale=2.0"])
+        assert cfg["probe"] == {"scale": 2.0} and "mim" not in cfg
+        tr = Trainer(cfg, tmp_path / "run")
+        assert tr.fit(max_steps=2) == "max_steps"
+        lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in lines] == [1, 2] and all(r["loss"] > 0 for r in lines)
+        ck = load_checkpoint(tmp_path / "run")
+        assert ck["default_backbone"] == "encoder" and "head.weight" in ck["method"]
+    finally:
+        METHODS.unregister("mean_colour")
+
+
+def test_mae_resume_equals_the_uninterrupted_run(tmp_path):
+    cfg = load_config(overrides=TINY_MAE)
+    Trainer(cfg, tmp_path / "full").fit()
+    part = Trainer(cfg, tmp_path / "part")
+    assert part.fit(max_steps=5) == "max_steps"
+    Trainer(cfg, tmp_path / "part").fit()
+    a = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 17))
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    sa, sb = load_checkpoint(tmp_path / "full")["method"], load_checkpoint(tmp_path / "part")["method"]
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-5) for k in sa)
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_the_engine_and_evaluation_import_no_method():
+    for folder in ("engine", "eval"):
+        for path in (SRC / folder).glob("*.py"):
+            imported = _imports(path)
+            method_files = {f"mst.methods.{p.stem}" for p in (SRC / "methods").glob("*.py")} - {"mst.methods.base"}
+            assert not imported & method_files, (path, imported & method_files)
+            assert not {i for i in imported if i.startswith(("mst.losses", "mst.models.head", "mst.models.encoder",
+                                                             "mst.masking"))}, path
+            if folder == "eval":
+                assert not any(i.startswith("mst.methods") for i in imported), path
