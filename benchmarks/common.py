@@ -42,9 +42,10 @@ MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
 
 
 # -- CLI and config ---------------------------------------------------------------------------------------------
-def add_common_args(p: argparse.ArgumentParser, config: Path | str = DEFAULT_CONFIG) -> argparse.ArgumentParser:
+def add_common_args(p: argparse.ArgumentParser, config: Path | str = DEFAULT_CONFIG,
+                    method_configs: dict[str, Path] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(config), help="MST preset YAML (default: %(default)s)")
-    for name, path in METHOD_CONFIGS.items():
+    for name, path in {**METHOD_CONFIGS, **(method_configs or {})}.items():
         p.add_argument(f"--{name}-config", default=str(path), help=f"{name} preset YAML (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant, repeatable; common keys only (optim.*, model.*, data.*)")

@@ -3,7 +3,7 @@
 1. Supply, the preset's PIL pipeline: AugmentedDataset (Fashion-MNIST by default) with the preset's
    MultiCropTransform, through a DataLoader with num_workers 0 / 1 / 2 (collate_crops), timed after the first
    batch (worker start-up excluded). Also ms per sample in-process.
-2. Consumption: images/s of the MST ``Trainer.train_step`` on synthetic views of the same shapes.
+2. Consumption: images/s of the MST ``Trainer.train_batch`` on synthetic views of the same shapes.
    -> ratio supply / consumption per worker count (> 1: the pipeline keeps up).
 3. The paper's setting (2 x 224 + 10 x 96 RGB crops, ImageNet-like 500x375 JPEGs generated into a temp dir):
    PIL pipeline images/s per worker (decode + crops), decode-only images/s per worker (what the DataLoader still
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common import (  # noqa: E402
-    REPO, VARIANTS, add_common_args, alternate, build_trainer, device_name, environment, load_cfg, make_views,
+    REPO, add_common_args, alternate, build_trainer, device_name, environment, load_cfg, make_batch, variant_cfg,
     median, print_table, setup_threads, sync, synthetic_base_dataset, timed2, write_json,
 )
 
@@ -99,16 +99,15 @@ def end_to_end_rate(cfg: dict, workers: int, steps: int, device) -> float:
     cfg = copy.deepcopy(cfg)
     cfg["data"]["num_workers"] = workers
     tr = Trainer(cfg, tmp, dist_info=DistInfo(device=torch.device(device)), log=lambda *a, **k: None)
-    tr.student.train()
-    tr.teacher.train()
+    tr.method.train()
     n, t0 = 0, None
-    for k, (views, _) in enumerate(tr._loader()):
-        tr.train_step(views)
+    for k, loaded in enumerate(tr._loader()):
+        tr.train_step(loaded)
         sync(device)
         if k == 0:
             t0 = time.perf_counter()
         else:
-            n += views[0].shape[0]
+            n += int(cfg["optim"]["batch_size"])
         if k >= steps:
             break
     return n / (time.perf_counter() - t0)
@@ -171,9 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
         supply[w] = loader_rate(ds, batch, w, args.batches, collate_crops)
 
     # 2. consumption: MST train steps on synthetic views of the same shapes
-    tr = build_trainer(load_cfg(args, VARIANTS["mst"]), device)
-    views = make_views(cfg, device)
-    wall, cpu = alternate({"mst": lambda: tr.train_step(views)}, args.steps, device, warmup=1)
+    tr = build_trainer(variant_cfg(args, "mst"), device)
+    ready = make_batch(cfg, device)
+    wall, cpu = alternate({"mst": lambda: tr.train_batch(ready)}, args.steps, device, warmup=1)
     step_s = median(wall["mst"])
     consume = batch / step_s
     rows = [{"num_workers": w, "supply img/s": r, "consume img/s (MST step)": consume, "supply / consume": r / consume}
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         e2e: dict[int, list[float]] = {w: [] for w in e2e_workers}
         for _ in range(args.e2e_repeats):
             for w in e2e_workers:
-                e2e[w].append(end_to_end_rate(load_cfg(args, VARIANTS["mst"]), w, args.e2e_steps, device))
+                e2e[w].append(end_to_end_rate(variant_cfg(args, "mst"), w, args.e2e_steps, device))
         base_w = e2e_workers[0]
         print(f"\nend to end (Trainer loader + train_step, {torch.get_num_threads()} torch thread(s), "
               f"median of {args.e2e_repeats} x {args.e2e_steps} steps):")

@@ -36,15 +36,15 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from common import (  # noqa: E402
-    VARIANTS, add_common_args, alternate, build_trainer, device_name, environment, load_cfg, make_views, median,
-    paired_ratios, print_table, setup_threads, sync, timed2, write_json,
+    add_common_args, alternate, build_trainer, device_name, environment, make_batch, median, paired_ratios,
+    print_table, setup_threads, sync, timed2, variant_cfg, write_json,
 )
 
 
 # -- FLOPs ------------------------------------------------------------------------------------------------------
 def count_step_flops(trainer, views) -> int:
     with FlopCounterMode(display=False) as fc:
-        trainer.train_step(views)
+        trainer.train_batch(views)
     return int(fc.get_total_flops())
 
 
@@ -103,9 +103,7 @@ def threads(n: int):
 
 
 def fused_adamw(trainer) -> None:
-    from mst.engine.optim import param_groups
-
-    trainer.optimizer = torch.optim.AdamW(param_groups(trainer.student), lr=0.0, weight_decay=0.0, fused=True)
+    trainer.optimizer = torch.optim.AdamW(trainer.method.param_groups(), lr=0.0, weight_decay=0.0, fused=True)
 
 
 def check_foreach_clip() -> float:
@@ -127,18 +125,18 @@ def check_foreach_clip() -> float:
 def compile_child(args) -> None:
     """Runs in the subprocess: baseline vs compiled MST trainer, prints one JSON line."""
     device = torch.device(args.device)
-    cfg = load_cfg(args, VARIANTS["mst"])
+    cfg = variant_cfg(args, "mst")
     base = build_trainer(cfg, device)
-    comp = build_trainer(load_cfg(args, VARIANTS["mst"] + ["optim.compile=true"]), device)
-    views = make_views(cfg, device)
+    comp = build_trainer(variant_cfg(args, "mst", ["optim.compile=true"]), device)
+    views = make_batch(cfg, device)
     t0 = time.perf_counter()
-    comp.train_step(views)
+    comp.train_batch(views)
     sync(device)
     first = time.perf_counter() - t0
-    comp.train_step(views)  # a second call may recompile (e.g. grad mode / dynamic shapes)
+    comp.train_batch(views)  # a second call may recompile (e.g. grad mode / dynamic shapes)
     sync(device)
     compile_s = time.perf_counter() - t0
-    wall, cpu = alternate({"base": lambda: base.train_step(views), "compile": lambda: comp.train_step(views)},
+    wall, cpu = alternate({"base": lambda: base.train_batch(views), "compile": lambda: comp.train_batch(views)},
                           args.rounds, device, warmup=1)
     print("COMPILE_RESULT " + json.dumps({
         "first_step_s": first, "compile_s": compile_s,
@@ -188,17 +186,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device: {device_name(device)}  torch {torch.__version__}; timing by {measure}")
 
     # 1. FLOPs per step, DINO and MST
-    cfg = load_cfg(args, VARIANTS["mst"])
-    views = make_views(cfg, device)
-    batch = views[0].shape[0]
+    cfg = variant_cfg(args, "mst")
+    views = make_batch(cfg, device)
+    batch = views.size
     flops = {}
     trainers = {}
     for name in ("dino", "mst"):
-        trainers[name] = build_trainer(load_cfg(args, VARIANTS[name]), device)
-        trainers[name].train_step(views)  # warm-up (lazy inits, allocator)
+        trainers[name] = build_trainer(variant_cfg(args, name), device)
+        trainers[name].train_batch(views)  # warm-up (lazy inits, allocator)
         flops[name] = count_step_flops(trainers[name], views)
     base = trainers["mst"]
-    print(f"config: {args.config} {' '.join(args.overrides)}  batch {batch}, {len(views)} views, "
+    print(f"config: {args.config} {' '.join(args.overrides)}  batch {batch}, {len(views.views)} views, "
           f"amp={cfg['optim']['amp']}")
     print_table([{"variant": n, "GFLOP / step": f / 1e9, "GFLOP / image": f / batch / 1e9} for n, f in flops.items()])
     print(f"FLOP ratio MST / DINO = {flops['mst'] / flops['dino']:.3f} (decoder + mask: "
@@ -213,22 +211,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3 + 4. step time of the baseline and the speed-ups, interleaved
     tries = [t for t in args.tries.split(",") if t]
-    fns = {"baseline": lambda: base.train_step(views)}
+    fns = {"baseline": lambda: base.train_batch(views)}
     notes = {}
     if "channels_last" in tries:
-        cl = build_trainer(load_cfg(args, VARIANTS["mst"] + ["optim.channels_last_decoder=true"]), device)
-        fns["channels_last"] = lambda: cl.train_step(views)
+        cl = build_trainer(variant_cfg(args, "mst", ["optim.channels_last_decoder=true"]), device)
+        fns["channels_last"] = lambda: cl.train_batch(views)
     if "fused_adamw" in tries:
         fu = build_trainer(cfg, device)
         fused_adamw(fu)
-        fns["fused_adamw"] = lambda: fu.train_step(views)
+        fns["fused_adamw"] = lambda: fu.train_batch(views)
     if "foreach_clip" in tries:
         notes["foreach_clip"] = f"max |diff| vs per-parameter clip: {check_foreach_clip():.1e}"
         fc = build_trainer(cfg, device)
 
         def clip_step():
             with patched_clip():
-                fc.train_step(views)
+                fc.train_batch(views)
         fns["foreach_clip"] = clip_step
     n_thr = args.try_threads or (os.cpu_count() or 1)
     if "threads" in tries and device.type == "cpu" and n_thr != torch.get_num_threads():
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def thread_step():
             with threads(n_thr):
-                th.train_step(views)
+                th.train_batch(views)
         fns[f"threads={n_thr}"] = thread_step
         notes[f"threads={n_thr}"] = "wall-time ratio (CPU time counts every thread)"
     wall, cpu = alternate(fns, args.rounds, device, warmup=1)

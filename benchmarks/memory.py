@@ -1,7 +1,9 @@
-"""Peak memory per image of one training step: MST vs DINO, with and without activation checkpointing.
+"""Peak memory per image of one training step: MST vs DINO (and MAE, SimMIM), with and without activation
+checkpointing.
 
 Default setting: the paper's ViT-S/16 with 2 x 224 + 10 x 96 crops (configs/imagenet_deit_small_300ep.yaml,
-head out_dim 65536), synthetic views, a tiny batch. Each (mode, checkpointing, batch) runs in a fresh subprocess:
+head out_dim 65536), and with --modes mae,simmim the ViT-B/16 MAE and SimMIM presets, synthetic views, a tiny
+batch. Each (mode, checkpointing, batch) runs in a fresh subprocess:
 build the Trainer, one warm-up step (optimizer state and gradients now exist), then measure one step:
 
 - CPU: the peak resident set size during the step above the RSS just before it. The kernel's high-water mark
@@ -36,12 +38,14 @@ import torch  # noqa: E402
 import torch.utils.checkpoint  # noqa: E402
 
 from common import (  # noqa: E402
-    REPO, VARIANTS, add_common_args, build_trainer, device_name, environment, human_bytes, load_cfg, make_views,
-    print_table, setup_threads, sync, write_json,
+    REPO, add_common_args, build_trainer, device_name, environment, human_bytes, load_cfg, make_batch, print_table,
+    setup_threads, sync, variant_cfg, write_json,
 )
 
 BIG_CONFIG = REPO / "configs" / "imagenet_deit_small_300ep.yaml"
-MODES = {"dino": VARIANTS["dino"], "mst": VARIANTS["mst"], "mst+dec_ckpt": VARIANTS["mst"]}
+BIG_METHOD_CONFIGS = {"mae": REPO / "configs" / "imagenet_mae_vit_base_800ep.yaml",
+                      "simmim": REPO / "configs" / "imagenet_simmim_vit_base_800ep.yaml"}
+MODES = {"dino": "dino", "mst": "mst", "mst+dec_ckpt": "mst", "mae": "mae", "simmim": "simmim"}  # -> VARIANTS
 
 
 class CheckpointedDecoder(torch.nn.Module):
@@ -105,14 +109,14 @@ class _Poller:
 
 def child(args, mode: str, ckpt: bool, batch: int) -> dict:
     device = torch.device(args.device)
-    extra = MODES[mode] + [f"model.grad_checkpointing={str(ckpt).lower()}", f"optim.batch_size={batch}"]
-    cfg = load_cfg(args, extra)
+    extra = [f"model.grad_checkpointing={str(ckpt).lower()}", f"optim.batch_size={batch}"]
+    cfg = variant_cfg(args, MODES[mode], extra)
     tr = build_trainer(cfg, device)
     if mode.endswith("+dec_ckpt"):
-        tr.student.decoder = CheckpointedDecoder(tr.student.decoder)
-    views = make_views(cfg, device)
+        tr.method.student.decoder = CheckpointedDecoder(tr.method.student.decoder)
+    views = make_batch(cfg, device)
     t0 = time.perf_counter()
-    tr.train_step(make_views(cfg, device, batch=1))  # warm-up (batch 1): optimizer state, gradients, lazy inits
+    tr.train_batch(make_batch(cfg, device, batch=1))  # warm-up (batch 1): optimizer state, gradients, lazy inits
     sync(device)
     warm_s = time.perf_counter() - t0
     gc.collect()
@@ -122,7 +126,7 @@ def child(args, mode: str, ckpt: bool, batch: int) -> dict:
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        tr.train_step(views)
+        tr.train_batch(views)
         torch.cuda.synchronize(device)
         out.update(step_s=time.perf_counter() - t0, base_bytes=base,
                    peak_bytes=torch.cuda.max_memory_allocated(device), method="cuda max_memory_allocated")
@@ -130,21 +134,20 @@ def child(args, mode: str, ckpt: bool, batch: int) -> dict:
         base = _status_kib("VmRSS") * 1024
         if _reset_hwm():
             t0 = time.perf_counter()
-            tr.train_step(views)
+            tr.train_batch(views)
             step_s = time.perf_counter() - t0
             peak = _status_kib("VmHWM") * 1024
             method = "VmHWM after clear_refs"
         else:
             with _Poller() as poll:
                 t0 = time.perf_counter()
-                tr.train_step(views)
+                tr.train_batch(views)
                 step_s = time.perf_counter() - t0
             peak, method = poll.peak, "RSS poller (1 ms)"
         out.update(step_s=step_s, base_bytes=base, peak_bytes=peak, method=method,
                    after_bytes=_status_kib("VmRSS") * 1024)
     out["growth_bytes"] = out["peak_bytes"] - out["base_bytes"]
-    n_params = sum(p.numel() for p in tr.student.parameters())
-    out["student_params"] = n_params
+    out["trained_params"] = sum(p.numel() for p in tr.method.parameters() if p.requires_grad)
     return out
 
 
@@ -166,11 +169,11 @@ def run_child(argv: list[str], mode: str, ckpt: bool, batch: int, timeout: float
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter),
-                        config=BIG_CONFIG)
+                        config=BIG_CONFIG, method_configs=BIG_METHOD_CONFIGS)
     p.add_argument("--batches", default="1,2", help="batch sizes; two or more give a per-image slope (default: %(default)s)")
     p.add_argument("--modes", default="dino,mst,mst+dec_ckpt",
                    help="dino, mst, mst+dec_ckpt (MST with the decoder checkpointed too; only run with "
-                        "checkpointing on) (default: %(default)s)")
+                        "checkpointing on), mae, simmim (default: %(default)s)")
     p.add_argument("--checkpointing", default="0,1", help="0 / 1 list (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=300, help="cap per subprocess, s")
     p.add_argument("--_child", dest="child", default=None, help=argparse.SUPPRESS)
@@ -187,8 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = cfg["augment"]
     print(f"device: {device_name(device)}  torch {torch.__version__}")
     print(f"config: {args.config} {' '.join(args.overrides)}: {cfg['model']['arch']}/{cfg['model']['patch_size']}, "
-          f"2 x {a['global_size']} + {a['n_local']} x {a['local_size']} px, head out_dim {cfg['head']['out_dim']}, "
-          f"amp={cfg['optim']['amp'] if device.type == 'cuda' else 'fp32 (CPU)'}")
+          f"2 x {a['global_size']} + {a['n_local']} x {a['local_size']} px, head out_dim {cfg['dino']['out_dim']}, "
+          f"amp={cfg['optim']['amp'] if device.type == 'cuda' else 'fp32 (CPU)'}; mae / simmim: {args.mae_config}, "
+          f"{args.simmim_config}")
     batches = [int(b) for b in args.batches.split(",") if b]
     modes = [m for m in args.modes.split(",") if m]
     ckpts = [bool(int(c)) for c in args.checkpointing.split(",") if c != ""]

@@ -47,7 +47,7 @@ def test_every_method_keeps_the_engine_contract(name, tmp_path):
     assert trained and all(p.grad is not None for p in trained), [n for n, p in method.named_parameters()
                                                                   if p.requires_grad and p.grad is None]
     # the evaluation backbone keeps the token contract and round-trips through a checkpoint
-    bb = method.backbone()
+    bb = method.eval_backbone()
     x = views_for(method, b=2)[0]
     feats = bb.eval()(x).cls
     save_method(method, tmp_path / "checkpoint.pt")

@@ -13,7 +13,9 @@ Methods (config key `method`): mst (MST, Li et al. NeurIPS 2021; plain DINO is a
 subcommands:
   pretrain   train a ViT with a method (see configs/ for presets)
   knn        weighted k-NN accuracy of a checkpoint's frozen CLS features
-  linear     linear probe on frozen features (last CLS, or DINO-style last 4 CLS [+ pooled patches])
+  linear     linear probe on frozen features (DINO-style, or MAE's BatchNorm + linear with LARS)
+  finetune   fine-tune a checkpoint's backbone end to end (or the same ViT from scratch), low-label with
+             --train-subset
   dense      per-patch linear segmentation probe (mIoU) on a seeded Fashion-MNIST collage set
   visualize  attention / mask / reconstruction figures for images, and training curves of a run
   export     the pretrained backbone as timm-loadable .safetensors + JSON
@@ -85,14 +87,50 @@ def cmd_knn(args) -> int:
 def cmd_linear(args) -> int:
     from mst.eval.linear import run_linear
 
+    lr = args.lr
+    if lr is None:  # mae: MAE's absolute lr whatever the batch (LARS steps are relative to the weights)
+        from mst.eval.linear import MAE_PROBE_LR
+
+        lr = MAE_PROBE_LR * 256 / args.batch_size if args.probe == "mae" else 0.1
     res = run_linear(args.ckpt, data=args.data, which=args.which, kind=args.features, augment=args.augment,
-                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, train_subset=args.train_subset,
-                     test_subset=args.test_subset, random_init=args.random_init, save_path=args.save)
+                     epochs=args.epochs, lr=lr, batch_size=args.batch_size, train_subset=args.train_subset,
+                     test_subset=args.test_subset, random_init=args.random_init, save_path=args.save,
+                     probe=args.probe)
     summary = {k: v for k, v in res.items() if k != "history"}
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from mst.engine.distributed import cleanup
+    from mst.engine.trainer import NonFiniteLossError
+    from mst.finetune import run_finetune
+
+    out = args.out or str(Path(args.ckpt if Path(args.ckpt).is_dir() else Path(args.ckpt).parent)
+                          / ("finetune_scratch" if args.random_init else "finetune"))
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    if args.epochs is not None:
+        overrides.append(f"optim.epochs={args.epochs}")
+    try:
+        res = run_finetune(args.ckpt, out, preset=args.config, overrides=overrides, train_subset=args.train_subset,
+                           random_init=args.random_init, which=args.which)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    finally:
+        cleanup()
+    summary = {k: v for k, v in res.items() if k != "history"}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(f"run directory {Path(out).resolve()} (finetune.json, checkpoint.pt, metrics.jsonl; export the "
+          f"classifier with: mst export --ckpt {out} --out {out}/classifier.safetensors)")
     return 0
 
 
@@ -182,9 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("linear", help="linear probe on frozen features")
     eval_common(p)
-    p.add_argument("--features", choices=("cls", "last4", "last4_avgpool"), default="cls")
+    p.add_argument("--features", choices=("cls", "avgpool", "last4", "last4_avgpool"), default="cls",
+                   help="CLS token; mean of patch tokens; DINO's last-4 CLS [+ pooled patches]")
+    p.add_argument("--probe", choices=("dino", "mae"), default="dino",
+                   help="dino: linear + SGD; mae: BatchNorm (no affine) + linear + LARS, warm-up (MAE's protocol)")
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.1, help="lr for batch 256 (scaled by batch/256), cosine to 0")
+    p.add_argument("--lr", type=float, default=None,
+                   help="lr for batch 256 (scaled by batch/256), cosine to 0; default 0.1 (dino), MAE's absolute 6.4 "
+                        "(mae)")
     p.add_argument("--augment", action="store_true", help="random-resized-crop + flip each epoch (slow on CPU)")
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-subset", type=int, default=None)
@@ -192,6 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, help="save the trained classifier here")
     p.add_argument("--json", default=None, help="also write the results (top-1, top-5, best epoch) to this file")
     p.set_defaults(func=cmd_linear)
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint's backbone end to end (low-label: --train-subset)",
+                       description="The checkpoint decides the backbone's shape and the data; --config the recipe "
+                                   "(default configs/fashion_mnist_finetune.yaml). Resumes when --out holds a "
+                                   "checkpoint; runs under torchrun like pretrain.")
+    p.add_argument("--ckpt", required=True, help="pretraining run directory or checkpoint file")
+    p.add_argument("--config", default=None, help="fine-tuning recipe YAML (default: configs/fashion_mnist_finetune.yaml)")
+    p.add_argument("--data", default=None, help="data root (overrides data.root; default: the checkpoint's)")
+    p.add_argument("--out", default=None, help="run directory (default: CKPT_DIR/finetune or finetune_scratch)")
+    p.add_argument("--which", default=None, help="backbone of the checkpoint (default: teacher for MST, encoder for MIM)")
+    p.add_argument("--train-subset", type=int, default=None, help="a class-balanced subset of this many labels")
+    p.add_argument("--random-init", action="store_true", help="the same architecture from scratch (the baseline)")
+    p.add_argument("--epochs", type=int, default=None, help="overrides optim.epochs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", default=None, help="also write the results (with the per-epoch history) here")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("dense", help="dense (segmentation) probe on frozen patch tokens")
     eval_common(p)

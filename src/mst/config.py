@@ -132,6 +132,19 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "simmim": {  # SimMIM's decoder
         "decoder": "linear",
     },
+    "finetune": {  # supervised fine-tuning of a pretrained backbone (or from scratch), MAE / BEiT recipe
+        "init": None,  # checkpoint (run directory or file) whose backbone starts the fine-tune; null = random init
+        "init_backbone": None,  # which of its backbones (null: its default: MST's teacher, MIM's encoder)
+        "num_classes": 10,
+        "pool": "cls",  # cls (CLS token after the final norm) | avg (mean of patch tokens + fc_norm, as MAE)
+        "layer_decay": 0.75,  # lr of block i (0-based) x decay^(depth - i); embeddings x decay^(depth + 1)
+        "label_smoothing": 0.1,
+        "mixup": 0.8,  # alpha (0: off)
+        "cutmix": 1.0,  # alpha (0: off)
+        "mixup_prob": 1.0,
+        "mixup_switch_prob": 0.5,
+        "reprob": 0.25,  # random erasing probability (timm, pixel mode)
+    },
 }
 
 # keys that existed before methods had sections: an old preset gets told where its key went

@@ -54,6 +54,7 @@ def method_checkpoint(method, **extra: Any) -> dict[str, Any]:
         "method": method.state_dict(),
         "backbones": {name: f"{prefix}.vit." for name, prefix in method.backbones.items()},
         "default_backbone": method.default_backbone,
+        **method.checkpoint_info(),
         **extra,
     }
 

@@ -31,7 +31,8 @@ def export_backbone(
     norm.weight; no head, decoder or [MASK] token) to ``out_path`` (.safetensors) and metadata to the same
     name with suffix .json: {"model_name", "model_kwargs", "source_checkpoint", "which", "epoch", "mean",
     "std"}. ``which`` defaults to the checkpoint's default backbone: the teacher for MST/DINO (the better encoder,
-    as DINO releases it), the encoder for MAE / SimMIM. Returns both paths."""
+    as DINO releases it), the encoder for MAE / SimMIM. A fine-tuned checkpoint is exported whole, as a timm
+    classifier (head included; "model_kwargs" then hold num_classes and global_pool). Returns both paths."""
     from mst.engine.checkpoint import backbone_state, load_checkpoint, resolve_checkpoint, resolve_which
 
     out_path = Path(out_path)
@@ -41,10 +42,17 @@ def export_backbone(
     state = load_checkpoint(ckpt_file)
     cfg = state["config"]
     which = resolve_which(state, which)
-    weights = {k: v.detach().cpu().contiguous() for k, v in backbone_state(state, which).items()}
+    name, kwargs = timm_spec(cfg["model"], int(cfg["data"]["channels"]))
+    clf = state.get("classifier")
+    if clf is not None:  # the whole classifier, in timm's layout
+        prefix = clf["prefix"]
+        weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+        kwargs.update(num_classes=int(clf["num_classes"]), global_pool=clf["global_pool"])
+    else:
+        weights = backbone_state(state, which)
+    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     if not weights:
         raise RuntimeError(f"checkpoint {ckpt_file} holds no backbone weights under '{which}'")
-    name, kwargs = timm_spec(cfg["model"], int(cfg["data"]["channels"]))
     meta = {
         "model_name": name,
         "model_kwargs": kwargs,
@@ -58,7 +66,8 @@ def export_backbone(
     save_file(weights, str(out_path), metadata={"format": "pt", "model_name": name})
     json_path = _json_path(out_path)
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
-    log(f"exported {which} backbone ({len(weights)} tensors, timm '{name}') to {out_path} and {json_path}")
+    what = f"classifier ({kwargs['num_classes']} classes)" if clf is not None else f"{which} backbone"
+    log(f"exported the {what} ({len(weights)} tensors, timm '{name}') to {out_path} and {json_path}")
     return out_path, json_path
 
 
@@ -67,8 +76,8 @@ def load_exported(path: str | Path, json_path: str | Path | None = None) -> torc
 
     Equivalent to ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs)``
     with name/kwargs from the JSON; the overlay also states the input size, channel count, mean/std and
-    num_classes=0, so timm neither warns about channel adaptation nor looks for a classifier to drop, and
-    ``timm.data.resolve_data_config`` returns the pretraining normalisation.
+    num_classes (0 for a backbone, the classes of an exported classifier), so timm neither warns about channel
+    adaptation nor drops a classifier, and ``timm.data.resolve_data_config`` returns the training normalisation.
     """
     path = Path(path)
     meta = json.loads((Path(json_path) if json_path is not None else _json_path(path)).read_text())
@@ -76,7 +85,7 @@ def load_exported(path: str | Path, json_path: str | Path | None = None) -> torc
     size = int(kwargs["img_size"])
     overlay = dict(
         file=str(path),
-        num_classes=0,
+        num_classes=int(kwargs.get("num_classes", 0)),
         input_size=(int(kwargs["in_chans"]), size, size),
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),

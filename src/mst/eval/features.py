@@ -19,8 +19,8 @@ from mst.data.dataset import subset_indices
 from mst.models.backbone import ViTBackbone
 from mst.models.backbones import create_backbone
 
-FeatureKind = Literal["cls", "last4", "last4_avgpool", "patches"]
-KINDS: tuple[str, ...] = ("cls", "last4", "last4_avgpool", "patches")
+FeatureKind = Literal["cls", "avgpool", "last4", "last4_avgpool", "patches"]
+KINDS: tuple[str, ...] = ("cls", "avgpool", "last4", "last4_avgpool", "patches")
 Source = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader | Iterable
 Log = Callable[[str], None]
 
@@ -180,13 +180,13 @@ def _num_blocks(backbone: ViTBackbone, n: int) -> int:
 def backbone_features(backbone: ViTBackbone, x: torch.Tensor, kind: str = "cls", n_last: int = 4) -> torch.Tensor:
     """Features of one batch (no grad handling here: callers decide).
 
-    cls: final-norm CLS (B, D). last4: CLS of each of the last ``n_last`` blocks, each through the final norm,
+    cls: final-norm CLS (B, D). avgpool: mean of the final-norm patch tokens (B, D). last4: CLS of each of the last ``n_last`` blocks, each through the final norm,
     concatenated (B, n*D). last4_avgpool: last4 plus the mean of the last block's normed patch tokens
     (B, (n+1)*D). patches: final-norm patch tokens (B, N, D).
     """
-    if kind in ("cls", "patches"):
+    if kind in ("cls", "avgpool", "patches"):
         out = backbone(x)
-        return out.cls if kind == "cls" else out.patches
+        return {"cls": out.cls, "avgpool": out.patches.mean(dim=1), "patches": out.patches}[kind]
     if kind not in KINDS:
         raise ValueError(f"feature kind {kind!r} is not one of {', '.join(KINDS)}")
     if not isinstance(backbone, ViTBackbone):

@@ -1,7 +1,15 @@
-"""Linear probe on a frozen backbone (the paper's linear evaluation, appendix E, following DINO).
+"""Linear probe on a frozen backbone: DINO's (MST's appendix E) or MAE's protocol.
 
-A single ``nn.Linear`` (no BatchNorm, no extra feature normalisation) is trained with SGD (momentum 0.9, weight
-decay 0, lr = base_lr * batch / 256, cosine decay to 0). Two paths:
+``probe="dino"``: a single ``nn.Linear`` (no BatchNorm, no extra feature normalisation) trained with SGD
+(momentum 0.9, weight decay 0, lr = base_lr * batch / 256, cosine decay to 0).
+``probe="mae"``: BatchNorm without affine parameters (eps 1e-6) before the linear layer (weights N(0, 0.01)
+truncated), LARS (timm's, trust coefficient 0.001, adapted on the weight matrix only), weight decay 0, lr = base_lr
+* batch / 256 with a linear warm-up over the first 1/9 of the epochs (MAE: 10 of 90) then half-cosine; on the CLS
+token or the mean of the patch tokens (``kind="avgpool"``). With LARS a step is relative to the weight's norm
+(lr x 0.001 x |w|), so the batch does not set the step size: MAE's absolute lr (0.1 x 16384 / 256 = 6.4) is the one
+that carries over to smaller batches, and is the default (:data:`MAE_PROBE_LR`).
+
+Two paths:
 
 - ``augment=False``: features are extracted once and the probe trains on them (fast; the CPU default);
 - ``augment=True``: each epoch the frozen backbone runs on freshly augmented images (RandomResizedCrop + flip,
@@ -103,6 +111,7 @@ def train_linear_probe(
     device: str | torch.device | None = None,
     seed: int = 0,
     log: Log = print,
+    probe: str = "dino",
 ) -> dict:
     """Train a linear classifier on frozen features and report test top-1/top-5 (percent).
 
@@ -157,21 +166,20 @@ def train_linear_probe(
     test_f, test_y = test_f.to(dev), test_y.to(dev)
 
     torch.manual_seed(seed)
-    clf = nn.Linear(n_feat, num_classes).to(dev)
-    nn.init.normal_(clf.weight, std=0.01)
-    nn.init.zeros_(clf.bias)
     eff_lr = lr * batch_size / 256
-    opt = torch.optim.SGD(clf.parameters(), lr=eff_lr, momentum=momentum, weight_decay=weight_decay)
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch, eta_min=0.0)
-    log(f"linear probe: {n_train} train / {len(test_f)} test, {n_feat} features ({kind}), {num_classes} classes, "
-        f"lr {eff_lr:.4g}, {epochs} epochs{', augmented' if augment else ''}")
+    clf, opt, sched = _probe(probe, n_feat, num_classes, eff_lr, momentum, weight_decay, epochs, steps_per_epoch)
+    clf = clf.to(dev)
+    log(f"linear probe ({probe}): {n_train} train / {len(test_f)} test, {n_feat} features ({kind}), "
+        f"{num_classes} classes, lr {eff_lr:.4g}, {epochs} epochs{', augmented' if augment else ''}")
 
     history: list[dict] = []
     for epoch in range(1, epochs + 1):
         clf.train()
         total, count = 0.0, 0
         for feats, y in _epoch_batches(train_f, train_y, train_ds, backbone, kind, batch_size, crop_scale, gen, dev):
+            if len(y) < 2 and probe == "mae":
+                continue  # BatchNorm cannot normalise a batch of one (a last, ragged batch)
             loss = F.cross_entropy(clf(feats), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -199,6 +207,41 @@ def train_linear_probe(
         "num_classes": int(num_classes),
         "classifier": clf.cpu(),
     }
+
+
+PROBES = ("dino", "mae")
+MAE_PROBE_LR = 6.4  # MAE's linear-probe lr: blr 0.1 x batch 16384 / 256
+
+
+def _probe(probe: str, n_feat: int, num_classes: int, lr: float, momentum: float, weight_decay: float, epochs: int,
+           steps_per_epoch: int):
+    """(classifier, optimizer, per-step lr scheduler) of a probe protocol (see the module docstring)."""
+    total = epochs * steps_per_epoch
+    if probe == "dino":
+        clf = nn.Linear(n_feat, num_classes)
+        nn.init.normal_(clf.weight, std=0.01)
+        nn.init.zeros_(clf.bias)
+        opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return clf, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
+    if probe != "mae":
+        raise ValueError(f"probe={probe!r} is not one of {', '.join(PROBES)}")
+    from timm.optim import Lars
+
+    linear = nn.Linear(n_feat, num_classes)
+    nn.init.trunc_normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    clf = nn.Sequential(nn.BatchNorm1d(n_feat, affine=False, eps=1e-6), linear)
+    opt = Lars([{"params": [linear.weight], "always_adapt": True, "weight_decay": weight_decay},
+                {"params": [linear.bias], "always_adapt": False, "weight_decay": 0.0}],
+               lr=lr, momentum=momentum, trust_coeff=0.001)
+    warm = max(1, round(total / 9))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return step / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return clf, opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _epoch_batches(train_f, train_y, train_ds, backbone, kind, batch_size, crop_scale, gen, dev):
@@ -234,8 +277,10 @@ def run_linear(
     seed: int = 0,
     save_path: str | Path | None = None,
     log: Log = print,
+    probe: str = "dino",
 ) -> dict:
-    """Linear evaluation of a checkpoint (for ``mst linear``); ``data`` as in :func:`mst.eval.knn.run_knn`.
+    """Linear evaluation of a checkpoint (for ``mst linear``); ``data`` as in :func:`mst.eval.knn.run_knn`;
+    ``probe``: "dino" or "mae" (see the module docstring).
 
     Returns the JSON-serialisable part of :func:`train_linear_probe`'s result; ``save_path`` also writes the
     classifier's state_dict there (torch.save).
@@ -247,12 +292,13 @@ def run_linear(
     test = load_eval_split(cfg, "test", test_subset, seed + 1)
     res = train_linear_probe(
         train, test, backbone=backbone, kind=kind, augment=augment, epochs=epochs, lr=lr,
-        batch_size=batch_size, device=dev, seed=seed, log=log,
+        batch_size=batch_size, device=dev, seed=seed, log=log, probe=probe,
     )
     clf = res.pop("classifier")
     if save_path is not None:
         Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": clf.state_dict(), "kind": kind, "which": backbone.which, "checkpoint": str(ckpt)}, save_path)
+        torch.save({"state_dict": clf.state_dict(), "kind": kind, "probe": probe, "which": backbone.which,
+                    "checkpoint": str(ckpt)}, save_path)
         log(f"classifier saved to {save_path}")
-    res.update(which=backbone.which, kind=kind, augment=augment, checkpoint=str(ckpt))
+    res.update(which=backbone.which, kind=kind, probe=probe, augment=augment, checkpoint=str(ckpt))
     return res

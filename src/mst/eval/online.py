@@ -18,7 +18,7 @@ def online_knn_evaluator(cfg: dict) -> Callable:
         if not cache:
             cache["train"] = load_eval_split(cfg, "train", log_cfg["knn_train_subset"], seed=0)
             cache["test"] = load_eval_split(cfg, "test", log_cfg["knn_test_subset"], seed=1)
-        backbone = trainer.method.backbone()
+        backbone = trainer.method.eval_backbone()
         train_f, train_y = extract_features(backbone, cache["train"], "cls", 256, trainer.device)
         test_f, test_y = extract_features(backbone, cache["test"], "cls", 256, trainer.device)
         k = int(log_cfg["knn_k"])

@@ -1,8 +1,10 @@
-"""Methods (a registry, :data:`METHODS`): mst (MST / DINO), mae, simmim. Importing the package registers them."""
+"""Methods (a registry, :data:`METHODS`): mst (MST / DINO), mae, simmim, finetune (supervised). Importing the
+package registers them."""
 from mst.methods.base import METHODS, EpochData, Method, StepContext, StepOutput, build_method, load_method
 from mst.methods.mst import MST
 from mst.methods.mae import MAE
 from mst.methods.simmim import SimMIM
+from mst.methods.supervised import Supervised
 
-__all__ = ["MAE", "METHODS", "MST", "EpochData", "Method", "SimMIM", "StepContext", "StepOutput", "build_method",
+__all__ = ["MAE", "METHODS", "MST", "EpochData", "Method", "SimMIM", "StepContext", "Supervised", "StepOutput", "build_method",
            "load_method"]

@@ -96,6 +96,10 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
             (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_weight_decay": True}]
 
+    def checkpoint_info(self) -> dict:
+        """Extra entries for checkpoints (e.g. a classifier's head, for export)."""
+        return {}
+
     def after_backward(self, ctx: StepContext) -> None:
         """After gradients exist (unscaled, clipped), before the optimizer step (e.g. freeze a layer)."""
 
@@ -104,7 +108,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         return {}
 
     # -- evaluation ---------------------------------------------------------------------------------------------
-    def backbone(self, which: str | None = None) -> nn.Module:
+    def eval_backbone(self, which: str | None = None) -> nn.Module:
         """The backbone evaluation uses (``which`` in ``backbones``; default ``default_backbone``)."""
         which = which or self.default_backbone
         prefix = self.backbones[which]

@@ -47,8 +47,9 @@ class ViTArch:
             raise ValueError(f"model.embed_dim={width} is not divisible by model.num_heads={heads}")
         return self.timm_name, kwargs
 
-    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
-        return ViTBackbone(self, model_cfg, in_chans, drop_path, mask_token)
+    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
+              classifier: tuple[int, str] | None = None) -> nn.Module:
+        return ViTBackbone(self, model_cfg, in_chans, drop_path, mask_token, classifier)
 
 
 class _QKVCapture:
@@ -79,9 +80,13 @@ class ViTBackbone(nn.Module):
     """timm ViT + optional learnable [MASK] embedding + CLS-attention capture + kept-token gathering."""
 
     def __init__(self, arch: ViTArch, model_cfg: dict, in_chans: int, drop_path: float = 0.0,
-                 mask_token: bool = False) -> None:
+                 mask_token: bool = False, classifier: tuple[int, str] | None = None) -> None:
+        """``classifier`` = (num_classes, global_pool "token" | "avg"): timm's own head on top (fine-tuning);
+        ``self.vit(x)`` then returns logits, and "avg" pooling uses timm's fc_norm in place of the final norm."""
         super().__init__()
         name, kwargs = arch.timm_spec(model_cfg, in_chans)
+        if classifier is not None:
+            kwargs.update(num_classes=int(classifier[0]), global_pool=classifier[1])
         self.vit = timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)
         self.embed_dim = self.vit.embed_dim
         self.patch_size = int(model_cfg["patch_size"])

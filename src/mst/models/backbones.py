@@ -20,6 +20,8 @@ def timm_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
     return BACKBONES.get(model_cfg["arch"]).timm_spec(model_cfg, in_chans)
 
 
-def create_backbone(model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
-    """A backbone keeping the token contract (:mod:`mst.models.contract`) for ``model.arch``."""
-    return BACKBONES.get(model_cfg["arch"]).build(model_cfg, in_chans, drop_path, mask_token)
+def create_backbone(model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
+                    **kwargs) -> nn.Module:
+    """A backbone keeping the token contract (:mod:`mst.models.contract`) for ``model.arch``; ``kwargs`` go to
+    the entry's ``build`` (e.g. ``classifier=(num_classes, pool)`` for a ViT)."""
+    return BACKBONES.get(model_cfg["arch"]).build(model_cfg, in_chans, drop_path, mask_token, **kwargs)

@@ -1,0 +1,127 @@
+"""``mst finetune``: fine-tune a pretrained checkpoint's backbone (or the same ViT from scratch) on labelled data,
+on the engine that pretrains (so checkpoints, resume, SIGTERM, torchrun, logs and the NaN stop come with it).
+
+The config of a fine-tune: the ``finetune`` method's defaults, then the fine-tuning preset (the recipe), then what
+the checkpoint decides (the backbone's shape, the data and their normalisation, the image size), then the user's
+overrides. ``train_subset`` takes a class-balanced labelled subset (low-label fine-tuning). Top-1 on the test split
+is measured every ``log.knn_every`` epochs; ``finetune.json`` reports the history, the best and the last.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mst.config import load_config
+from mst.data import build_dataset
+from mst.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from mst.registry import ConfigError
+
+Log = Callable[[str], None]
+DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist_finetune.yaml"
+FROM_CHECKPOINT = ("model.arch", "model.patch_size", "model.img_size", "model.depth", "model.embed_dim",
+                   "model.num_heads", "data.name", "data.root", "data.channels", "data.mean", "data.std",
+                   "augment.global_size")
+
+
+def _get(cfg: dict, key: str):
+    section, leaf = key.split(".")
+    return cfg[section][leaf]
+
+
+def finetune_config(ckpt: str | Path, preset: str | Path | None = None, overrides: list[str] | None = None,
+                    train_subset: int | None = None, random_init: bool = False, which: str | None = None) -> dict:
+    """The resolved config of fine-tuning ``ckpt`` (see the module docstring for the order)."""
+    pre = load_checkpoint(ckpt)["config"]
+    derived = [f"{k}={json.dumps(_get(pre, k))}" for k in FROM_CHECKPOINT]
+    init = "null" if random_init else str(resolve_checkpoint(ckpt).resolve())
+    derived += ["method=finetune", f"finetune.init={init}", f"finetune.init_backbone={which or 'null'}"]
+    if train_subset is not None:
+        derived += [f"data.subset={int(train_subset)}", "data.balanced=true"]
+    cfg = load_config(preset or DEFAULT_PRESET, derived + list(overrides or []))
+    if cfg["data"]["name"] == "folder":
+        raise ConfigError("fine-tuning needs labels, but the data (data.name=folder) are unlabelled: pass a "
+                          "labelled folder with --data DIR --set data.name=image_folder (class subfolders)")
+    classes = getattr(build_dataset(dict(cfg["data"], subset=None)), "classes", None)
+    if classes and len(classes) != int(cfg["finetune"]["num_classes"]):
+        cfg = load_config(preset or DEFAULT_PRESET, derived + list(overrides or []) +
+                          [f"finetune.num_classes={len(classes)}"])
+    return cfg
+
+
+def test_evaluator(cfg: dict) -> Callable:
+    """``evaluate(trainer) -> {"test_top1", "test_top5"}`` on the config's test split (``log.knn_test_subset``
+    images, seed 1; null: all), in eval mode."""
+    from mst.eval.features import load_eval_split
+    from mst.eval.linear import topk_accuracy
+
+    cache: dict = {}
+
+    def evaluate(trainer) -> dict[str, float]:
+        if not cache:
+            cache["test"] = load_eval_split(cfg, "test", cfg["log"]["knn_test_subset"], seed=1)
+        method = trainer.method
+        was_training = method.training
+        method.eval()
+        logits, labels = [], []
+        try:
+            source = cache["test"]
+            batches = ([(source[0][i:i + 512], source[1][i:i + 512]) for i in range(0, len(source[0]), 512)]
+                       if isinstance(source, tuple) else torch.utils.data.DataLoader(source, batch_size=512))
+            for x, y in batches:
+                logits.append(method.predict(x.to(trainer.device)).float().cpu())
+                labels.append(torch.as_tensor(y))
+        finally:
+            method.train(was_training)
+        top1, top5 = topk_accuracy(torch.cat(logits), torch.cat(labels).long())
+        return {"test_top1": top1, "test_top5": top5}
+
+    return evaluate
+
+
+def summarize(run_dir: Path) -> dict:
+    """History, best and last test top-1 of a fine-tuning run, from its metrics.jsonl."""
+    history = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "test_top1" in rec:
+            history.append({"epoch": rec["epoch"], "top1": rec["test_top1"], "top5": rec["test_top5"]})
+    if not history:
+        raise RuntimeError(f"{run_dir} holds no test evaluation (log.knn_every=0?)")
+    best = max(history, key=lambda r: r["top1"])
+    return {"top1": history[-1]["top1"], "top5": history[-1]["top5"], "best_top1": best["top1"],
+            "best_epoch": best["epoch"], "history": history}
+
+
+def run_finetune(ckpt: str | Path, out_dir: str | Path, preset: str | Path | None = None,
+                 overrides: list[str] | None = None, train_subset: int | None = None, random_init: bool = False,
+                 which: str | None = None, log: Log = print) -> dict:
+    """Fine-tune (resuming if ``out_dir`` holds a checkpoint) and write ``out_dir/finetune.json``: {"top1" (last
+    evaluation), "top5", "best_top1", "best_epoch", "history", "random_init", "source", "train_images", ...}.
+    Returns it, or {"status": "preempted"} when stopped by a signal."""
+    from mst.engine.trainer import Trainer
+
+    cfg = finetune_config(ckpt, preset, overrides, train_subset, random_init, which)
+    if int(cfg["log"]["knn_every"]) < 1:
+        raise ConfigError("fine-tuning reports test top-1: set log.knn_every >= 1 (epochs between evaluations)")
+    trainer = Trainer(cfg, out_dir, log=log)
+    if not random_init:
+        name = trainer.method.init_from(cfg["finetune"]["init"], cfg["finetune"]["init_backbone"])
+        log(f"fine-tuning the {name} backbone of {cfg['finetune']['init']}")
+    else:
+        log(f"fine-tuning the architecture of {ckpt} from a random initialisation (the from-scratch baseline)")
+    status = trainer.fit(evaluator=test_evaluator(cfg))
+    if status != "done":
+        return {"status": status}
+    res = {**summarize(Path(out_dir)), "random_init": random_init, "source": str(ckpt),
+           "backbone": None if random_init else cfg["finetune"]["init_backbone"],
+           "train_images": len(trainer.pipeline.dataset), "epochs": int(cfg["optim"]["epochs"]),
+           "test_images": cfg["log"]["knn_test_subset"], "seed": int(cfg["seed"])}
+    if trainer.dist.is_main:
+        (Path(out_dir) / "finetune.json").write_text(json.dumps(res, indent=2))
+    return res

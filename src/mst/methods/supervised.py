@@ -1,0 +1,134 @@
+"""Supervised fine-tuning of a pretrained backbone (or the same ViT from scratch): how MIM methods are judged.
+
+One step:
+
+    view + labels -> mixup / cutmix (soft targets) -> random erasing -> ViT + linear head -> cross-entropy
+
+The recipe of MAE / BEiT fine-tuning, through timm's own pieces: layer-wise lr decay (``param_groups_layer_decay``),
+drop-path, label smoothing, ``Mixup`` and ``RandomErasing``; AdamW without decay on biases, norms, the CLS token
+and position embeddings; warm-up + cosine from the engine. The head sits on the CLS token or on the mean of the
+patch tokens (``finetune.pool: avg`` uses timm's fc_norm instead of the final norm, as MAE).
+"""
+from __future__ import annotations
+
+import torch
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from torch import nn
+
+from mst.data.batch import Batch
+from mst.engine.checkpoint import backbone_state, load_checkpoint, resolve_which
+from mst.methods.base import METHODS, Method, StepContext, StepOutput
+from mst.models.backbone import ViTArch
+from mst.models.backbones import BACKBONES, create_backbone
+from mst.registry import ConfigError
+
+
+@METHODS.register("finetune")
+class Supervised(Method):
+    sections = ("finetune",)
+    views = "single"
+    needs_labels = True
+    backbones = {"finetuned": "backbone"}
+    default_backbone = "finetuned"
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        f, model = cfg["finetune"], cfg["model"]
+        self.num_classes, self.pool = int(f["num_classes"]), f["pool"]
+        self.backbone = create_backbone(model, int(cfg["data"]["channels"]), drop_path=float(model["drop_path"]),
+                                        classifier=(self.num_classes, "token" if self.pool == "cls" else "avg"))
+        mixing = float(f["mixup"]) > 0 or float(f["cutmix"]) > 0
+        self.mixup = Mixup(mixup_alpha=float(f["mixup"]), cutmix_alpha=float(f["cutmix"]), prob=float(f["mixup_prob"]),
+                           switch_prob=float(f["mixup_switch_prob"]), mode="batch",
+                           label_smoothing=float(f["label_smoothing"]), num_classes=self.num_classes) if mixing else None
+        self.reprob = float(f["reprob"])
+        if mixing:  # mixup already smooths the targets
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif float(f["label_smoothing"]) > 0:
+            self.criterion = LabelSmoothingCrossEntropy(float(f["label_smoothing"]))
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        f = cfg["finetune"]
+        if f["pool"] not in ("cls", "avg"):
+            raise ConfigError(f"finetune.pool={f['pool']!r} is not one of cls, avg")
+        if int(f["num_classes"]) < 2:
+            raise ConfigError(f"finetune.num_classes={f['num_classes']} must be >= 2")
+        if not isinstance(BACKBONES.get(cfg["model"]["arch"]), ViTArch):
+            raise ConfigError(f"fine-tuning builds a timm ViT classifier; model.arch={cfg['model']['arch']!r} is "
+                              "not a ViT")
+        if not 0 < float(f["layer_decay"]) <= 1:
+            raise ConfigError(f"finetune.layer_decay={f['layer_decay']} must lie in (0, 1]")
+        if (float(f["mixup"]) > 0 or float(f["cutmix"]) > 0) and int(cfg["optim"]["batch_size"]) % 2:
+            raise ConfigError(f"mixup / cutmix pair images within a batch: optim.batch_size="
+                              f"{cfg['optim']['batch_size']} must be even")
+        if not 0 <= float(f["reprob"]) <= 1:
+            raise ConfigError(f"finetune.reprob={f['reprob']} must lie in [0, 1]")
+
+    # -- initialisation -----------------------------------------------------------------------------------------
+    def init_from(self, ckpt: str, which: str | None = None) -> str:
+        """Start from a pretrained checkpoint's backbone (its default unless ``which``): every weight but the new
+        head (and, with avg pooling, fc_norm replacing the final norm). Returns the backbone's name."""
+        state = load_checkpoint(ckpt)
+        pre = state["config"]
+        which = resolve_which(state, which)
+        if int(pre["data"]["channels"]) != int(self.cfg["data"]["channels"]):
+            raise ConfigError(f"the backbone of {ckpt} takes {pre['data']['channels']}-channel images but "
+                              f"data.channels={self.cfg['data']['channels']}: fine-tune on data like its own")
+        weights = backbone_state(state, which)
+        missing, unexpected = self.backbone.vit.load_state_dict(weights, strict=False)
+        new = ("head.", "fc_norm.")
+        missing = [k for k in missing if not k.startswith(new)]
+        unexpected = [k for k in unexpected if not (self.pool == "avg" and k.startswith("norm."))]
+        if missing or unexpected:
+            raise ConfigError(f"the backbone of {ckpt} does not fit this model (missing {missing[:4]}, unexpected "
+                              f"{unexpected[:4]}): fine-tune with the pretraining's model settings")
+        nn.init.trunc_normal_(self.backbone.vit.head.weight, std=2e-5)  # MAE: a near-zero head on a good backbone
+        nn.init.zeros_(self.backbone.vit.head.bias)
+        return which
+
+    # -- the step -----------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        x, labels = batch.views[0], batch.labels
+        # 1. Regularise the batch: mixup / cutmix (soft targets), then random erasing per image.
+        target = labels
+        if self.mixup is not None:
+            x, target = self.mixup(x, labels)
+        if self.reprob > 0:
+            x = RandomErasing(self.reprob, mode="pixel", max_count=1, device=x.device)(x)
+        # 2. Classify and score.
+        logits = self.backbone.vit(x)
+        loss = self.criterion(logits, target)
+        acc = (logits.argmax(1) == labels).float().mean().item() * 100.0
+        return StepOutput(loss=loss, metrics={"loss": loss.item(), "train_top1": acc})
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of images (eval mode is the caller's choice)."""
+        return self.backbone.vit(x)
+
+    def param_groups(self) -> list[dict]:
+        """timm's layer-wise lr decay groups ("lr_scale"), no weight decay on 1-d parameters, CLS token and
+        position embeddings; the engine scales every group's lr by its lr_scale and sets decay where it is on."""
+        vit = self.backbone.vit
+        groups = param_groups_layer_decay(vit, weight_decay=1.0, no_weight_decay_list=vit.no_weight_decay(),
+                                          layer_decay=float(self.cfg["finetune"]["layer_decay"]))
+        for g in groups:
+            if g["weight_decay"] == 0.0:
+                g["no_weight_decay"] = True
+        rest = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.vit.")]
+        if rest:
+            groups.append({"params": rest})
+        return groups
+
+    def checkpoint_info(self) -> dict:
+        return {"classifier": {"prefix": "backbone.vit.", "num_classes": self.num_classes,
+                               "global_pool": "token" if self.pool == "cls" else "avg"}}
+
+
+__all__ = ["Supervised"]
