@@ -37,6 +37,8 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "mst": (None, []),
     "mae": ("mae", []),
     "simmim": ("simmim", []),
+    "mae_amt": ("mae", ["amt.enabled=true", "amt.start=0"]),  # AMT from the first step (steady state)
+    "simmim_amt": ("simmim", ["amt.enabled=true", "amt.start=0"]),
 }
 MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
 
@@ -156,6 +158,19 @@ def paired_ratios(times: dict[str, list[float]], num: str, den: str) -> list[flo
 
 
 # -- Trainer on synthetic data ----------------------------------------------------------------------------------
+def refresh_seconds_per_image(trainer, n: int = 256) -> float:
+    """AMT: seconds per image of a refresh of the attention maps (a no-grad pass over ``n`` synthetic images)."""
+    from mst.masking import AttentionMaps
+
+    data = synthetic_base_dataset(trainer.cfg, n)
+    maps = AttentionMaps(trainer.method.masking.maps.grid)
+    maps.bind(n)
+    d = trainer.cfg["data"]
+    stats = maps.refresh(trainer.method.encoder, data, int(trainer.cfg["augment"]["global_size"]), d["mean"], d["std"],
+                         0, trainer.device, int(trainer.cfg["amt"]["batch_size"]))
+    return stats["amt_refresh_s"] / n
+
+
 def synthetic_base_dataset(cfg: dict, n: int | None = None):
     """An in-memory uint8 dataset of ``n`` (default one batch of) images at the global crop size."""
     from mst.data import ArrayDataset
@@ -194,6 +209,9 @@ def build_trainer(cfg: dict, device: torch.device | str = "cpu", steady_state: b
     with _synthetic_data(cfg):
         tr = Trainer(cfg, out, dist_info=DistInfo(device=device), log=lambda *a, **k: None)
     tr.method.train()  # the benchmarks feed ready batches to train_batch, whatever augment.backend says
+    maps = getattr(getattr(tr.method, "masking", None), "maps", None)
+    if maps is not None:  # AMT: a buffer for the synthetic dataset (ones until a refresh)
+        maps.bind(len(tr.pipeline.dataset))
     if steady_state:
         o = cfg["optim"]
         tr.epoch = min(int(cfg.get("dino", {}).get("freeze_last_layer", 0)), int(o["epochs"]) - 1)

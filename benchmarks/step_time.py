@@ -1,7 +1,10 @@
-"""Step time of every method relative to DINO's, on the same machine, in one run.
+"""Step time of every method relative to DINO's (and of AMT relative to its plain method), in one run.
 
 Trainers are built for DINO (``mst.mask=none``, ``mst.decoder=none``), MST's parts (mask only, decoder only), MST,
-and the MIM methods (MAE, SimMIM) on their own presets, all at the same batch size (DINO's, unless --batch).
+the MIM methods (MAE, SimMIM) on their own presets, and MAE / SimMIM with AMT from the first step, all at the same
+batch size (DINO's, unless --batch). AMT also costs a refresh of the attention maps every amt.interval epochs: a
+no-grad pass over the training set, timed here on synthetic images and amortised per step (seconds per image x
+batch / interval), printed beside the step ratio.
 Each gets ready-made synthetic batches of its own view shapes (multi-crop or one view; no data pipeline), is
 warmed up, then all are timed one ``Trainer.train_batch`` each per round, round after round, with the order
 rotated every round. Reported: the median step time and images/s of each, and the median over rounds of the
@@ -13,6 +16,9 @@ the process waited for a core on a shared machine; wall times are printed next t
     python benchmarks/step_time.py --config configs/imagenet_deit_small_300ep.yaml \\
         --mae-config configs/imagenet_mae_vit_base_800ep.yaml \\
         --simmim-config configs/imagenet_simmim_vit_base_800ep.yaml --device cuda --amp bf16 --batch 64
+    python benchmarks/step_time.py --variants mae,mae_amt,simmim,simmim_amt --batch 8 --rounds 3 \\
+        --mae-config configs/imagenet_mae_vit_base_800ep.yaml \\
+        --simmim-config configs/imagenet_simmim_vit_base_800ep.yaml  # ViT-B/16 at 224 px on CPU: a few steps
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch  # noqa: E402
 
 from common import (  # noqa: E402
     VARIANTS, add_common_args, alternate, build_trainer, device_name, environment, make_batch, median,
-    paired_ratios, print_table, setup_threads, variant_cfg, write_json,
+    paired_ratios, print_table, refresh_seconds_per_image, setup_threads, variant_cfg, write_json,
 )
 
 TARGET = 1.10  # MST / DINO
@@ -44,17 +50,16 @@ def main(argv: list[str] | None = None) -> dict:
     setup_threads(args)
     device = torch.device(args.device)
     names = [v for v in args.variants.split(",") if v]
-    if "dino" not in names:
-        names.insert(0, "dino")
+    base = "dino" if "dino" in names else names[0]  # the denominator of the "vs" ratios
 
     t0 = time.perf_counter()
     cfgs = {name: variant_cfg(args, name) for name in names}
-    batch = args.batch or int(cfgs["dino"]["optim"]["batch_size"])
+    batch = args.batch or int(cfgs[base]["optim"]["batch_size"])
     trainers = {name: build_trainer(cfgs[name], device) for name in names}
     batches = {name: make_batch(cfgs[name], device, batch) for name in names}
     print(f"device: {device_name(device)}  torch {torch.__version__}")
     print(f"configs: {args.config} (MST variants), {args.mae_config}, {args.simmim_config} "
-          f"{' '.join(args.overrides)}; batch {batch} for every variant, amp={cfgs['dino']['optim']['amp']}")
+          f"{' '.join(args.overrides)}; batch {batch} for every variant, amp={cfgs[base]['optim']['amp']}")
     print(f"built in {time.perf_counter() - t0:.1f}s; warm-up {args.warmup} round(s), {args.rounds} timed rounds")
 
     fns = {n: (lambda tr=trainers[n], b=batches[n]: tr.train_batch(b)) for n in names}
@@ -69,28 +74,43 @@ def main(argv: list[str] | None = None) -> dict:
                         "batch": batch, "rounds": args.rounds, "primary_measure": measure, "variants": {}}
     for n in names:
         med_w, med_c = median(wall[n]), median(cpu[n])
-        ratio_w, ratio_c = median(paired_ratios(wall, n, "dino")), median(paired_ratios(cpu, n, "dino"))
+        ratio_w, ratio_c = median(paired_ratios(wall, n, base)), median(paired_ratios(cpu, n, base))
         rows.append({"variant": n, "method": cfgs[n]["method"], "wall median (s)": med_w, "cpu median (s)": med_c,
-                     "img/s (wall)": batch / med_w, "wall ratio vs DINO": ratio_w, "cpu ratio vs DINO": ratio_c})
+                     "img/s (wall)": batch / med_w, f"wall ratio vs {base}": ratio_w, f"cpu ratio vs {base}": ratio_c})
         result["variants"][n] = {
             "method": cfgs[n]["method"], "wall_s": wall[n], "cpu_s": cpu[n], "wall_median_s": med_w,
-            "cpu_median_s": med_c, "images_per_s": batch / med_w, "ratio_vs_dino_wall": ratio_w,
-            "ratio_vs_dino_cpu": ratio_c, "ratio_vs_dino": median(paired_ratios(primary, n, "dino")),
+            "cpu_median_s": med_c, "images_per_s": batch / med_w, "ratio_vs_base_wall": ratio_w,
+            "ratio_vs_base_cpu": ratio_c, "ratio_vs_base": median(paired_ratios(primary, n, base)),
         }
+    result["base"] = base
     print()
     print_table(rows)
     print("(ratios: median over rounds of the ratio of two steps timed back to back in the same round)")
-    if "mst" in wall:
-        r = result["variants"]["mst"]["ratio_vs_dino"]
+    if "mst" in wall and base == "dino":
+        r = result["variants"]["mst"]["ratio_vs_base"]
         verdict = "OK" if r <= TARGET else "ABOVE TARGET"
         print(f"\nMST / DINO step time ({measure}) = {r:.3f}  (target <= {TARGET}: {verdict})")
         if "mask_only" in wall and "decoder_only" in wall:
-            print(f"  mask alone adds {result['variants']['mask_only']['ratio_vs_dino'] - 1:+.1%}, "
-                  f"decoder alone adds {result['variants']['decoder_only']['ratio_vs_dino'] - 1:+.1%} (vs DINO)")
+            print(f"  mask alone adds {result['variants']['mask_only']['ratio_vs_base'] - 1:+.1%}, "
+                  f"decoder alone adds {result['variants']['decoder_only']['ratio_vs_base'] - 1:+.1%} (vs DINO)")
         result["mst_over_dino"] = r
     for n in ("mae", "simmim"):
-        if n in wall:
-            print(f"{n.upper()} / DINO step time ({measure}) = {result['variants'][n]['ratio_vs_dino']:.3f}")
+        if n in wall and base == "dino":
+            print(f"{n.upper()} / DINO step time ({measure}) = {result['variants'][n]['ratio_vs_base']:.3f}")
+    for plain in ("mae", "simmim"):
+        amt = f"{plain}_amt"
+        if plain in wall and amt in wall:
+            step_ratio = median(paired_ratios(primary, amt, plain))
+            per_image = refresh_seconds_per_image(trainers[amt])
+            interval = int(cfgs[amt]["amt"]["interval"])
+            amortised = per_image * batch / interval
+            t_plain = median(primary[plain])
+            total = (median(primary[amt]) + amortised) / t_plain
+            print(f"{amt.upper()} / {plain.upper()} step time ({measure}) = {step_ratio:.3f}; a refresh costs "
+                  f"{per_image * 1e3:.2f} ms per image, {amortised * 1e3:.1f} ms per step over amt.interval={interval} "
+                  f"epoch(s): {total:.3f} with it")
+            result[f"{amt}_over_{plain}"] = {"step": step_ratio, "refresh_s_per_image": per_image,
+                                             "amortised_refresh_s_per_step": amortised, "with_refresh": total}
     print(f"total {time.perf_counter() - t0:.0f}s")
     write_json(args.json, result)
     return result

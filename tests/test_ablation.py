@@ -62,7 +62,7 @@ def test_results_json_holds_every_variant_and_seed(tiny_run):
     assert [v["variant"] for v in data["variants"]] == VARIANTS
     for v in data["variants"]:
         assert v["n_seeds"] == 2 and v["seeds"] == [0, 1]
-        assert set(METRICS) <= set(v["stats"])
+        assert set(data["metrics"]) == set(METRICS) - {"finetune_top1"} <= set(v["stats"])  # tiny: no fine-tune
         for seed in (0, 1):
             run_dir = out / v["variant"] / f"seed{seed}"
             per_run = json.loads((run_dir / "results.json").read_text())

@@ -125,3 +125,15 @@ def test_online_knn_on_an_unlabelled_folder_is_switched_off_with_a_warning():
     with pytest.warns(UserWarning, match="online evaluation is switched off"):
         cfg = load_config(overrides=["data.name=folder", "data.root=/tmp", "log.knn_every=1"])
     assert cfg["log"]["knn_every"] == 0
+
+
+def test_a_preset_can_lay_itself_over_a_base(tmp_path):
+    amt = load_config(ROOT / "fashion_mnist_mae_amt.yaml")
+    plain = load_config(ROOT / "fashion_mnist_mae.yaml")
+    assert amt["amt"]["enabled"] and not plain["amt"]["enabled"]
+    amt["amt"]["enabled"] = False
+    assert amt == plain  # one key apart
+    (tmp_path / "a.yaml").write_text("base: b.yaml\noptim:\n  epochs: 3\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="makes a loop"):
+        load_config(tmp_path / "a.yaml")

@@ -103,7 +103,7 @@ def test_mixup_and_cutmix_go_through_timm(pretrained, monkeypatch):
     from timm.data import Mixup
 
     path, _ = pretrained
-    method = build_method(finetune_config(path, overrides=FT))
+    method = build_method(finetune_config(path, overrides=FT + ["finetune.mixup=0.8", "finetune.cutmix=1.0"]))
     assert isinstance(method.mixup, Mixup) and method.mixup.mixup_alpha == 0.8 and method.mixup.cutmix_alpha == 1.0
     calls = []
     real = Mixup.__call__
@@ -122,7 +122,7 @@ def test_mixup_and_cutmix_go_through_timm(pretrained, monkeypatch):
     off = build_method(finetune_config(path, overrides=FT + ["finetune.mixup=0", "finetune.cutmix=0"]))
     assert off.mixup is None and type(off.criterion).__name__ == "LabelSmoothingCrossEntropy"
     with pytest.raises(ConfigError, match="optim.batch_size=7 must be even"):
-        finetune_config(path, overrides=FT + ["optim.batch_size=7"])
+        finetune_config(path, overrides=FT + ["optim.batch_size=7", "finetune.mixup=0.8"])
 
 
 def test_finetune_resumes_exactly_and_exports_a_timm_classifier(pretrained, tmp_path):

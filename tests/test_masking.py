@@ -65,7 +65,7 @@ def test_none_strategy_and_registry():
 
 
 # every registered strategy keeps the MaskResult contract (timm-style: one test over the registry)
-SECTION = {"mask_p": 0.3, "mask_num": 4, "mask_ratio": 0.6, "mask_patch_size": 8}
+SECTION = {"mask_p": 0.3, "mask_num": 4, "mask_ratio": 0.6, "mask_patch_size": 8, "throw_ratio": 0.2}
 
 
 @pytest.mark.parametrize("name", MASKS.names())

@@ -122,6 +122,25 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "mask_ratio": 0.75,  # share of tokens (patches) or mask units (blocks) masked, in [0, 1)
         "mask_patch_size": None,  # blocks: mask unit side in pixels, a multiple of model.patch_size (null: patch)
         "norm_pix_loss": True,  # target = per-patch normalised pixels
+        "degradation": "none",  # Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | decolorize
+    },
+    "degrade": {  # the degradations' settings (Beyond Masking's reference values at 224 px)
+        "zoom_in": 1.2857142857142858,  # 9/7: the input is the centre 224 of a 288 px field of view
+        "ring_weight": 0.2,  # zoom_in: share of the loss on the border ring the input does not show
+        "zoom_out": 1.4,  # 7/5: a 160 px image in a 224 px mirror-padded canvas
+        "distort": [0.15, 0.25],  # fisheye strength range
+        "blur_kernel": 7,
+        "blur_sigma": [0.5, 2.0],
+        "decolor_max": 0.6666666666666666,  # channel weights ~ U(0, 2/3)
+    },
+    "amt": {  # AMT: attention-driven masking and throwing, an option of MAE and SimMIM
+        "enabled": False,
+        "mask_ratio": None,  # null: the reference's for the method (MAE 0.45, SimMIM 0.44 of the units)
+        "throw_ratio": None,  # null: MAE 0.40, SimMIM 0.26
+        "start": 40,  # epoch from which masks follow the maps (plain mim.mask before); the first refresh
+        "interval": 40,  # epochs between refreshes of the maps
+        "order": "mask_first",  # mask_first (reference) | throw_first | throw_lowest
+        "batch_size": 256,  # images per batch of the refresh pass
     },
     "mae": {  # MAE's decoder
         "decoder": "transformer",
@@ -270,7 +289,9 @@ def apply_override(cfg: dict, item: str) -> None:
             node = node[part]
 
 
-def _read_yaml(path: str | Path) -> dict:
+def _read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A preset as a nested dict. ``base: other.yaml`` (relative to this file) is read first and this file's keys
+    are laid over it, so a variant preset holds only what it changes."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -280,7 +301,23 @@ def _read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"config file {path}: 'base: {base}' makes a loop")
+    merged = _read_yaml(base_path, seen + (path.resolve(),))
+    _lay_over(merged, data)
+    return merged
+
+
+def _lay_over(base: dict, top: dict) -> None:
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _lay_over(base[k], v)
+        else:
+            base[k] = v
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:

@@ -70,11 +70,24 @@ def backbone_names(ckpt: dict) -> tuple[list[str], str]:
 
 def backbone_state(ckpt: dict, which: str | None = None) -> dict[str, torch.Tensor]:
     """The timm-layout weights of backbone ``which`` (default: the checkpoint's default) of a loaded checkpoint:
-    no head, decoder or [MASK] token; a fine-tuned classifier's ``head.*`` is left out too."""
+    no head, decoder or [MASK] token; a fine-tuned classifier's ``head.*`` is left out too. A patch embedding of
+    fewer channels than the data's is adapted to them (:func:`adapt_input_channels`)."""
     which = resolve_which(ckpt, which)
     prefix = ckpt["backbones"][which]
-    return {k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix) and
-            not k[len(prefix):].startswith("head.")}
+    state = {k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix) and
+             not k[len(prefix):].startswith("head.")}
+    return adapt_input_channels(state, int(ckpt["config"]["data"]["channels"]))
+
+
+def adapt_input_channels(state: dict[str, torch.Tensor], channels: int) -> dict[str, torch.Tensor]:
+    """A patch embedding trained on fewer channels than the data have (Beyond Masking's de-colourised input: 1)
+    adapted with timm's ``adapt_input_conv``: the weight repeated over the channels and scaled by 1/C."""
+    key = "patch_embed.proj.weight"
+    if key in state and state[key].shape[1] != channels:
+        from timm.models import adapt_input_conv
+
+        state = {**state, key: adapt_input_conv(channels, state[key], base_chans=int(state[key].shape[1]))}
+    return state
 
 
 def resolve_which(ckpt: dict, which: str | None) -> str:

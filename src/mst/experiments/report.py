@@ -17,8 +17,10 @@ LABELS = {
     "dense_miou": "Dense mIoU (%)",
     "linear_best_top1": "Linear best-epoch top-1 (%)",
     "dense_pixel_acc": "Dense pixel acc. (%)",
+    "finetune_top1": "Low-label fine-tune top-1 (%)",
+    "finetune_best_top1": "Low-label fine-tune best top-1 (%)",
 }
-PLOTTED = ("knn_top1_k20", "linear_top1", "dense_miou")
+PLOTTED = ("knn_top1_k20", "linear_top1", "dense_miou", "finetune_top1")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from typing import Callable
 
 import yaml
 
-from mst.config import ConfigError, _flatten, load_config, method_class
+from mst.config import ConfigError, _flatten, _read_yaml, load_config, method_class
 from mst.experiments.specs import ABLATIONS, PROTOCOLS, Protocol, Variant
 
 Log = Callable[[str], None]
@@ -40,7 +40,7 @@ def _preset_path(preset: str | None) -> Path | None:
 
 
 def _method_of(preset: Path | None, overrides: list[str]) -> str:
-    method = (yaml.safe_load(preset.read_text()) or {}).get("method", "mst") if preset else "mst"
+    method = _read_yaml(preset).get("method", "mst") if preset else "mst"
     for o in overrides:
         key, _, value = o.partition("=")
         if key.strip() == "method":
@@ -102,8 +102,9 @@ def pretrain(cfg: dict, run_dir: Path, log: Log = print) -> dict:
 def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
              random_init: bool = False) -> tuple[dict, dict]:
     """k-NN (k=10, 20) and a linear probe on the same frozen CLS features of the checkpoint's default backbone
-    (teacher for MST, encoder for MIM; extracted once), then the dense probe when the protocol has one. ``random_init``: the same architecture untrained (seed 0), the no-pretraining reference.
-    Returns (metrics, wall seconds per evaluation)."""
+    (teacher for MST, encoder for MIM; extracted once), then the dense probe and the low-label fine-tune when the
+    protocol has them. ``random_init``: the same architecture untrained (seed 0), the no-pretraining reference
+    (its fine-tune is the from-scratch baseline). Returns (metrics, wall seconds per evaluation)."""
     from mst.eval.dense import run_dense
     from mst.eval.features import default_device, extract_features, load_eval_backbone, load_eval_split
     from mst.eval.knn import knn_accuracy
@@ -133,6 +134,16 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
                           seed=0, device=dev, random_init=random_init, log=lambda s: None)
         wall["dense_s"] = time.perf_counter() - t0
         metrics.update(dense_miou=dense["miou"], dense_pixel_acc=dense["pixel_acc"])
+    if proto.finetune:
+        from mst.finetune import run_finetune
+
+        t0 = time.perf_counter()
+        f = proto.finetune
+        res = run_finetune(run_dir, run_dir / ("finetune_scratch" if random_init else "finetune"),
+                           preset=_preset_path(f["preset"]), overrides=list(f.get("overrides", ())),
+                           train_subset=f["train_subset"], random_init=random_init, log=lambda s: None)
+        wall["finetune_s"] = time.perf_counter() - t0
+        metrics.update(finetune_top1=res["top1"], finetune_best_top1=res["best_top1"])
     log("  " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return metrics, wall
 

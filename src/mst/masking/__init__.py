@@ -1,12 +1,13 @@
 """Mask strategies (a registry, :data:`MASKS`) and [MASK] token replacement. Importing the package registers the
-built-in strategies: none, random, attention (MST), patches (MAE), blocks (SimMIM)."""
+built-in strategies: none, random, attention (MST), patches (MAE), blocks (SimMIM), amt (AMT)."""
 from mst.masking.base import MASKS, MaskResult, MaskStrategy, build_mask_strategy
 from mst.masking.bernoulli import NoMask, RandomMask
 from mst.masking.attention import AttentionGuidedMask, low_attention_candidates
 from mst.masking.ratio import BlockMask, PatchRatioMask
 from mst.masking.replace import replace_tokens
+from mst.masking.amt import AMTMask, AttentionMaps, crop_maps
 
 __all__ = [
-    "MASKS", "AttentionGuidedMask", "BlockMask", "MaskResult", "MaskStrategy", "NoMask", "PatchRatioMask",
+    "AMTMask", "AttentionMaps", "crop_maps", "MASKS", "AttentionGuidedMask", "BlockMask", "MaskResult", "MaskStrategy", "NoMask", "PatchRatioMask",
     "RandomMask", "build_mask_strategy", "low_attention_candidates", "replace_tokens",
 ]

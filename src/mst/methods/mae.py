@@ -1,14 +1,16 @@
-"""MAE (He et al., CVPR 2022): hide most patches, encode only the visible ones, reconstruct the hidden pixels.
+"""MAE (He et al., CVPR 2022): hide most patches, encode only the visible ones, reconstruct the hidden pixels;
+with AMT (attention-driven masking and throwing) and Beyond Masking's degradations as options.
 
 One step:
 
-    view -> mask (a share of patches, per image) -> encoder on the visible tokens
+    view -> [degrade] -> mask (a share of patches, per image) -> encoder on the visible tokens
          -> decoder (visible tokens + a mask token at every hidden position) -> MSE on the hidden patches
 
 Faithful to the reference code: exactly ``int(N * (1 - mask_ratio))`` visible tokens per image, fixed 2-d sin-cos
 positions in the encoder (``model.pos_embed: sincos`` in the presets) and the decoder, xavier-uniform linear
 layers, per-patch normalised targets (``mim.norm_pix_loss``), the loss averaged over the hidden patches only.
-A strategy that throws tokens (AMT) is honoured: thrown tokens are neither encoded, decoded nor in the loss.
+AMT's thrown tokens are neither encoded, decoded nor in the loss. With a degradation (``mim.degradation``) the
+encoder sees the degraded view and the decoder reconstructs the clean one (see :mod:`mst.degradations`).
 """
 from __future__ import annotations
 
@@ -16,15 +18,15 @@ import torch
 from torch import nn
 
 from mst.data.batch import Batch
-from mst.losses import patch_mse
-from mst.masking import build_mask_strategy
-from mst.figures import Panel
+from mst.degradations import Degraded, build_degradation
+from mst.figures import Panel, to_display
+from mst.losses import normalize_patches, patch_mse
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
-from mst.methods.mim_common import draw_mask, reconstruction_panels, validate_mim
+from mst.methods.mim_common import MIMMasking, amt_view, draw_mask, reconstruction_panels, validate_mim
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.decoders.transformer import xavier_init
-from mst.models.tokens import gather_tokens, keep_indices, patchify
+from mst.models.tokens import gather_tokens, keep_indices, patchify, unpatchify
 from mst.registry import ConfigError
 
 
@@ -40,28 +42,41 @@ def mae_init(vit: nn.Module) -> None:
 
 @METHODS.register("mae")
 class MAE(Method):
-    sections = ("mim", "mae")
+    sections = ("mim", "mae", "amt", "degrade")
     views = "single"
     backbones = {"encoder": "encoder"}
     default_backbone = "encoder"
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        model, channels = cfg["model"], int(cfg["data"]["channels"])
+        model, self.channels = cfg["model"], int(cfg["data"]["channels"])
         self.patch = int(model["patch_size"])
-        self.encoder = create_backbone(model, channels, drop_path=float(model["drop_path"]))
+        self.degradation = build_degradation(cfg["mim"]["degradation"], cfg["degrade"])
+        self.encoder = create_backbone(model, self.degradation.input_channels(self.channels),
+                                       drop_path=float(model["drop_path"]))
         mae_init(self.encoder.vit)
         grid = (int(model["img_size"]) // self.patch,) * 2
-        self.decoder = build_decoder(cfg["mae"]["decoder"], cfg["mae"], self.encoder.embed_dim, self.patch, channels,
-                                     grid, "mae.decoder")
-        self.masking = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
+        self.decoder = build_decoder(cfg["mae"]["decoder"], cfg["mae"], self.encoder.embed_dim, self.patch,
+                                     self.channels, grid, "mae.decoder")
+        self.masking = MIMMasking(cfg)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
         validate_mim(cfg, drops_tokens=True)
-        if cfg["mim"]["mask"] == "none" or float(cfg["mim"]["mask_ratio"]) == 0.0:
-            raise ConfigError(f"mim.mask={cfg['mim']['mask']!r} with mim.mask_ratio={cfg['mim']['mask_ratio']} hides "
-                              "nothing, so MAE has nothing to reconstruct")
+        mim = cfg["mim"]
+        degraded = mim["degradation"] != "none"
+        if not degraded and (mim["mask"] == "none" or float(mim["mask_ratio"]) == 0.0):
+            raise ConfigError(f"mim.mask={mim['mask']!r} with mim.mask_ratio={mim['mask_ratio']} hides nothing, so MAE "
+                              "has nothing to reconstruct (unless mim.degradation degrades the view)")
+        if degraded:
+            d = build_degradation(mim["degradation"], cfg["degrade"])
+            try:
+                d.check(int(cfg["data"]["channels"]), int(cfg["augment"]["global_size"]), int(cfg["model"]["patch_size"]))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            if cfg["amt"]["enabled"]:
+                raise ConfigError("mim.degradation and amt.enabled do not combine: a degradation compares the whole "
+                                  "reconstructed view, which needs every token decoded, and AMT throws tokens away")
         name = cfg["mae"]["decoder"]
         if decoder_kind(name, "mae.decoder") != "visible_tokens":
             raise ConfigError(f"mae.decoder={name!r} decodes a full token grid; MAE's encoder output holds only the "
@@ -70,35 +85,84 @@ class MAE(Method):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         x = batch.views[0]
 
-        # 1. Mask: per image, which tokens the encoder sees (keep) and which it must reconstruct (mask).
-        m = draw_mask(self.masking, x, self.patch, ctx.generator)
+        # 0. Degrade (Beyond Masking; "none": the view itself): the encoder's input and the clean target.
+        d = self.degradation(x, ctx.generator)
+
+        # 1. Mask: per image, which tokens the encoder sees (keep) and which it must reconstruct (mask); with AMT
+        #    (from amt.start) drawn by the stored attention maps, and the rest thrown away.
+        m = self.masking(batch, ctx.epoch, ctx.generator)
         keep = m.keep if m.keep is not None else ~m.mask
 
         # 2. Encoder on the visible tokens only (position embeddings added before they are gathered).
-        z = self.encoder(x, keep=keep)
+        z = self.encoder(d.input, keep=keep)
 
         # 3. Decoder: the visible tokens and a mask token at every hidden position (thrown tokens: neither).
         decode_index = keep_indices(keep | m.mask)
         pred = self.decoder(z.cls, z.patches, z.keep_index, decode_index)
 
-        # 4. Loss: mean squared error per patch, averaged over the hidden patches.
-        target = gather_tokens(patchify(x, self.patch), decode_index)
-        hidden = gather_tokens(m.mask, decode_index)
-        loss = patch_mse(pred, target, hidden, bool(self.cfg["mim"]["norm_pix_loss"]))
+        # 4. Loss: mean squared error per patch, averaged over the hidden patches (all of them when nothing is
+        #    hidden); with a degradation, compared in the frame the degradation says.
+        norm_pix = bool(self.cfg["mim"]["norm_pix_loss"])
+        if self.cfg["mim"]["degradation"] == "none":
+            target = gather_tokens(patchify(x, self.patch), decode_index)
+            loss = patch_mse(pred, target, gather_tokens(m.mask, decode_index), norm_pix)
+        else:
+            loss = degraded_loss(pred, d, m.mask, self.patch, norm_pix)
         metrics = {"loss": loss.item(), "mask_ratio": m.mask.float().mean().item(),
                    "visible_ratio": keep.float().mean().item()}
         return StepOutput(loss=loss, metrics=metrics, mask=m.mask)
 
+    def on_epoch_start(self, epoch: int, data) -> dict[str, float]:
+        return self.masking.on_epoch_start(epoch, self.encoder, data)
+
     @torch.no_grad()
     def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
-        m = draw_mask(self.masking, images, self.patch, generator)
+        """Masked input (thrown tokens black), reconstruction, reconstruction pasted into the visible tokens; with
+        AMT first the image's attention map and the map of a random crop, the crop being what is masked; with a
+        degradation first the clean view and the degraded input, the reconstruction being of the clean view."""
+        extra: list[list[Panel]] = [[] for _ in images]
+        shown = images
+        if self.masking.amt is not None:
+            images, m, extra = amt_view(self.masking, self.encoder, images, generator or torch.Generator())
+            shown = images
+        else:
+            m = draw_mask(self.masking.random, images, self.patch, generator)
+        d = self.degradation(images, generator)
         keep = m.keep if m.keep is not None else ~m.mask
-        z = self.encoder(images, keep=keep)
+        z = self.encoder(d.input, keep=keep)
         everything = keep_indices(torch.ones_like(keep))
         pred = self.decoder(z.cls, z.patches, z.keep_index, everything)
-        d = self.cfg["data"]
-        return reconstruction_panels(images, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), d["mean"],
-                                     d["std"])
+        c = self.cfg["data"]
+        if self.cfg["mim"]["degradation"] != "none":
+            shown = d.input if d.input.shape[1] == images.shape[1] else d.input.expand_as(images)
+            extra = [[Panel("clean view", to_display(images[i], c["mean"], c["std"]))] for i in range(len(images))]
+        rows = reconstruction_panels(shown, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), c["mean"],
+                                     c["std"])
+        if self.cfg["mim"]["degradation"] != "none":  # the reconstruction is of the clean view: no pasting
+            rows = [[Panel(f"degraded input, {r[0].title}", r[0].image, None), r[1]] for r in rows]
+        return [e + r for e, r in zip(extra, rows)]
 
 
-__all__ = ["MAE", "mae_init"]
+def degraded_loss(pred: torch.Tensor, d: Degraded, mask: torch.Tensor, patch: int, norm_pix: bool) -> torch.Tensor:
+    """The loss of a degraded view. ``pred`` (B, N, P): every token's pixels of the clean view (the target's frame).
+    Per-token MSE in the input's frame (the prediction and the target mapped there, for zooms) on the hidden tokens
+    (every token when nothing is hidden), plus, for a region (the zoom-in ring), MSE on its pixels of the target's
+    frame, with the region's share of the loss."""
+    b, _, h, w = d.target.shape
+    grid = (h // patch, w // patch)
+    image = unpatchify(pred.float(), patch, grid, d.target.shape[1])
+    pred_in, target_in = image, d.target.float()
+    if d.to_input_frame is not None:
+        pred_in, target_in = d.to_input_frame(image), d.to_input_frame(target_in)
+    weight = mask if bool(mask.any()) else torch.ones_like(mask)
+    main = patch_mse(patchify(pred_in, patch), patchify(target_in, patch), weight, norm_pix)
+    if d.region is None or d.region_weight == 0:
+        return main
+    target = patchify(d.target.float(), patch)
+    target = unpatchify(normalize_patches(target) if norm_pix else target, patch, grid, d.target.shape[1])
+    region = d.region.expand(b, 1, h, w)
+    ring = (((image - target) ** 2) * region).sum() / (region.sum() * d.target.shape[1]).clamp_min(1.0)
+    return (1 - d.region_weight) * main + d.region_weight * ring
+
+
+__all__ = ["MAE", "degraded_loss", "mae_init"]

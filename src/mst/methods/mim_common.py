@@ -1,9 +1,12 @@
-"""What MAE and SimMIM share: config checks of the ``mim`` section, the mask draw, and reconstruction panels."""
+"""What MAE and SimMIM share: config checks of the ``mim`` and ``amt`` sections, which tokens a step hides (and,
+with AMT, throws), and reconstruction panels."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from mst.masking import MaskResult, build_mask_strategy
+from mst.masking import AMTMask, AttentionMaps, MaskResult, build_mask_strategy
+from mst.masking.amt import ORDERS
 from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
 from mst.models.tokens import patchify, unpatchify
@@ -15,6 +18,9 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
     that divides the image; ``drops_tokens``: the method will use the keep contract, which the backbone must
     support."""
     mim, model = cfg["mim"], cfg["model"]
+    if cfg["amt"]["enabled"] and not BACKBONES.get(model["arch"]).drops_tokens:
+        raise ConfigError(f"AMT throws tokens away and reads a CLS attention: model.arch={model['arch']!r} can "
+                          "do neither (a ViT can)")
     if drops_tokens and not BACKBONES.get(model["arch"]).drops_tokens:
         raise ConfigError(f"model.arch={model['arch']!r} cannot drop tokens (its windows need the whole grid), which "
                           f"{cfg['method']} does with mim.mask={mim['mask']!r}: use a ViT")
@@ -28,7 +34,109 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
             raise ConfigError(f"mim.mask_patch_size={unit} is not a multiple of model.patch_size={patch}")
         if size % int(unit):
             raise ConfigError(f"mim.mask_patch_size={unit} does not divide the image (augment.global_size={size})")
+    if mim["mask"] == "amt":
+        raise ConfigError("mim.mask='amt' is not a masking of its own: set amt.enabled=true (AMT takes over from "
+                          "mim.mask at amt.start, once the attention maps exist)")
     build_mask_strategy(mim["mask"], mim, int(model["patch_size"]), "mim.mask")
+    if cfg["amt"]["enabled"]:
+        a = cfg["amt"]
+        mask_ratio, throw_ratio = amt_ratios(cfg)
+        if not (0 <= mask_ratio < 1 and 0 <= throw_ratio < 1 and mask_ratio + throw_ratio < 1):
+            raise ConfigError(f"amt.mask_ratio={mask_ratio} and amt.throw_ratio={throw_ratio} must each lie in [0, 1) "
+                              "and sum to less than 1 (something must stay visible)")
+        if a["order"] not in ORDERS:
+            raise ConfigError(f"amt.order={a['order']!r} is not one of {', '.join(ORDERS)}")
+        if int(a["start"]) < 0 or int(a["interval"]) < 1:
+            raise ConfigError(f"amt.start={a['start']} must be >= 0 and amt.interval={a['interval']} >= 1")
+
+
+# the reference code's ratios (guijiejie/AMT): MAE masks 45 % and throws 40 % of the patches; SimMIM 44 % / 26 % of
+# its mask units
+AMT_RATIOS = {"mae": (0.45, 0.40), "simmim": (0.44, 0.26)}
+
+
+def amt_ratios(cfg: dict) -> tuple[float, float]:
+    """(mask, throw) ratios of AMT for this config: amt.* or, where null, the reference's for the method."""
+    default = AMT_RATIOS.get(cfg["method"], (0.45, 0.40))
+    a = cfg["amt"]
+    return (float(default[0] if a["mask_ratio"] is None else a["mask_ratio"]),
+            float(default[1] if a["throw_ratio"] is None else a["throw_ratio"]))
+
+
+class MIMMasking(nn.Module):
+    """Which tokens a MIM step hides: ``mim.mask`` at random; with ``amt.enabled``, from epoch ``amt.start`` on,
+    AMT's draw by the stored attention maps (which also throws tokens away). Owns the maps (saved with the
+    method) and refreshes them every ``amt.interval`` epochs from ``amt.start``."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.cfg, self.patch = cfg, int(cfg["model"]["patch_size"])
+        self.random = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
+        self.amt = self.maps = None
+        if cfg["amt"]["enabled"]:
+            mask_ratio, throw_ratio = amt_ratios(cfg)
+            section = {**cfg["amt"], "mask_ratio": mask_ratio, "throw_ratio": throw_ratio,
+                       "mask_patch_size": cfg["mim"]["mask_patch_size"],
+                       "rounding": "ceil" if cfg["mim"]["mask"] == "blocks" else "floor"}  # as each reference
+            self.amt = AMTMask.from_config(section, self.patch)
+            self.maps = AttentionMaps((int(cfg["model"]["img_size"]) // self.patch,) * 2)
+
+    def active(self, epoch: int) -> bool:
+        return self.amt is not None and epoch >= int(self.cfg["amt"]["start"])
+
+    def forward(self, batch, epoch: int, generator=None) -> MaskResult:
+        x = batch.views[0]
+        if not self.active(epoch):
+            return draw_mask(self.random, x, self.patch, generator)
+        b, _, h, w = x.shape
+        grid = (h // self.patch, w // self.patch)
+        boxes = batch.boxes if batch.boxes is not None else x.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(b, 4)
+        weights = self.maps.weights(batch.index, boxes, batch.flips, grid)
+        result = self.amt(b, grid, weights, generator)
+        return MaskResult(mask=result.mask.to(x.device), keep=result.keep.to(x.device), candidates=None)
+
+    def on_epoch_start(self, epoch: int, encoder: nn.Module, data) -> dict[str, float]:
+        """Refresh the maps at amt.start, amt.start + interval, ... (once per epoch, also after a resume)."""
+        if self.maps is None:
+            return {}
+        a = self.cfg["amt"]
+        self.maps.bind(len(data.dataset))
+        due = epoch >= int(a["start"]) and (epoch - int(a["start"])) % int(a["interval"]) == 0
+        if not due or self.maps.refreshed_epoch == epoch:
+            return {}
+        d = self.cfg["data"]
+        stats = self.maps.refresh(encoder, data.dataset, int(self.cfg["augment"]["global_size"]), d["mean"], d["std"],
+                                  epoch, data.device, int(a["batch_size"]), data.rank, data.world_size)
+        data.log(f"AMT: attention maps of {len(self.maps.maps)} images refreshed at epoch {epoch} in "
+                 f"{stats['amt_refresh_s']:.1f} s ({stats['amt_buffer_mb']:.1f} MB, uint8)")
+        return stats
+
+@torch.no_grad()
+def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, generator: torch.Generator):
+    """For figures of an AMT run: each image's attention map (computed now, as a refresh would), a random crop
+    box and flip (the preset's RandomResizedCrop) applied to the image *and* its map, and AMT's draw on the cropped
+    map. Returns (cropped views, MaskResult, per image [map panel, cropped-map panel])."""
+    from mst.data.gpu_augment import RATIO, crop_resize, sample_crop_boxes
+    from mst.masking.amt import crop_maps, normalised_head_mean
+
+    b, c, h, w = images.shape
+    patch, a = masking.patch, masking.cfg["augment"]
+    grid = (h // patch, w // patch)
+    att = encoder(images, return_attention=True, per_head=True).attention
+    maps = normalised_head_mean(att.float()).reshape(b, *grid).cpu()
+    size = torch.full((b,), h, dtype=torch.float64)
+    boxes = sample_crop_boxes(size, torch.full((b,), w, dtype=torch.float64), a["global_scale"], RATIO, generator)
+    flips = torch.rand(b, generator=generator) < float(a["flip_p"])
+    views = crop_resize(images.cpu().float(), boxes, h)
+    views = torch.where(flips.view(-1, 1, 1, 1), views.flip(-1), views).to(images.device)
+    fractions = boxes / torch.tensor([w, h, w, h], dtype=boxes.dtype)
+    cropped = crop_maps(maps, fractions, flips, grid)
+    result = masking.amt(b, grid, cropped, generator)
+    up = lambda m: torch.nn.functional.interpolate(m.reshape(1, 1, *grid), size=(h, w))[0, 0].numpy()  # noqa: E731
+    extra = [[Panel("attention map (whole image)", up(maps[i]), "inferno"),
+              Panel("map of the crop" + (", flipped" if flips[i] else ""), up(cropped[i]), "inferno")]
+             for i in range(b)]
+    return views, MaskResult(mask=result.mask.to(images.device), keep=result.keep.to(images.device)), extra
 
 
 def draw_mask(strategy, images: torch.Tensor, patch: int, generator) -> MaskResult:

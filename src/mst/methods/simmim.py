@@ -15,10 +15,10 @@ import torch
 
 from mst.data.batch import Batch
 from mst.losses import patch_l1
-from mst.masking import MASKS, build_mask_strategy
+from mst.masking import MASKS
 from mst.figures import Panel
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
-from mst.methods.mim_common import draw_mask, reconstruction_panels, validate_mim
+from mst.methods.mim_common import MIMMasking, amt_view, draw_mask, reconstruction_panels, validate_mim
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.tokens import gather_tokens, patchify, scatter_tokens
@@ -27,7 +27,7 @@ from mst.registry import ConfigError
 
 @METHODS.register("simmim")
 class SimMIM(Method):
-    sections = ("mim", "simmim")
+    sections = ("mim", "simmim", "amt")
     views = "single"
     backbones = {"encoder": "encoder"}
     default_backbone = "encoder"
@@ -40,14 +40,17 @@ class SimMIM(Method):
         grid = (int(model["img_size"]) // self.patch,) * 2
         self.decoder = build_decoder(cfg["simmim"]["decoder"], cfg["simmim"], self.encoder.embed_dim, self.patch,
                                      self.channels, grid, "simmim.decoder")
-        self.masking = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
+        self.masking = MIMMasking(cfg)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        validate_mim(cfg, drops_tokens=MASKS.get(cfg["mim"]["mask"], "mim.mask").throws)
+        validate_mim(cfg, drops_tokens=MASKS.get(cfg["mim"]["mask"], "mim.mask").throws or cfg["amt"]["enabled"])
         if cfg["mim"]["mask"] == "none" or float(cfg["mim"]["mask_ratio"]) == 0.0:
             raise ConfigError(f"mim.mask={cfg['mim']['mask']!r} with mim.mask_ratio={cfg['mim']['mask_ratio']} masks "
                               "nothing, so SimMIM has nothing to reconstruct")
+        if cfg["mim"]["degradation"] != "none":
+            raise ConfigError(f"mim.degradation={cfg['mim']['degradation']!r}: Beyond Masking's degradations are "
+                              "built on MAE (method: mae); SimMIM takes none")
         name = cfg["simmim"]["decoder"]
         if decoder_kind(name, "simmim.decoder") != "all_tokens":
             raise ConfigError(f"simmim.decoder={name!r} decodes visible tokens only; SimMIM decodes every token: "
@@ -68,8 +71,9 @@ class SimMIM(Method):
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         x = batch.views[0]
 
-        # 1. Mask: a share of mask units per image (AMT: also tokens thrown out of the sequence).
-        m = draw_mask(self.masking, x, self.patch, ctx.generator)
+        # 1. Mask: a share of mask units per image; with AMT (from amt.start) drawn by the stored attention maps,
+        #    and further units thrown out of the sequence.
+        m = self.masking(batch, ctx.epoch, ctx.generator)
 
         # 2-3. Encoder ([MASK] before position embeddings; every kept token) and the per-token linear decoder.
         pred, where = self._predict(x, m)
@@ -84,12 +88,21 @@ class SimMIM(Method):
             metrics["visible_ratio"] = (m.keep & ~m.mask).float().mean().item()
         return StepOutput(loss=loss, metrics=metrics, mask=m.mask)
 
+    def on_epoch_start(self, epoch: int, data) -> dict[str, float]:
+        return self.masking.on_epoch_start(epoch, self.encoder, data)
+
     @torch.no_grad()
     def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
-        m = draw_mask(self.masking, images, self.patch, generator)
+        """As MAE's: masked input (thrown black), reconstruction, pasted; with AMT the maps first."""
+        extra: list[list[Panel]] = [[] for _ in images]
+        if self.masking.amt is not None:
+            images, m, extra = amt_view(self.masking, self.encoder, images, generator or torch.Generator())
+        else:
+            m = draw_mask(self.masking.random, images, self.patch, generator)
         pred, where = self._predict(images, m)
         if where is not None:  # thrown tokens predicted as 0 (shown black anyway)
             pred = scatter_tokens(pred, where, m.mask.shape[1])
         d = self.cfg["data"]
-        return reconstruction_panels(images, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), d["mean"],
+        rows = reconstruction_panels(images, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), d["mean"],
                                      d["std"])
+        return [e + r for e, r in zip(extra, rows)]

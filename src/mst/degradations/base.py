@@ -1,0 +1,69 @@
+"""Beyond Masking's degradations (Jiao et al., arXiv 2203.14313): instead of (or besides) masking, degrade the
+image and reconstruct the clean one. A degradation takes a batch of clean normalised views and returns a
+:class:`Degraded`: the encoder's input, the clean target, and what the loss needs beyond a per-token comparison
+(a geometric mapping from the target's frame into the input's, a region of the target with its own weight).
+
+Register one with ``DEGRADATIONS.register(name, cls)``; ``cls.from_config(section)`` reads the ``degrade`` section;
+select it with ``mim.degradation`` (MAE).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from mst.registry import Registry
+
+
+@dataclass
+class Degraded:
+    input: torch.Tensor  # (B, C_in, H, W) what the encoder sees (before masking)
+    target: torch.Tensor  # (B, C, H, W) the clean image the reconstruction is compared with, in its own frame
+    to_input_frame: Callable[[torch.Tensor], torch.Tensor] | None = None  # target frame -> input frame (zoom)
+    region: torch.Tensor | None = None  # (B or 1, 1, H, W) target-frame pixels of an extra loss term (zoom-in ring)
+    region_weight: float = 0.0  # that term's share of the loss (the rest: the per-token term)
+
+
+class Degradation(abc.ABC):
+    """``input_channels(c)``: how many channels the encoder takes for c-channel data (de-colourise: 1)."""
+
+    @classmethod
+    def from_config(cls, section: dict) -> "Degradation":
+        return cls()
+
+    def input_channels(self, channels: int) -> int:
+        return channels
+
+    def check(self, channels: int, size: int, patch: int) -> None:
+        """Raise ValueError naming the setting when the degradation cannot work on such data."""
+
+    @abc.abstractmethod
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> Degraded:
+        """Degrade a batch of clean normalised views (B, C, H, W)."""
+
+
+class NoDegradation(Degradation):
+    def __call__(self, images, generator):
+        return Degraded(input=images, target=images)
+
+
+DEGRADATIONS: Registry[type[Degradation]] = Registry("degradation", "mim.degradation")
+DEGRADATIONS.register("none", NoDegradation)
+
+
+def build_degradation(name: str, section: dict) -> Degradation:
+    cls = DEGRADATIONS.get(name, "mim.degradation")
+    try:
+        return cls.from_config(section)
+    except KeyError as e:
+        from mst.registry import ConfigError
+
+        raise ConfigError(f"degradation {name!r} needs the config key degrade.{e.args[0]}") from None
+
+
+def uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
+    """(n,) uniform draws in [low, high) on the generator's device, moved to ``device``."""
+    dev = generator.device if generator is not None else device
+    return (low + (high - low) * torch.rand(n, generator=generator, device=dev)).to(device)

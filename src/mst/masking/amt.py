@@ -1,0 +1,203 @@
+"""AMT (Good helper is around you: Attention-driven Masked Image Modeling, AAAI 2023): masks and throws drawn by
+the model's own attention, from maps stored per training image.
+
+* :class:`AttentionMaps`: one (h, w) map per training image, the last block's CLS->patch attention of the model
+  being trained, min-max normalised per head, averaged over heads, computed without gradients in eval mode over
+  the whole un-cropped training set (each image resized to the input size). Stored as uint8 (value x 255,
+  rounded): the maps are in [0, 1] and only their relative size matters for sampling, so 1/255 steps lose
+  nothing that matters, and ImageNet's 1.28 M maps of 14 x 14 take 251 MB (float16: 502 MB; float32: 1 GB) on
+  every process. Saved with the checkpoint (as extra state: DDP does not broadcast it every step).
+* :func:`crop_maps`: the crop box and flip of each image's view applied to its map (box scaled to the map grid,
+  resized to the token grid with area averaging, the same flip), so weights sit on the tokens they belong to.
+* :class:`AMTMask`: per image, all tokens (or mask units) drawn without replacement with probability
+  proportional to their weights (Gumbel-top-k: argsort of log-weight + Gumbel noise is exactly that draw); in
+  draw order the first ``mask_ratio`` share is masked, the next ``throw_ratio`` share thrown, the rest visible
+  (``order: mask_first``, the reference code's). ``throw_first`` throws first; ``throw_lowest`` throws the
+  lowest-weight tokens and draws the masked ones from the rest (the abstract's "redundant patch throwing").
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mst.masking.base import MASKS, MaskResult, MaskStrategy, gen_device
+
+ORDERS = ("mask_first", "throw_first", "throw_lowest")
+
+
+class AMTMask(MaskStrategy):
+    needs_importance = True
+    throws = True
+
+    def __init__(self, mask_ratio: float, throw_ratio: float, unit: int = 1, order: str = "mask_first",
+                 rounding: str = "floor") -> None:
+        if not (0 <= mask_ratio < 1 and 0 <= throw_ratio < 1 and mask_ratio + throw_ratio < 1):
+            raise ValueError(f"AMT ratios mask {mask_ratio} + throw {throw_ratio} must each lie in [0, 1) and sum "
+                             "to less than 1 (something must stay visible)")
+        if order not in ORDERS:
+            raise ValueError(f"amt.order={order!r} is not one of {', '.join(ORDERS)}")
+        self.mask_ratio, self.throw_ratio, self.unit, self.order = float(mask_ratio), float(throw_ratio), int(unit), order
+        self.round = math.floor if rounding == "floor" else math.ceil  # MAE: int(); SimMIM (units): ceil
+
+    @classmethod
+    def from_config(cls, section, patch_size):
+        """From the ``amt`` section (mask_ratio, throw_ratio, order) plus ``mask_patch_size`` (mask units) and
+        ``rounding`` of the counts (floor as MAE's int(); ceil as SimMIM's mask generator; default: ceil for units)."""
+        from mst.masking.ratio import mask_unit_tokens
+
+        unit = mask_unit_tokens(section, patch_size)
+        return cls(section["mask_ratio"], section["throw_ratio"], unit, section.get("order", "mask_first"),
+                   section.get("rounding", "ceil" if unit > 1 else "floor"))
+
+    def counts(self, n: int) -> tuple[int, int]:
+        """(masked, thrown) units of ``n``."""
+        n_mask = self.round(n * self.mask_ratio)
+        return n_mask, self.round(n * (self.mask_ratio + self.throw_ratio)) - n_mask
+
+    def __call__(self, batch, grid, importance, generator):
+        h, w = grid
+        if importance is None:
+            raise ValueError("AMT needs each image's (cropped) attention map as importance")
+        if importance.shape != (batch, h * w):
+            raise ValueError(f"importance shape {tuple(importance.shape)} != ({batch}, {h * w})")
+        u = self.unit
+        if h % u or w % u:
+            raise ValueError(f"the {h}x{w} token grid is not divisible by the mask unit of {u} tokens")
+        weights = importance.float().reshape(batch, h // u, u, w // u, u).sum((2, 4)).flatten(1)  # per unit
+        n = weights.shape[1]
+        n_mask, n_throw = self.counts(n)
+        order = self.draw_order(weights, generator)
+        role = torch.zeros(batch, n, dtype=torch.int8, device=weights.device)  # 0 visible, 1 masked, 2 thrown
+        if self.order == "mask_first":
+            role.scatter_(1, order[:, :n_mask], 1)
+            role.scatter_(1, order[:, n_mask:n_mask + n_throw], 2)
+        elif self.order == "throw_first":
+            role.scatter_(1, order[:, :n_throw], 2)
+            role.scatter_(1, order[:, n_throw:n_throw + n_mask], 1)
+        else:  # throw_lowest: the n_throw lowest-weight units (ties at random), masked drawn among the rest
+            noise = torch.rand(weights.shape, generator=generator, device=gen_device(generator, weights.device))
+            lowest = torch.argsort(weights * (1 + 1e-6 * noise.to(weights.device)), dim=1)[:, :n_throw]
+            role.scatter_(1, lowest, 2)
+            rest = order[role.gather(1, order) == 0][: batch * (n - n_throw)].reshape(batch, n - n_throw)
+            role.scatter_(1, rest[:, :n_mask], 1)
+        units = role.reshape(batch, h // u, 1, w // u, 1).expand(batch, h // u, u, w // u, u).reshape(batch, h * w)
+        return MaskResult(mask=units == 1, keep=units == 0)
+
+    @staticmethod
+    def draw_order(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, n) weights >= 0 -> (B, n) indices in the order of a draw without replacement with probability
+        proportional to the weights (Gumbel-top-k); zero-weight units come after every positive one, in random order."""
+        g = torch.rand(weights.shape, generator=generator, device=gen_device(generator, weights.device))
+        gumbel = -torch.log(-torch.log(g.to(weights.device).clamp(1e-20, 1 - 1e-7)))
+        keys = torch.where(weights > 0, torch.log(weights.clamp_min(1e-30)), torch.full_like(weights, -1e4)) + gumbel
+        return torch.argsort(keys, dim=1, descending=True)
+
+
+MASKS.register("amt", AMTMask)
+
+
+def crop_maps(maps: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+    """maps (B, h0, w0) over whole images, boxes (B, 4) crop boxes (x0, y0, x1, y1) as fractions of the image,
+    flips (B,) bool -> (B, gh * gw) weights on the view's token grid: the box scaled to the map grid, resized to
+    the token grid (bilinear with area averaging, as the images), then flipped like the view."""
+    from torchvision.ops import roi_align
+
+    b, h0, w0 = maps.shape
+    scale = torch.tensor([w0, h0, w0, h0], dtype=torch.float32, device=maps.device)
+    rois = torch.cat([torch.arange(b, device=maps.device, dtype=torch.float32)[:, None],
+                      boxes.to(maps.device, torch.float32) * scale], dim=1)
+    out = roi_align(maps.float()[:, None], rois, output_size=grid, spatial_scale=1.0, sampling_ratio=-1,
+                    aligned=True)[:, 0]
+    if flips is not None:
+        out = torch.where(flips.to(maps.device).view(-1, 1, 1), out.flip(-1), out)
+    return out.flatten(1)
+
+
+def normalised_head_mean(per_head: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N) CLS->patch attention -> (B, N): each head min-max normalised over its tokens, then the mean."""
+    lo = per_head.amin(dim=-1, keepdim=True)
+    hi = per_head.amax(dim=-1, keepdim=True)
+    return ((per_head - lo) / (hi - lo).clamp_min(1e-12)).mean(dim=1)
+
+
+class AttentionMaps(nn.Module):
+    """The per-image attention maps of AMT (see the module docstring). ``refreshed_epoch`` is the epoch of the
+    last refresh (-1: never; the maps are then ones, as the reference initialises them)."""
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        self.maps = torch.zeros((0, *self.grid), dtype=torch.uint8)  # sized by bind() to the training set
+        self.refreshed_epoch = -1
+
+    def bind(self, n_images: int) -> None:
+        """Size the buffer for a training set of ``n_images`` (ones: uniform weights until the first refresh); a
+        buffer loaded from a checkpoint must already have that size."""
+        if len(self.maps) == 0:
+            self.maps = torch.full((int(n_images), *self.grid), 255, dtype=torch.uint8)
+        elif len(self.maps) != n_images:
+            from mst.registry import ConfigError
+
+            raise ConfigError(f"the checkpoint's AMT attention buffer holds maps of {len(self.maps)} images but the "
+                              f"training set has {n_images}: the data changed since the buffer was filled; resume on "
+                              "the same data (or start a new run)")
+
+    def get_extra_state(self) -> dict:
+        return {"maps": self.maps, "refreshed_epoch": self.refreshed_epoch}
+
+    def set_extra_state(self, state: dict) -> None:
+        maps = state["maps"]
+        if tuple(maps.shape[1:]) != self.grid:
+            raise ValueError(f"the checkpoint's AMT maps are {tuple(maps.shape[1:])}, not the {self.grid} token grid")
+        self.maps = maps.to(torch.uint8).cpu()
+        self.refreshed_epoch = int(state["refreshed_epoch"])
+
+    def weights(self, index: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None,
+                grid: tuple[int, int]) -> torch.Tensor:
+        """(B, N) weights on the token grid of a batch's views (``index``: dataset positions)."""
+        maps = self.maps[index.cpu()].to(boxes.device, torch.float32) / 255.0
+        return crop_maps(maps, boxes, flips, grid)
+
+    @torch.no_grad()
+    def refresh(self, backbone: nn.Module, dataset, size: int, mean, std, epoch: int, device: torch.device,
+                batch_size: int = 256, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+        """Recompute every map with ``backbone`` (eval mode, no gradients) over ``dataset`` ((PIL, label) pairs),
+        each image resized to ``size`` x ``size`` and normalised; ranks share the images and all-gather the maps.
+        Returns its cost for the logs (seconds, buffer MB)."""
+        from mst.data.gpu_augment import RawImageDataset, collate_raw, crop_resize, normalize, prepare_images
+
+        t0 = time.perf_counter()
+        was_training = backbone.training
+        backbone.eval()
+        n = len(self.maps)
+        per_rank = math.ceil(n / world_size)
+        mine = list(range(rank * per_rank, min(n, (rank + 1) * per_rank)))
+        raw = RawImageDataset(dataset, len(mean))
+        out = torch.zeros((per_rank, *self.grid), dtype=torch.uint8)
+        try:
+            for start in range(0, len(mine), batch_size):
+                chunk = mine[start:start + batch_size]
+                images, _ = collate_raw(raw.__getitems__(chunk))
+                images = images.to(device) if torch.is_tensor(images) else [im.to(device) for im in images]
+                x, hs, ws = prepare_images(images, len(mean))
+                full = torch.stack([torch.zeros_like(ws), torch.zeros_like(hs), ws, hs], dim=1).float()
+                x = normalize(crop_resize(x, full, size), mean, std)  # the whole image, resized: no crop
+                att = backbone(x, return_attention=True, per_head=True).attention  # (B, heads, N)
+                maps = normalised_head_mean(att.float()).reshape(len(chunk), *self.grid)
+                out[start:start + len(chunk)] = torch.round(maps * 255).to(torch.uint8).cpu()
+        finally:
+            backbone.train(was_training)
+        if world_size > 1 and dist.is_initialized():
+            gathered = [torch.zeros_like(out, device=device) for _ in range(world_size)]
+            dist.all_gather(gathered, out.to(device))
+            out = torch.cat([g.cpu() for g in gathered])
+        self.maps = out[:n].contiguous()
+        self.refreshed_epoch = int(epoch)
+        return {"amt_refresh_s": time.perf_counter() - t0, "amt_buffer_mb": self.maps.numel() / 2**20}
+
+
+__all__ = ["AMTMask", "AttentionMaps", "ORDERS", "crop_maps", "normalised_head_mean"]

@@ -1,0 +1,180 @@
+"""AMT: the attention buffer, maps following the crop, the draw (counts, order, weights), throwing inside MAE and
+SimMIM, resume across a refresh, refusals."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from mst.config import load_config
+from mst.data import ArrayDataset
+from mst.engine.checkpoint import load_checkpoint
+from mst.engine.trainer import Trainer
+from mst.masking import AMTMask, AttentionMaps, crop_maps
+from mst.masking.amt import normalised_head_mean
+from mst.methods import build_method
+from mst.registry import ConfigError
+from tests.conftest import TINY_MAE, TINY_SIMMIM, step
+from tests.test_models import explicit_last_block_attention
+
+AMT = ["amt.enabled=true", "amt.start=1", "amt.interval=1", "amt.batch_size=16"]
+
+
+def test_buffer_equals_a_direct_recomputation():
+    torch.manual_seed(0)
+    method = build_method(load_config(overrides=TINY_MAE + AMT + ["model.drop_path=0.0"]))
+    rng = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (10, 28, 28), generator=rng, dtype=torch.uint8).numpy()
+    data = ArrayDataset(images, torch.zeros(10, dtype=torch.long).numpy())
+    maps = method.masking.maps
+    maps.bind(len(data))
+    stats = maps.refresh(method.encoder, data, 28, [0.286], [0.353], epoch=3, device=torch.device("cpu"),
+                         batch_size=4)
+    assert maps.refreshed_epoch == 3 and maps.maps.dtype == torch.uint8 and maps.maps.shape == (10, 7, 7)
+    assert stats["amt_buffer_mb"] == pytest.approx(10 * 49 / 2**20) and stats["amt_refresh_s"] > 0
+    x = (torch.from_numpy(images).float()[:, None] / 255 - 0.286) / 0.353
+    with torch.no_grad():
+        full = explicit_last_block_attention(method.encoder.vit, x)[:, :, 0, 1:]  # (B, heads, 49)
+    lo, hi = full.amin(-1, keepdim=True), full.amax(-1, keepdim=True)
+    expect = ((full - lo) / (hi - lo)).mean(1).reshape(10, 7, 7)
+    assert (maps.maps.float() / 255 - expect).abs().max() <= 0.5 / 255 + 1e-5  # uint8: within half a step
+    assert torch.allclose(normalised_head_mean(full), expect.flatten(1), atol=1e-5)
+    assert maps.maps.float().std() > 10  # not a constant map
+
+
+def test_maps_follow_the_crop_box_and_the_flip():
+    # a map whose value is the horizontal position of each cell's centre (a linear gradient)
+    w0 = 14
+    ramp = (torch.arange(w0, dtype=torch.float32) + 0.5) / w0
+    maps = ramp.expand(2, 10, w0).clone()
+    boxes = torch.tensor([[0.25, 0.0, 0.75, 1.0], [0.25, 0.0, 0.75, 1.0]])
+    out = crop_maps(maps, boxes, torch.tensor([False, True]), (7, 7)).reshape(2, 7, 7)
+    expect = 0.25 + (torch.arange(7) + 0.5) / 7 * 0.5  # the box's half of the ramp, at the view's token centres
+    assert torch.allclose(out[0], expect.expand(7, 7), atol=1e-5)
+    assert torch.allclose(out[1], expect.flip(0).expand(7, 7), atol=1e-5)  # the same flip as the view
+    # a vertical box: rows follow the box, columns the whole width
+    tall = ((torch.arange(10, dtype=torch.float32) + 0.5) / 10)[:, None].expand(10, w0)[None]
+    out = crop_maps(tall, torch.tensor([[0.0, 0.5, 1.0, 1.0]]), None, (5, 5)).reshape(5, 5)
+    assert torch.allclose(out[:, 0], 0.5 + (torch.arange(5) + 0.5) / 5 * 0.5, atol=1e-5)
+
+
+def test_exact_counts_of_masked_thrown_visible():
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(5, 196, generator=g)
+    r = AMTMask(0.45, 0.40)(5, (14, 14), w, g)  # MAE's reference ratios on ViT-B/16
+    assert (r.mask.sum(1) == 88).all() and (r.thrown.sum(1) == 78).all() and (r.keep.sum(1) == 30).all()
+    assert not (r.mask & r.keep).any()
+    # SimMIM: 2x2-token units, ceil(49 * 0.44) = 22 masked and ceil(49 * 0.70) - 22 = 13 thrown units
+    s = AMTMask(0.44, 0.26, unit=2, rounding="ceil")(3, (14, 14), w[:3], g)
+    assert (s.mask.sum(1) == 22 * 4).all() and (s.thrown.sum(1) == 13 * 4).all()
+    m = s.mask.reshape(3, 7, 2, 7, 2)
+    assert (m == m[:, :, :1, :, :1]).all()  # whole units
+    for order in ("throw_first", "throw_lowest"):
+        o = AMTMask(0.45, 0.40, order=order)(5, (14, 14), w, g)
+        assert (o.mask.sum(1) == 88).all() and (o.thrown.sum(1) == 78).all()
+    lowest = AMTMask(0.1, 0.5, order="throw_lowest")(5, (14, 14), w, g)
+    for i in range(5):  # throw_lowest throws exactly the lowest-weight half
+        assert set(torch.nonzero(lowest.thrown[i]).flatten().tolist()) == set(w[i].argsort()[:98].tolist())
+
+
+def test_zero_weight_tokens_come_after_every_positive_one():
+    g = torch.Generator().manual_seed(1)
+    w = torch.zeros(200, 10)
+    w[:, :4] = torch.rand(200, 4, generator=g) + 0.1  # 4 positive tokens, 6 with zero weight
+    r = AMTMask(0.3, 0.3)(200, (2, 5), w, g)  # 3 masked, then 3 thrown
+    assert not r.mask[:, 4:].any()  # the 3 masked are all among the 4 positive ones
+    assert r.thrown[:, :4].sum(1).eq(1).all()  # the 4th positive one is the first thrown
+    assert (r.thrown[:, 4:].sum(1) == 2).all()  # then zero-weight tokens, two of them
+
+
+def test_draws_follow_proportional_sampling_without_replacement():
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    n = 40000
+    r = AMTMask(0.25, 0.25)(n, (1, 4), weights.expand(n, 4), torch.Generator().manual_seed(2))  # 1 masked, 1 thrown
+    p_first = weights / weights.sum()
+    p_second = torch.zeros(4)
+    for i, j in itertools.permutations(range(4), 2):  # P(second = j) = sum_i w_i/S * w_j/(S - w_i)
+        p_second[j] += p_first[i] * weights[j] / (weights.sum() - weights[i])
+    sd = (0.25 / n) ** 0.5
+    assert torch.allclose(r.mask.float().mean(0), p_first, atol=5 * sd)
+    assert torch.allclose(r.thrown.float().mean(0), p_second, atol=5 * sd)
+
+
+@pytest.mark.parametrize("tiny", [TINY_MAE, TINY_SIMMIM])
+def test_amt_step_throws_tokens_from_the_encoder(tiny):
+    torch.manual_seed(0)
+    method = build_method(load_config(overrides=tiny + AMT + ["model.drop_path=0.0"])).eval()
+    method.masking.maps.bind(8)
+    x = torch.randn(2, 1, 28, 28)
+    seen = []
+
+    def count(module, inputs):  # returns None: the input is only read
+        seen.append(inputs[0].shape[1])
+
+    hook = method.encoder.vit.blocks[0].register_forward_pre_hook(count)
+    before = step(method, [x], epoch=0)  # before amt.start: plain masking, nothing thrown
+    after = step(method, [x], epoch=1, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    is_mae = method.cfg["method"] == "mae"
+    n_mask, n_throw = (22, 19) if is_mae else (22, 13)  # int(49 * .45), int(49 * .85) - 22; ceil(49 * .44), ceil(.7)
+    assert seen[0] == 1 + (12 if is_mae else 49)
+    assert seen[1] == 1 + 49 - n_throw - (n_mask if is_mae else 0)
+    assert (after.mask.sum(1) == n_mask).all() and "visible_ratio" in after.metrics
+    assert torch.isfinite(before.loss) and torch.isfinite(after.loss)
+
+
+def test_resume_across_a_refresh_equals_the_uninterrupted_run(tmp_path):
+    cfg = load_config(overrides=TINY_MAE + AMT)  # 2 epochs of 8 steps; maps refreshed at the start of epoch 1
+    full = Trainer(cfg, tmp_path / "full", log=lambda *a: None)
+    full.fit()
+    lines = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    refresh = [r for r in lines if "amt_refresh_s" in r]
+    assert len(refresh) == 1 and refresh[0]["epoch"] == 1
+    for stop in (5, 11):  # before the refresh, and after it (mid-epoch 1)
+        run = tmp_path / f"part{stop}"
+        assert Trainer(cfg, run, log=lambda *a: None).fit(max_steps=stop) == "max_steps"
+        Trainer(cfg, run, log=lambda *a: None).fit()
+        part = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        losses = lambda rs: [r["loss"] for r in rs if "loss" in r]  # noqa: E731
+        assert losses(part) == pytest.approx(losses(lines), rel=1e-5), stop
+        a, b = load_checkpoint(tmp_path / "full")["method"], load_checkpoint(run)["method"]
+        extra = "masking.maps._extra_state"
+        assert torch.equal(a[extra]["maps"], b[extra]["maps"]) and b[extra]["refreshed_epoch"] == 1
+
+
+def test_amt_refusals(tmp_path):
+    with pytest.raises(ConfigError, match=r"amt.mask_ratio=0.6 and amt.throw_ratio=0.4 .* sum to less than 1"):
+        load_config(overrides=TINY_MAE + AMT + ["amt.mask_ratio=0.6", "amt.throw_ratio=0.4"])
+    with pytest.raises(ConfigError, match=r"amt.mask_ratio=1.2"):
+        load_config(overrides=TINY_MAE + AMT + ["amt.mask_ratio=1.2"])
+    with pytest.raises(ConfigError, match=r"model.arch='swin_tiny' can do neither"):
+        load_config(overrides=TINY_SIMMIM + AMT + ["model.arch=swin_tiny", "model.depth=null", "model.img_size=64",
+                                                   "augment.global_size=64"])
+    with pytest.raises(ConfigError, match="set amt.enabled=true"):
+        load_config(overrides=TINY_MAE + ["mim.mask=amt"])
+    with pytest.raises(ConfigError, match="amt.order='middle' is not one of"):
+        load_config(overrides=TINY_MAE + AMT + ["amt.order=middle"])
+    # a buffer from a run on other data
+    cfg = load_config(overrides=TINY_MAE + AMT)
+    Trainer(cfg, tmp_path / "run", log=lambda *a: None).fit(max_steps=9)  # past the refresh
+    other = load_config(overrides=TINY_MAE + AMT + ["data.subset=72"])
+    tr = Trainer(other, tmp_path / "run", log=lambda *a: None)
+    tr.cfg = cfg  # the same settings but 72 images: only the buffer can tell
+    with pytest.raises(ConfigError, match="holds maps of 64 images but the training set has 72"):
+        tr.fit()
+
+
+@pytest.mark.parametrize("tiny", [TINY_MAE, TINY_SIMMIM])
+def test_amt_figure_panels(tiny):
+    torch.manual_seed(0)
+    method = build_method(load_config(overrides=tiny + AMT)).eval()
+    rows = method.panels(torch.randn(2, 1, 28, 28), torch.Generator().manual_seed(0))
+    titles = [p.title for p in rows[0]]
+    assert titles[0] == "attention map (whole image)" and titles[1].startswith("map of the crop")
+    assert titles[2].startswith("masked ") and ", thrown " in titles[2] and titles[3] == "reconstruction"
+    assert all(p.image.shape[:2] == (28, 28) for p in rows[0])
+    n_thrown = int(titles[2].split("thrown ")[1])
+    black = (rows[0][2].image == 0).all(-1).reshape(7, 4, 7, 4).all(axis=(1, 3))  # tokens drawn all black
+    assert n_thrown in (19, 13) and black.sum() == n_thrown

@@ -1,0 +1,172 @@
+"""Beyond Masking's degradations: each one's geometry on a known image, the combined loss by hand, determinism,
+the registry (a degradation registered here trains by name), de-colourisation's 1 -> C adaptation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mst.config import load_config
+from mst.degradations import DEGRADATIONS, Decolorize, Degradation, Degraded, Distort, ZoomIn, ZoomOut, fisheye_grid
+from mst.degradations.blur import Blur
+from mst.losses import normalize_patches
+from mst.methods import build_method
+from mst.methods.mae import degraded_loss
+from mst.models.tokens import patchify, unpatchify
+from mst.registry import ConfigError
+from tests.conftest import TINY_MAE, step
+
+RAMP = (torch.arange(28, dtype=torch.float32) + 0.5) / 28  # value = the pixel centre's x position in [0, 1]
+
+
+def gradient(b=2, c=1) -> torch.Tensor:
+    return RAMP.expand(b, c, 28, 28).clone()
+
+
+def test_zoom_in_feeds_the_magnified_centre_and_weighs_the_ring():
+    d = ZoomIn(zoom=28 / 20, ring_weight=0.2)(gradient(), None)  # the centre 20 px of 28, magnified to 28
+    assert d.input.shape == (2, 1, 28, 28) and torch.equal(d.target, gradient())
+    expect = 4 / 28 + (torch.arange(28) + 0.5) / 28 * (20 / 28)  # the central 20 px of the ramp over 28 px
+    assert torch.allclose(d.input[0, 0, 10], expect, atol=1e-5)
+    ring = d.region[0, 0].bool()
+    assert ring.sum() == 28 * 28 - 20 * 20 and not ring[4:24, 4:24].any() and ring[:4].all() and ring[:, 24:].all()
+    assert torch.allclose(d.to_input_frame(d.target), d.input)  # the target's centre is the input
+
+
+def test_zoom_out_places_a_shrunk_view_with_mirrored_borders():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28).repeat(3, 1, 1, 1)
+    d = ZoomOut(zoom=1.4)(x, g)  # 20 px in a 28 px canvas
+    small = torch.nn.functional.interpolate(x[:1], size=(20, 20), mode="bilinear", align_corners=False, antialias=True)
+    for i in range(3):
+        canvas = d.input[i, 0]
+        # find the placement: the shrunk view sits somewhere in the canvas, exactly
+        hits = [(t, l) for t in range(9) for l in range(9) if torch.allclose(canvas[t:t + 20, l:l + 20], small[0, 0])]
+        assert len(hits) == 1
+        t, l = hits[0]
+        if t > 0:  # mirrored: the row above the image repeats its first row (symmetric padding)
+            assert torch.allclose(canvas[t - 1, l:l + 20], small[0, 0, 0])
+        if l + 20 < 28:
+            assert torch.allclose(canvas[t:t + 20, l + 20], small[0, 0, :, 19])
+    assert torch.allclose(d.to_input_frame(d.target), d.input)  # prediction and target get the same placement
+    again = ZoomOut(zoom=1.4)(x, torch.Generator().manual_seed(0))
+    assert torch.equal(again.input, d.input)  # determinism per seed
+
+
+def test_fisheye_keeps_the_centre_and_stays_inside():
+    centres = torch.tensor([[0.0, 0.0], [0.5, -0.5], [-1.0, 1.0]])
+    grid = fisheye_grid(centres, torch.tensor([0.2, 0.25, 0.15]), 9, 9)
+    assert grid.abs().max() <= 1.0 + 1e-6  # the image only
+    assert torch.allclose(grid[0, 4, 4], torch.zeros(2))  # a centre on a grid point does not move
+    ident = fisheye_grid(centres, torch.zeros(3), 9, 9)
+    moved = (grid - ident).norm(dim=-1)
+    towards = ((centres[:, None, None] - ident) * (grid - ident)).sum(-1)
+    assert (towards >= -1e-6).all() and (moved <= (centres[:, None, None] - ident).norm(dim=-1) + 1e-6).all()
+    d = Distort()(gradient(), torch.Generator().manual_seed(1))
+    assert d.input.shape == (2, 1, 28, 28) and not torch.allclose(d.input, d.target)
+
+
+def test_blur_keeps_a_constant_image_and_smooths_edges():
+    flat = torch.full((3, 2, 28, 28), 0.7)
+    d = Blur(kernel=7, sigma=(0.5, 2.0))(flat, torch.Generator().manual_seed(0))
+    assert torch.allclose(d.input, flat, atol=1e-6)
+    edge = torch.zeros(1, 1, 28, 28)
+    edge[..., 14:] = 1.0
+    out = Blur(kernel=5, sigma=(1.0, 1.0))(edge, None).input
+    assert 0 < out[0, 0, 0, 13] < 0.5 < out[0, 0, 0, 14] < 1 and torch.allclose(out.mean(), edge.mean(), atol=1e-6)
+
+
+def test_decolorize_weights_in_range_and_one_channel_refused():
+    dec = Decolorize(high=2 / 3)
+    w = dec.mix(1000, 3, torch.Generator().manual_seed(0), "cpu")
+    assert w.min() >= 0 and w.max() < 2 / 3 and abs(w.mean().item() - 1 / 3) < 0.02
+    x = torch.rand(4, 3, 28, 28)
+    d = dec(x, torch.Generator().manual_seed(0))
+    mix = dec.mix(4, 3, torch.Generator().manual_seed(0), "cpu")
+    assert d.input.shape == (4, 1, 28, 28) and torch.allclose(d.input[:, 0], (x * mix[:, :, None, None]).sum(1))
+    with pytest.raises(ConfigError, match="de-colourising grey images does nothing"):
+        load_config(overrides=TINY_MAE + ["mim.degradation=decolorize"])
+
+
+def test_zoom_in_loss_with_masking_equals_a_hand_computation():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, 28, 28, generator=g)
+    d = ZoomIn(zoom=28 / 20, ring_weight=0.2)(x, None)
+    pred = torch.randn(2, 49, 16, generator=g)
+    mask = torch.rand(2, 49, generator=g) < 0.75
+    got = degraded_loss(pred, d, mask, 4, norm_pix=True)
+    image = unpatchify(pred, 4, (7, 7), 1)
+    p_in, t_in = patchify(d.to_input_frame(image), 4), patchify(d.input, 4)
+    t_in = normalize_patches(t_in)
+    main = sum(((p_in[b, n] - t_in[b, n]) ** 2).mean() for b in range(2) for n in range(49) if mask[b, n])
+    main = main / mask.sum()
+    target = unpatchify(normalize_patches(patchify(x, 4)), 4, (7, 7), 1)
+    ring = d.region[0, 0].bool()
+    ring_mse = ((image - target) ** 2)[:, 0][:, ring].mean()
+    assert got.item() == pytest.approx((0.8 * main + 0.2 * ring_mse).item(), rel=1e-5)
+    # nothing hidden (the degradation alone): every token counts
+    alone = degraded_loss(pred, Degraded(input=x, target=x), torch.zeros_like(mask), 4, norm_pix=False)
+    assert alone.item() == pytest.approx(((pred - patchify(x, 4)) ** 2).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in DEGRADATIONS.names() if n != "decolorize"])
+def test_every_degradation_trains_in_mae_alone_and_with_masking(name, tmp_path):
+    for mask in ([["mim.mask=none"]] if name != "none" else []) + [["mim.mask_ratio=0.75"]]:
+        cfg = load_config(overrides=TINY_MAE + [f"mim.degradation={name}", "degrade.blur_kernel=5"] + mask)
+        torch.manual_seed(0)
+        mae = build_method(cfg)
+        out = step(mae, [torch.randn(4, 1, 28, 28)], generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        assert mae.encoder.vit.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_decolorize_trains_on_colour_and_exports_with_three_channels(tmp_path):
+    from mst.engine.checkpoint import load_backbone
+    from tests.conftest import save_method
+
+    cfg = load_config(overrides=TINY_MAE + ["mim.degradation=decolorize", "data.channels=3",
+                                            "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]"])
+    torch.manual_seed(0)
+    mae = build_method(cfg)
+    assert mae.encoder.vit.patch_embed.proj.weight.shape[1] == 1  # one channel in ...
+    x = torch.randn(2, 3, 28, 28)
+    out = step(mae, [x], generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and mae.decoder.pred.out_features == 16 * 3  # ... three reconstructed
+    save_method(mae, tmp_path / "checkpoint.pt")
+    bb, _ = load_backbone(tmp_path)
+    w1 = mae.encoder.vit.patch_embed.proj.weight
+    assert torch.allclose(bb.vit.patch_embed.proj.weight, w1.repeat(1, 3, 1, 1) / 3)  # timm's adapt_input_conv
+    grey = x.mean(1, keepdim=True)
+    with torch.no_grad():
+        assert torch.allclose(bb(x).cls, mae.encoder.eval()(grey).cls, atol=1e-5)
+
+
+class _Invert(Degradation):
+    """A degradation registered by the test: the encoder sees the negative of the view."""
+
+    def __call__(self, images, generator):
+        return Degraded(input=-images, target=images)
+
+
+def test_a_degradation_registered_here_trains_by_name():
+    DEGRADATIONS.register("invert", _Invert)
+    try:
+        cfg = load_config(overrides=TINY_MAE + ["mim.degradation=invert"])
+        mae = build_method(cfg)
+        out = step(mae, [torch.randn(4, 1, 28, 28)])
+        assert torch.isfinite(out.loss)
+        with pytest.raises(ConfigError, match=r"mim.degradation='inverted' is not a registered degradation"):
+            load_config(overrides=TINY_MAE + ["mim.degradation=inverted"])
+        with pytest.raises(ConfigError, match="built on MAE"):
+            load_config(overrides=["method=simmim", "mim.degradation=invert"])
+    finally:
+        DEGRADATIONS.unregister("invert")
+
+
+def test_degradations_are_deterministic_per_seed():
+    x = torch.randn(3, 1, 28, 28)
+    for cls in (ZoomOut, Distort, Blur):
+        a = cls()(x, torch.Generator().manual_seed(5)).input
+        b = cls()(x, torch.Generator().manual_seed(5)).input
+        c = cls()(x, torch.Generator().manual_seed(6)).input
+        assert torch.equal(a, b) and not torch.equal(a, c), cls.__name__
