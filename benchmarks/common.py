@@ -41,6 +41,12 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "simmim_amt": ("simmim", ["amt.enabled=true", "amt.start=0"]),
 }
 MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
+# Beyond Masking: each degradation with MAE's masking, and alone (no masking: every token encoded)
+_COLOUR = ["data.channels=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]"]
+for _d in ("zoom_in", "zoom_out", "distort", "blur", "decolorize"):
+    _extra = [f"mim.degradation={_d}"] + (_COLOUR if _d == "decolorize" else [])
+    VARIANTS[f"mae+{_d}"] = ("mae", _extra)
+    VARIANTS[f"{_d}_alone"] = ("mae", _extra + ["mim.mask=none"])
 
 
 # -- CLI and config ---------------------------------------------------------------------------------------------

@@ -68,3 +68,21 @@ def test_two_process_mae_replicas_stay_identical(tmp_path):
     assert max_diff(r0, r1) == 0.0
     first = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["mask_ratio"] == pytest.approx(37 / 49)
+
+
+@pytest.mark.slow
+def test_two_process_amt_every_rank_holds_all_maps(tmp_path):
+    """AMT under torchrun: each rank computes the maps of its share of the images, then all-gather: both ranks
+    hold the same maps of all 64 images, and they are not the initial ones."""
+    from tests.conftest import TINY_MAE
+
+    amt = ["amt.enabled=true", "amt.start=1", "amt.interval=1", "optim.batch_size=4"]
+    torchrun(2, tmp_path / "ddp", 9, TINY_MAE + amt)  # one step past the refresh at the start of epoch 1
+    r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
+    m0, m1 = r0["masking.maps._extra_state"], r1["masking.maps._extra_state"]
+    assert m0["refreshed_epoch"] == m1["refreshed_epoch"] == 1
+    assert m0["maps"].shape == (64, 7, 7) and torch.equal(m0["maps"], m1["maps"])
+    assert (m0["maps"] != 255).any() and m0["maps"].float().std() > 5
+    keys = [k for k in r0 if not k.endswith("_extra_state")]
+    assert max_diff({k: r0[k] for k in keys}, {k: r1[k] for k in keys}) == 0.0

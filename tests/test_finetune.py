@@ -180,3 +180,18 @@ def test_mae_linear_probe_is_batchnorm_then_linear_with_lars():
     assert res["top1"] > 90.0
     with pytest.raises(ValueError, match="probe='svm' is not one of dino, mae"):
         train_linear_probe((x, y), (x, y), epochs=1, probe="svm", log=lambda s: None)
+
+
+def test_a_balanced_knn_bank_holds_the_fine_tunes_labels(pretrained):
+    from mst.data import build_dataset
+    from mst.eval.features import load_eval_split
+
+    path, _ = pretrained
+    cfg = finetune_config(path, overrides=FT, train_subset=50)
+    labelled = build_dataset(cfg["data"])
+    x, y = load_eval_split(cfg, "train", 50, seed=0, balanced=True)
+    assert torch.bincount(y).tolist() == [5] * 10
+    assert y.tolist() == np.asarray(labelled.targets).tolist()
+    first, _ = labelled[0]
+    assert torch.allclose(x[0, 0] * 0.3530 + 0.2860, torch.as_tensor(np.asarray(first), dtype=torch.float32) / 255,
+                          atol=1e-5)

@@ -120,7 +120,8 @@ def build_pipeline(kind: str, cfg: dict, base: Dataset) -> ViewPipeline:
 
         return ViewPipeline(ds, collate_indexed_crops, to_batch)
 
-    transform = SingleViewTransform(a["global_size"], a["global_scale"], a["flip_p"], mean, std, channels)
+    transform = SingleViewTransform(a["global_size"], a["global_scale"], a["flip_p"], mean, std, channels,
+                                    rand_augment=a.get("rand_augment"))
     ds = AugmentedDataset(base, transform, seed=seed)
 
     def to_batch(loaded, device, gen):

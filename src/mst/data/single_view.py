@@ -25,11 +25,21 @@ class SingleViewTransform:
     torch's global CPU generator (reseeded per sample by :class:`~mst.data.dataset.AugmentedDataset`)."""
 
     def __init__(self, size: int, scale: Sequence[float], flip_p: float, mean: Sequence[float],
-                 std: Sequence[float], channels: int, ratio: Sequence[float] = RATIO) -> None:
+                 std: Sequence[float], channels: int, ratio: Sequence[float] = RATIO,
+                 rand_augment: str | None = None) -> None:
+        """``rand_augment``: a timm RandAugment spec (e.g. "rand-m9-mstd0.5-inc1", MAE's fine-tuning), applied to
+        the crop. It may rotate, shear or translate the crop, which the box then no longer describes: it is meant
+        for fine-tuning, where nothing per image follows the view (AMT's maps do; the config refuses it there)."""
         self.mean, self.std = _check_stats(mean, std, channels)
         self.size, self.channels = int(size), int(channels)
         self.scale, self.ratio, self.flip_p = tuple(float(s) for s in scale), tuple(ratio), float(flip_p)
         self.to_tensor = T.Compose(_to_tensor(self.mean, self.std))
+        self.rand_augment = None
+        if rand_augment:
+            from timm.data.auto_augment import rand_augment_transform
+
+            fill = tuple(round(255 * m) for m in self.mean)
+            self.rand_augment = rand_augment_transform(rand_augment, {"img_mean": fill if channels == 3 else fill[0]})
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         img = _as_mode(img, self.channels)
@@ -40,6 +50,8 @@ class SingleViewTransform:
         flip = bool(torch.rand(1) < self.flip_p)
         if flip:
             view = TF.horizontal_flip(view)
+        if self.rand_augment is not None:
+            view = self.rand_augment(view)
         box = torch.tensor([left / w, top / h, (left + cw) / w, (top + ch) / h], dtype=torch.float32)
         return self.to_tensor(view).as_subclass(torch.Tensor), box, torch.tensor(flip)
 

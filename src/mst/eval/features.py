@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from mst.data.dataset import subset_indices
+from mst.data.dataset import balanced_subset_indices, subset_indices
 
 from mst.models.backbone import ViTBackbone
 from mst.models.backbones import create_backbone
@@ -73,13 +73,15 @@ class _Transformed(Dataset):
 
 def load_eval_split(
     cfg: dict, split: str, subset: int | None = None, seed: int = 0, root: str | Path | None = None,
-    require_labels: bool = True,
+    require_labels: bool = True, balanced: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | Dataset:
     """Labelled eval images for a checkpoint's config.
 
     Fashion-MNIST comes back as in-memory tensors (images (N, C, S, S), labels); an ``image_folder`` config as a
     Dataset of (tensor, label) built by the data module (``build_dataset`` + ``EvalTransform``); an unlabelled
     ``folder`` only with ``require_labels=False`` (labels -1, for figures). S is ``augment.global_size``.
+    ``balanced``: the subset has the same count per class, drawn as ``mst finetune --train-subset`` draws its
+    labels (so a k-NN bank can hold exactly the fine-tune's labelled images).
     """
     data = dict(cfg["data"])
     if root is not None:
@@ -89,7 +91,7 @@ def load_eval_split(
         from mst.data.fashion_mnist import load_fashion_mnist
 
         images, labels = load_fashion_mnist(data["root"], split)
-        idx = subset_indices(len(images), subset, seed)
+        idx = _subset(labels, subset, seed, balanced)
         x = normalize_images(images[idx], data["mean"], data["std"], data["channels"], size)
         return x, torch.as_tensor(labels[idx], dtype=torch.long)
     if data["name"] == "image_folder" or (data["name"] == "folder" and not require_labels):
@@ -97,10 +99,16 @@ def load_eval_split(
 
         data.update(split=split, subset=None)  # the pretraining subset never shrinks an evaluation split
         base = build_dataset(data, split)
-        idx = subset_indices(len(base), subset, seed)
+        idx = _subset(np.asarray(base.targets), subset, seed, balanced)
         ds = _Transformed(base, EvalTransform(size, data["mean"], data["std"], data["channels"]))
         return Subset(ds, idx.tolist()) if len(idx) < len(base) else ds
     raise ValueError(f"data.name={data['name']!r} has no labels to evaluate on (use fashion_mnist or image_folder)")
+
+
+def _subset(labels: np.ndarray, subset: int | None, seed: int, balanced: bool) -> np.ndarray:
+    if balanced and subset is not None:
+        return balanced_subset_indices(np.asarray(labels), int(subset), seed)
+    return subset_indices(len(labels), subset, seed)
 
 
 def with_data(cfg: dict, data: dict | str | Path | None) -> dict:

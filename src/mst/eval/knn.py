@@ -107,19 +107,21 @@ def run_knn(
     random_init: bool = False,
     seed: int = 0,
     log: Log = print,
+    balanced: bool = False,
 ) -> dict:
     """k-NN evaluation of a checkpoint on its dataset's train/test splits (for ``mst knn``).
 
     ``data``: None uses the checkpoint's data config; a dict replaces keys of it (e.g. {"root": ...}); a path is a
     Fashion-MNIST root. ``random_init`` evaluates a fresh backbone of the same architecture (the baseline).
-    Subsets are fixed random subsets drawn with ``seed``. Returns {"top1": {k: %}, ...metadata}.
+    Subsets are fixed random subsets drawn with ``seed``; ``balanced``: the training bank has the same count per
+    class (as ``mst finetune --train-subset`` draws its labels, seed 0). Returns {"top1": {k: %}, ...metadata}.
     """
     dev = default_device(device)
     backbone, cfg = load_eval_backbone(ckpt, which, dev, random_init, seed)
     cfg = with_data(cfg, data)
     what = backbone.which
     log(f"k-NN: {what} backbone from {ckpt}, data {cfg['data']['name']} ({cfg['data']['root'] or 'default root'})")
-    train = load_eval_split(cfg, "train", train_subset, seed)
+    train = load_eval_split(cfg, "train", train_subset, seed, balanced=balanced)
     test = load_eval_split(cfg, "test", test_subset, seed + 1)
     train_f, train_y = extract_features(backbone, train, kind, batch_size, dev)
     test_f, test_y = extract_features(backbone, test, kind, batch_size, dev)
@@ -149,6 +151,7 @@ def raw_pixel_knn(
     test_subset: int | None = None,
     seed: int = 0,
     log: Log = print,
+    balanced: bool = False,
 ) -> dict[int, float]:
     """The same k-NN on raw normalised pixels (the checkpoint's eval resolution): the floor any learnt feature
     should beat. Uses the same subsets as :func:`run_knn` with the same ``seed``."""
@@ -157,7 +160,7 @@ def raw_pixel_knn(
     cfg = with_data(load_checkpoint(ckpt)["config"], data)
 
     def flat(split: str, subset: int | None, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        source = load_eval_split(cfg, split, subset, s)
+        source = load_eval_split(cfg, split, subset, s, balanced=balanced and split == "train")
         if isinstance(source, tuple):
             x, y = source
         else:

@@ -22,7 +22,7 @@ from mst.degradations import Degraded, build_degradation
 from mst.figures import Panel, to_display
 from mst.losses import normalize_patches, patch_mse
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
-from mst.methods.mim_common import MIMMasking, amt_view, draw_mask, reconstruction_panels, validate_mim
+from mst.methods.mim_common import MIMMasking, figure_mask, reconstruction_panels, validate_mim
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.decoders.transformer import xavier_init
@@ -120,13 +120,8 @@ class MAE(Method):
         """Masked input (thrown tokens black), reconstruction, reconstruction pasted into the visible tokens; with
         AMT first the image's attention map and the map of a random crop, the crop being what is masked; with a
         degradation first the clean view and the degraded input, the reconstruction being of the clean view."""
-        extra: list[list[Panel]] = [[] for _ in images]
+        images, m, extra = figure_mask(self.masking, self.encoder, images, generator)
         shown = images
-        if self.masking.amt is not None:
-            images, m, extra = amt_view(self.masking, self.encoder, images, generator or torch.Generator())
-            shown = images
-        else:
-            m = draw_mask(self.masking.random, images, self.patch, generator)
         d = self.degradation(images, generator)
         keep = m.keep if m.keep is not None else ~m.mask
         z = self.encoder(d.input, keep=keep)

@@ -46,6 +46,9 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
                               "and sum to less than 1 (something must stay visible)")
         if a["order"] not in ORDERS:
             raise ConfigError(f"amt.order={a['order']!r} is not one of {', '.join(ORDERS)}")
+        if cfg["augment"]["rand_augment"]:
+            raise ConfigError("augment.rand_augment moves pixels within the crop, so AMT's maps would no longer "
+                              "follow the view: leave it off for AMT")
         if int(a["start"]) < 0 or int(a["interval"]) < 1:
             raise ConfigError(f"amt.start={a['start']} must be >= 0 and amt.interval={a['interval']} >= 1")
 
@@ -137,6 +140,14 @@ def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, gene
               Panel("map of the crop" + (", flipped" if flips[i] else ""), up(cropped[i]), "inferno")]
              for i in range(b)]
     return views, MaskResult(mask=result.mask.to(images.device), keep=result.keep.to(images.device)), extra
+
+
+def figure_mask(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, generator):
+    """The views, mask and extra panels a method's figure shows: AMT's (:func:`amt_view`) when it is on, else
+    the images themselves with ``mim.mask``'s draw and no extra panel."""
+    if masking.amt is not None:
+        return amt_view(masking, encoder, images, generator or torch.Generator())
+    return images, draw_mask(masking.random, images, masking.patch, generator), [[] for _ in images]
 
 
 def draw_mask(strategy, images: torch.Tensor, patch: int, generator) -> MaskResult:

@@ -18,7 +18,7 @@ from mst.losses import patch_l1
 from mst.masking import MASKS
 from mst.figures import Panel
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
-from mst.methods.mim_common import MIMMasking, amt_view, draw_mask, reconstruction_panels, validate_mim
+from mst.methods.mim_common import MIMMasking, figure_mask, reconstruction_panels, validate_mim
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.tokens import gather_tokens, patchify, scatter_tokens
@@ -94,11 +94,7 @@ class SimMIM(Method):
     @torch.no_grad()
     def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
         """As MAE's: masked input (thrown black), reconstruction, pasted; with AMT the maps first."""
-        extra: list[list[Panel]] = [[] for _ in images]
-        if self.masking.amt is not None:
-            images, m, extra = amt_view(self.masking, self.encoder, images, generator or torch.Generator())
-        else:
-            m = draw_mask(self.masking.random, images, self.patch, generator)
+        images, m, extra = figure_mask(self.masking, self.encoder, images, generator)
         pred, where = self._predict(images, m)
         if where is not None:  # thrown tokens predicted as 0 (shown black anyway)
             pred = scatter_tokens(pred, where, m.mask.shape[1])
