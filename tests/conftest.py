@@ -77,7 +77,7 @@ def step(method, views, epoch: int = 0, generator=None):
 
 def save_method(method, path, epoch: int = 0):
     """A checkpoint file (the trainer's format, no optimizer) holding ``method``."""
-    from mst.engine.checkpoint import method_checkpoint
+    from mst.checkpoint import method_checkpoint
 
     torch.save(method_checkpoint(method, epoch=epoch), path)
     return path

@@ -10,7 +10,7 @@ import torch
 
 from mst.config import load_config
 from mst.data import ArrayDataset
-from mst.engine.checkpoint import load_checkpoint
+from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import Trainer
 from mst.masking import AMTMask, AttentionMaps, crop_maps
 from mst.masking.amt import normalised_head_mean
@@ -178,3 +178,34 @@ def test_amt_figure_panels(tiny):
     n_thrown = int(titles[2].split("thrown ")[1])
     black = (rows[0][2].image == 0).all(-1).reshape(7, 4, 7, 4).all(axis=(1, 3))  # tokens drawn all black
     assert n_thrown in (19, 13) and black.sum() == n_thrown
+
+
+@pytest.mark.parametrize("backend", ["pil", "tensor"])
+def test_the_reported_box_and_flip_reproduce_the_view(backend):
+    """Both augmentation backends report the crop box and flip of each view: cropping the image's own content (a
+    horizontal gradient, as a map would be) with them gives back the view, so AMT's maps land on the right tokens."""
+    from PIL import Image
+
+    from mst.data import GPUSingleView, SingleViewTransform
+
+    w0, h0 = 40, 30
+    ramp = ((torch.arange(w0, dtype=torch.float32) + 0.5) / w0).expand(h0, w0)
+    mean, std = [0.0], [1.0]
+    if backend == "pil":
+        t = SingleViewTransform(28, (0.3, 1.0), 0.5, mean, std, 1)
+        img = Image.fromarray((ramp * 255).round().to(torch.uint8).numpy())
+        outs = []
+        for i in range(6):
+            torch.manual_seed(i)
+            outs.append(t(img))
+        views = torch.stack([v for v, _, _ in outs])
+        boxes = torch.stack([b for _, b, _ in outs])
+        flips = torch.stack([f for _, _, f in outs])
+        tol = 2.5 / 255 + 0.02  # uint8 rounding and bicubic resampling
+    else:
+        t = GPUSingleView(28, (0.3, 1.0), 0.5, mean, std, 1)
+        views, boxes, flips = t(ramp.expand(6, 1, h0, w0).clone(), generator=torch.Generator().manual_seed(0))
+        tol = 1e-4
+    assert flips.any() and not flips.all()
+    expect = crop_maps(ramp.expand(6, h0, w0), boxes, flips, (28, 28)).reshape(6, 28, 28)
+    assert (views[:, 0] - expect).abs().max() < tol

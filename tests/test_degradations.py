@@ -121,7 +121,7 @@ def test_every_degradation_trains_in_mae_alone_and_with_masking(name, tmp_path):
 
 
 def test_decolorize_trains_on_colour_and_exports_with_three_channels(tmp_path):
-    from mst.engine.checkpoint import load_backbone
+    from mst.checkpoint import load_backbone
     from tests.conftest import save_method
 
     cfg = load_config(overrides=TINY_MAE + ["mim.degradation=decolorize", "data.channels=3",

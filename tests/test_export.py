@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mst.config import load_config
-from mst.engine.checkpoint import load_backbone
+from mst.checkpoint import load_backbone
 from mst.eval.export import detection_state_dict, export_backbone, load_exported, save_detection_checkpoint
 from mst.methods import build_method
 from tests.conftest import save_method

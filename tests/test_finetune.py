@@ -10,7 +10,7 @@ import torch
 
 from mst.config import load_config
 from mst.data import DataError, balanced_subset_indices
-from mst.engine.checkpoint import backbone_state, load_checkpoint
+from mst.checkpoint import backbone_state, load_checkpoint
 from mst.engine.optim import build_optimizer, set_lr_wd
 from mst.finetune import finetune_config, run_finetune
 from mst.methods import build_method

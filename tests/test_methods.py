@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mst.config import load_config, register_section
-from mst.engine.checkpoint import load_backbone, load_checkpoint
+from mst.checkpoint import load_backbone, load_checkpoint
 from mst.engine.trainer import Trainer
 from mst.losses import patch_l1, patch_mse
 from mst.masking import MASKS, MaskResult, MaskStrategy, PatchRatioMask

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mst.engine.checkpoint import load_checkpoint
+from mst.checkpoint import load_checkpoint
 from tests.conftest import TINY
 
 ROOT = os.path.dirname(os.path.dirname(__file__))

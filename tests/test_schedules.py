@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
-from mst.engine.schedules import build_schedules, cosine_schedule, multistep_schedule
+from mst.schedules import build_schedules, cosine_schedule, multistep_schedule
 from mst.methods import build_method
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from mst.engine.checkpoint import load_checkpoint
+from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import NonFiniteLossError, Trainer
 from mst.methods import METHODS, build_method
 from mst.models.encoder import build_student_teacher

@@ -72,7 +72,7 @@ def cmd_knn(args) -> int:
     for random_init in ([False, True] if args.baselines else [False]):
         res = run_knn(args.ckpt, data=args.data, which=args.which, ks=tuple(args.k), train_subset=args.train_subset,
                       test_subset=args.test_subset, batch_size=args.batch_size, random_init=random_init,
-                      balanced=args.balanced)
+                      balanced=args.balanced, kind=args.features)
         results["random_init" if random_init else res["which"]] = res["top1"]
     if args.baselines:
         from mst.eval.knn import raw_pixel_knn
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, nargs="+", default=[10, 20, 100, 200])
     p.add_argument("--train-subset", type=int, default=None, help="use this many training images as the bank")
     p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--features", choices=("cls", "avgpool"), default="cls",
+                   help="CLS token (default) or the mean of the patch tokens")
     p.add_argument("--balanced", action="store_true",
                    help="the bank: a class-balanced --train-subset (the labels `mst finetune --train-subset` uses)")
     p.add_argument("--baselines", action="store_true",

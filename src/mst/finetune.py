@@ -16,7 +16,7 @@ import torch
 
 from mst.config import load_config
 from mst.data import build_dataset
-from mst.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from mst.checkpoint import load_checkpoint, resolve_checkpoint
 from mst.registry import ConfigError
 
 Log = Callable[[str], None]

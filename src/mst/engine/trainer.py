@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from mst.config import save_config
 from mst.data import Batch, DataError, build_dataset, build_pipeline
-from mst.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, method_checkpoint, save_checkpoint
+from mst.checkpoint import CHECKPOINT_NAME, load_checkpoint, method_checkpoint, save_checkpoint
 from mst.engine.distributed import (
     DistInfo,
     ResumableSampler,
@@ -33,7 +33,7 @@ from mst.engine.distributed import (
 from mst.engine.ema import TeacherEMA, unwrap
 from mst.engine.logger import MetricLogger
 from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
-from mst.engine.schedules import build_schedules
+from mst.schedules import build_schedules
 from mst.methods.base import EpochData, StepContext, build_method
 
 

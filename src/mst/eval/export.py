@@ -33,7 +33,7 @@ def export_backbone(
     "std"}. ``which`` defaults to the checkpoint's default backbone: the teacher for MST/DINO (the better encoder,
     as DINO releases it), the encoder for MAE / SimMIM. A fine-tuned checkpoint is exported whole, as a timm
     classifier (head included; "model_kwargs" then hold num_classes and global_pool). Returns both paths."""
-    from mst.engine.checkpoint import backbone_state, load_checkpoint, resolve_checkpoint, resolve_which
+    from mst.checkpoint import backbone_state, load_checkpoint, resolve_checkpoint, resolve_which
 
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":

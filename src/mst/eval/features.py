@@ -143,7 +143,7 @@ def load_eval_backbone(
 ) -> tuple[ViTBackbone, dict]:
     """(backbone in eval mode, config) from a checkpoint; ``random_init`` keeps the config but not the weights.
     ``which``: a backbone of the checkpoint (teacher / student for MST, encoder for MIM); None: its default."""
-    from mst.engine.checkpoint import load_backbone, load_checkpoint
+    from mst.checkpoint import load_backbone, load_checkpoint
 
     if random_init:
         cfg = load_checkpoint(ckpt)["config"]

@@ -155,7 +155,7 @@ def raw_pixel_knn(
 ) -> dict[int, float]:
     """The same k-NN on raw normalised pixels (the checkpoint's eval resolution): the floor any learnt feature
     should beat. Uses the same subsets as :func:`run_knn` with the same ``seed``."""
-    from mst.engine.checkpoint import load_checkpoint
+    from mst.checkpoint import load_checkpoint
 
     cfg = with_data(load_checkpoint(ckpt)["config"], data)
 

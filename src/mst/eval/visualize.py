@@ -175,7 +175,7 @@ def run_visualize(
     random images of the checkpoint's dataset ``split`` (default: test; train for an unlabelled folder).
     ``method_panels(images, generator)`` adds what the method does to each image (``Method.panels``). If the
     checkpoint sits in a run directory with metrics.jsonl, its training curves are drawn too. Returns the PNGs."""
-    from mst.engine.checkpoint import resolve_checkpoint
+    from mst.checkpoint import resolve_checkpoint
     from mst.eval.features import load_eval_backbone, load_eval_split
 
     dev = default_device(device)

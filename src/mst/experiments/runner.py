@@ -82,7 +82,7 @@ def _check_same_config(run_dir: Path, cfg: dict) -> None:
 
 def pretrain(cfg: dict, run_dir: Path, log: Log = print) -> dict:
     """Pretrain unless ``run_dir`` already holds a finished run; returns {"status", "wall_s", "skipped"}."""
-    from mst.engine.checkpoint import CHECKPOINT_NAME
+    from mst.checkpoint import CHECKPOINT_NAME
     from mst.engine.trainer import Trainer
 
     marker = run_dir / "pretrain.json"

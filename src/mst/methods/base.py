@@ -126,7 +126,7 @@ def build_method(cfg: dict) -> Method:
 
 def load_method(ckpt: str, device: str | torch.device = "cpu") -> Method:
     """The method of a checkpoint (run directory or file) with its trained weights, in eval mode."""
-    from mst.engine.checkpoint import load_checkpoint
+    from mst.checkpoint import load_checkpoint
 
     state = load_checkpoint(ckpt)
     method = build_method(state["config"])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mst.data.batch import Batch
-from mst.engine.schedules import cosine_schedule
+from mst.schedules import cosine_schedule
 from mst.losses import DINOLoss, restore_loss
 from mst.masking import MASKS, build_mask_strategy
 from mst.masking.replace import REPLACEMENTS

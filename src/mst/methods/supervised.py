@@ -19,7 +19,7 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from mst.data.batch import Batch
-from mst.engine.checkpoint import backbone_state, load_checkpoint, resolve_which
+from mst.checkpoint import backbone_state, load_checkpoint, resolve_which
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.models.backbone import ViTArch
 from mst.models.backbones import BACKBONES, create_backbone
