@@ -195,3 +195,23 @@ def test_a_balanced_knn_bank_holds_the_fine_tunes_labels(pretrained):
     first, _ = labelled[0]
     assert torch.allclose(x[0, 0] * 0.3530 + 0.2860, torch.as_tensor(np.asarray(first), dtype=torch.float32) / 255,
                           atol=1e-5)
+
+
+def test_finetune_on_a_labelled_image_folder(pretrained, tmp_path):
+    """An image_folder with train/ and test/: the number of classes comes from the folders, 2 here."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for cls, level in (("bright", 200), ("dark", 30)):
+            d = tmp_path / "data" / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(level + rng.integers(-20, 20, (33, 41)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    path, _ = pretrained
+    over = FT + ["data.name=image_folder", f"data.root={tmp_path / 'data'}", "augment.backend=pil"]
+    res = run_finetune(path, tmp_path / "ft", overrides=over, train_subset=16, log=lambda *a: None)
+    cfg = load_checkpoint(tmp_path / "ft")["config"]
+    assert cfg["finetune"]["num_classes"] == 2 and res["train_images"] == 16
+    assert 0 <= res["top1"] <= 100 and len(res["history"]) == 2

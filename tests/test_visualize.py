@@ -112,3 +112,16 @@ def test_run_visualize(tmp_path):
         assert im.size == (5 * 160, 2 * 160)
     from_data = run_visualize(run / "checkpoint.pt", n=2, out_dir=tmp_path / "figs2", log=lambda s: None)
     assert len(from_data) == 3 and all(p.is_file() for p in from_data)
+
+
+def test_cli_visualize_draws_a_mim_checkpoint(tmp_path, capsys):
+    from mst.cli import main
+
+    torch.manual_seed(0)
+    method = build_method(load_config(overrides=TINY_MAE + ["amt.enabled=true"]))
+    save_method(method, tmp_path / "checkpoint.pt")
+    assert main(["visualize", "--ckpt", str(tmp_path), "--n", "1", "--out", str(tmp_path / "figs")]) == 0
+    png = tmp_path / "figs" / "attention_test_0.png"
+    with Image.open(png) as im:  # input, attention, AMT's 2 maps, masked, reconstruction, pasted: 7 x 160 px
+        assert im.size == (7 * 160, 2 * 160)
+    assert str(png) in capsys.readouterr().out
