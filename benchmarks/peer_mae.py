@@ -69,9 +69,9 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=5)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        import lightly  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("lightly") is None:
         print("lightly is not installed: pip install --no-deps lightly (it is only needed for this comparison)")
         return {}
     from mst.config import load_config

@@ -12,7 +12,7 @@ from mst.config import load_config
 from mst.data import ArrayDataset
 from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import Trainer
-from mst.masking import AMTMask, AttentionMaps, crop_maps
+from mst.masking import AMTMask, crop_maps
 from mst.masking.amt import normalised_head_mean
 from mst.methods import build_method
 from mst.registry import ConfigError

@@ -17,10 +17,10 @@ from tests.conftest import save_method
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = load_config(overrides=["model.depth=2", "model.embed_dim=96", "model.num_heads=3", "dino.out_dim=64", "dino.hidden_dim=64", "dino.bottleneck_dim=32",
-                                 "mst.decoder_channels=[16,8]"])
+    cfg = load_config(overrides=["model.depth=2", "model.embed_dim=96", "model.num_heads=3", "dino.out_dim=64",
+                                 "dino.hidden_dim=64", "dino.bottleneck_dim=32", "mst.decoder_channels=[16,8]"])
     method = build_method(cfg)
-    student, teacher = method.student, method.teacher
+    teacher = method.teacher
     with torch.no_grad():  # make the teacher differ from the student, as after training
         for p in teacher.backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))

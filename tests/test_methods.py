@@ -12,7 +12,6 @@ import torch
 from mst.config import load_config, register_section
 from mst.checkpoint import load_backbone, load_checkpoint
 from mst.engine.trainer import Trainer
-from mst.losses import patch_l1, patch_mse
 from mst.masking import MASKS, MaskResult, MaskStrategy, PatchRatioMask
 from mst.methods import METHODS, Method, StepOutput, build_method
 from mst.models.tokens import gather_tokens, keep_indices, patchify, scatter_tokens
@@ -145,6 +144,7 @@ def test_thrown_tokens_leave_the_encoder_and_the_loss(tiny, throw_half):
 
     hook = method.encoder.vit.blocks[0].register_forward_pre_hook(count)
     out = step(method, [x], generator=torch.Generator().manual_seed(1))
+    hook.remove()
     res = _ThrowHalf()(2, (7, 7), None, torch.Generator().manual_seed(1))
     thrown = res.thrown
     assert int(thrown[0].sum()) == 24

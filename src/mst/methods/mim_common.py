@@ -96,7 +96,7 @@ class MIMMasking(nn.Module):
         boxes = batch.boxes if batch.boxes is not None else x.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(b, 4)
         weights = self.maps.weights(batch.index, boxes, batch.flips, grid)
         result = self.amt(b, grid, weights, generator)
-        return MaskResult(mask=result.mask.to(x.device), keep=result.keep.to(x.device), candidates=None)
+        return MaskResult(mask=result.mask.to(x.device), keep=result.keep.to(x.device))
 
     def on_epoch_start(self, epoch: int, encoder: nn.Module, data) -> dict[str, float]:
         """Refresh the maps at amt.start, amt.start + interval, ... (once per epoch, also after a resume)."""
@@ -113,6 +113,7 @@ class MIMMasking(nn.Module):
         data.log(f"AMT: attention maps of {len(self.maps.maps)} images refreshed at epoch {epoch} in "
                  f"{stats['amt_refresh_s']:.1f} s ({stats['amt_buffer_mb']:.1f} MB, uint8)")
         return stats
+
 
 @torch.no_grad()
 def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, generator: torch.Generator):
