@@ -236,3 +236,14 @@ def test_the_engine_and_evaluation_import_no_method():
                                                              "mst.masking"))}, path
             if folder == "eval":
                 assert not any(i.startswith("mst.methods") for i in imported), path
+
+
+@pytest.mark.parametrize("tiny", [["method=mst", *TINY], TINY_MAE])
+def test_bf16_autocast_on_cpu_trains(tiny, tmp_path):
+    """optim.amp=bf16 runs the step under CPU autocast: finite losses, float32 weights and optimizer state."""
+    cfg = load_config(overrides=tiny + ["optim.amp=bf16"])
+    tr = Trainer(cfg, tmp_path / "run", log=lambda *a: None)
+    assert tr.fit(max_steps=2) == "max_steps"
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(0 < r["loss"] < float("inf") for r in lines)
+    assert all(p.dtype == torch.float32 for p in tr.method.parameters())

@@ -62,7 +62,7 @@ COMMON: dict[str, Any] = {
         "betas": [0.9, 0.999],  # AdamW
         "clip_grad": 3.0,  # 0: no clipping
         "clip_mode": "param",  # param (each parameter's norm, DINO) | norm (the global norm, SimMIM)
-        "amp": "auto",  # auto (bf16 on GPU when supported, else fp16; fp32 on CPU) | bf16 | fp16 | none
+        "amp": "auto",  # auto (GPU: bf16 when supported, else fp16; CPU: fp32) | bf16 (also on CPU) | fp16 | none
         "compile": False,
         "channels_last_decoder": True,  # measured faster on CPU (benchmarks/step_time.py)
     },
