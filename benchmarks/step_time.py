@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             per_image = refresh_seconds_per_image(trainers[amt])
             interval = int(cfgs[amt]["amt"]["interval"])
             amortised = per_image * batch / interval
-            t_plain = median(primary[plain])
-            total = (median(primary[amt]) + amortised) / t_plain
+            total = step_ratio + amortised / median(primary[plain])  # the refresh's share of a plain step on top
             print(f"{amt.upper()} / {plain.upper()} step time ({measure}) = {step_ratio:.3f}; a refresh costs "
                   f"{per_image * 1e3:.2f} ms per image, {amortised * 1e3:.1f} ms per step over amt.interval={interval} "
                   f"epoch(s): {total:.3f} with it")
