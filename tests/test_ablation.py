@@ -257,3 +257,19 @@ def test_cli_variants_and_shard_are_checked(tmp_path, capsys):
     assert main(["ablate", "mask", "--protocol", "tiny", "--out", str(tmp_path), "--shard", "3/3"]) == 2
     assert "shard=(3, 3) must be (i, n)" in capsys.readouterr().err
     assert not list(tmp_path.glob("*/seed*"))  # nothing trained
+
+
+@pytest.mark.slow
+def test_report_only_reports_the_finished_runs_and_trains_nothing(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_run[0] / "none", out / "none")
+    shutil.copytree(tiny_run[0] / "random" / "seed0", out / "random" / "seed0")
+    monkeypatch.setattr(ablation, "pretrain", lambda *a, **k: pytest.fail("report_only pretrained"))
+    monkeypatch.setattr(ablation, "evaluate", lambda *a, **k: pytest.fail("report_only evaluated"))
+    agg = run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, report_only=True,
+                       log=lambda s: None)
+    assert [(v["variant"], v["n_seeds"]) for v in agg["variants"]] == [("none", 2), ("random", 1), ("attention", 0)]
+    assert agg["random_init"] is None and not (out / "random_init").exists()
+    assert json.loads((out / "results.json").read_text())["variants"][1]["seeds"] == [0]
+    with pytest.raises(ConfigError, match="exclude each other"):
+        run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, report_only=True, shard=(0, 2))

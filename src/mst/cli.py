@@ -185,7 +185,7 @@ def cmd_ablate(args) -> int:
         shard = (i, n)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     run_ablation(args.name, protocol=args.protocol, seeds=args.seeds, out_dir=args.out, data_root=args.data,
-                 overrides=args.overrides, shard=shard, variants=variants)
+                 overrides=args.overrides, shard=shard, variants=variants, report_only=args.report_only)
     return 0
 
 
@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only every N-th run starting at the I-th (0-based), e.g. 0/2 and 1/2 in two "
                         "processes on the same --out; then rerun without --shard to write the reports")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the reports from the runs that have finished (fewer seeds allowed)")
     p.set_defaults(func=cmd_ablate)
     return parser
 

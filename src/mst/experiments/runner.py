@@ -154,7 +154,8 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
 def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str | Path = "runs/ablation",
                  data_root: str | None = None, overrides: list[str] | None = None, log: Log = print,
                  doc: str | Path | None = DEFAULT_DOC, variants: list[str] | None = None,
-                 device=None, baseline: bool = True, shard: tuple[int, int] | None = None) -> dict | None:
+                 device=None, baseline: bool = True, shard: tuple[int, int] | None = None,
+                 report_only: bool = False) -> dict | None:
     """Run (or continue) ablation ``name`` under ``protocol`` for seeds 0..seeds-1 and write the reports.
 
     ``variants`` restricts the run to some of the ablation's variants. ``baseline`` also evaluates the untrained
@@ -164,7 +165,8 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     seeds in order), so n processes (or n array jobs sharing ``out_dir``) split an ablation; a shard writes no
     report: rerun without ``shard`` once all shards are done, which evaluates the baseline and writes the reports.
     Returns the aggregate (also out_dir/results.json), or None when pretraining was interrupted (rerun to go on)
-    or when running a shard.
+    or when running a shard. ``report_only`` trains and evaluates nothing: it writes the reports from the runs
+    that have finished (a variant may then have fewer seeds than asked; the report gives each row's count).
     """
     import torch
 
@@ -177,6 +179,8 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
         raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if seeds < 1:
         raise ConfigError(f"seeds={seeds} must be >= 1")
+    if report_only and shard is not None:
+        raise ConfigError("report_only and shard exclude each other: a shard writes no report")
     if shard is not None and not (len(shard) == 2 and shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ConfigError(f"shard={shard} must be (i, n) with 0 <= i < n")
     proto = PROTOCOLS[protocol]
@@ -199,7 +203,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     # every config first: a bad override fails before hours of training
     cfgs = {(v, s): build_run_config(name, v, s, proto, data_root, overrides) for v in chosen for s in range(seeds)}
     tee(f"ablation {name}: {len(chosen)} variants x {seeds} seeds, protocol {protocol} ({proto.description})")
-    todo = list(cfgs.items())
+    todo = [] if report_only else list(cfgs.items())
     if shard is not None:
         todo = todo[shard[0]::shard[1]]
         tee(f"shard {shard[0]}/{shard[1]}: " + ", ".join(f"{v} seed {k}" for (v, k), _ in todo))
@@ -243,7 +247,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
                 "the random-init reference and write the reports")
             return None
         base_path = out / "random_init" / "results.json"
-        if baseline and not base_path.is_file():
+        if baseline and not report_only and not base_path.is_file():
             first = next((out / v / f"seed{s}" for (v, s) in cfgs if (out / v / f"seed{s}" / "results.json").is_file()),
                          None)
             if first is not None:
