@@ -11,36 +11,29 @@ from mst.config import COMMON, load_config
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# a short run on 64 images that logs every step and writes nothing it does not need
+TINY_RUN = [
+    "optim.batch_size=8",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "data.subset=64",
+    "log.progress=false",
+    "log.tensorboard=false",
+    "log.every=1",
+    "log.knn_every=0",
+]
 TINY = [
     "model.depth=2",
     "dino.out_dim=64",
     "dino.hidden_dim=64",
     "dino.bottleneck_dim=32",
     "augment.n_local=2",
-    "optim.batch_size=8",
-    "optim.epochs=2",
-    "optim.warmup_epochs=1",
-    "data.subset=64",
-    "log.progress=false",
-    "log.tensorboard=false",
-    "log.every=1",
-    "log.knn_every=0",
+    *TINY_RUN,
     "mst.decoder_channels=[16,8]",
 ]
 
 # the same tiny model for the MIM methods (no DINO head, a 1-block 32-wide MAE decoder)
-TINY_MIM = [
-    "model.depth=2",
-    "augment.global_size=28",
-    "optim.batch_size=8",
-    "optim.epochs=2",
-    "optim.warmup_epochs=1",
-    "data.subset=64",
-    "log.progress=false",
-    "log.tensorboard=false",
-    "log.every=1",
-    "log.knn_every=0",
-]
+TINY_MIM = ["model.depth=2", "augment.global_size=28", *TINY_RUN]
 TINY_MAE = ["method=mae", *TINY_MIM, "mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]
 TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mim.mask=blocks", "mim.mask_ratio=0.6", "mim.norm_pix_loss=false"]
 

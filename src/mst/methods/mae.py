@@ -21,8 +21,8 @@ from mst.data.batch import Batch
 from mst.degradations import Degraded, build_degradation
 from mst.figures import Panel, to_display
 from mst.losses import normalize_patches, patch_mse
-from mst.methods.base import METHODS, Method, StepContext, StepOutput
-from mst.methods.mim_common import MIMMasking, figure_mask, reconstruction_panels, validate_mim
+from mst.methods.base import METHODS, StepContext, StepOutput
+from mst.methods.mim_common import MIMMasking, MIMMethod, figure_mask, reconstruction_panels, validate_mim
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.decoders.transformer import xavier_init
@@ -41,23 +41,18 @@ def mae_init(vit: nn.Module) -> None:
 
 
 @METHODS.register("mae")
-class MAE(Method):
+class MAE(MIMMethod):
     sections = ("mim", "mae", "amt", "degrade")
-    views = "single"
-    backbones = {"encoder": "encoder"}
-    default_backbone = "encoder"
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        model, self.channels = cfg["model"], int(cfg["data"]["channels"])
-        self.patch = int(model["patch_size"])
+        model = cfg["model"]
         self.degradation = build_degradation(cfg["mim"]["degradation"], cfg["degrade"])
         self.encoder = create_backbone(model, self.degradation.input_channels(self.channels),
                                        drop_path=float(model["drop_path"]))
         mae_init(self.encoder.vit)
-        grid = (int(model["img_size"]) // self.patch,) * 2
         self.decoder = build_decoder(cfg["mae"]["decoder"], cfg["mae"], self.encoder.embed_dim, self.patch,
-                                     self.channels, grid, "mae.decoder")
+                                     self.channels, self.grid, "mae.decoder")
         self.masking = MIMMasking(cfg)
 
     @classmethod

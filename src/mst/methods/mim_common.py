@@ -7,10 +7,24 @@ from torch import nn
 
 from mst.masking import AMTMask, AttentionMaps, MaskResult, build_mask_strategy
 from mst.masking.amt import ORDERS
+from mst.methods.base import Method
 from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
 from mst.models.tokens import patchify, unpatchify
 from mst.registry import ConfigError
+
+
+class MIMMethod(Method):
+    """What MAE and SimMIM have in common: one single-view encoder, which evaluation and export use, on a patch
+    grid of img_size / patch_size."""
+    views = "single"
+    backbones = {"encoder": "encoder"}
+    default_backbone = "encoder"
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        self.channels, self.patch = int(cfg["data"]["channels"]), int(cfg["model"]["patch_size"])
+        self.grid = (int(cfg["model"]["img_size"]) // self.patch,) * 2
 
 
 def validate_mim(cfg: dict, drops_tokens: bool) -> None:

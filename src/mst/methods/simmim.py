@@ -17,8 +17,8 @@ from mst.data.batch import Batch
 from mst.losses import patch_l1
 from mst.masking import MASKS
 from mst.figures import Panel
-from mst.methods.base import METHODS, Method, StepContext, StepOutput
-from mst.methods.mim_common import MIMMasking, figure_mask, reconstruction_panels, validate_mim
+from mst.methods.base import METHODS, StepContext, StepOutput
+from mst.methods.mim_common import MIMMasking, MIMMethod, figure_mask, reconstruction_panels, validate_mim
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.tokens import gather_tokens, patchify, scatter_tokens
@@ -26,20 +26,15 @@ from mst.registry import ConfigError
 
 
 @METHODS.register("simmim")
-class SimMIM(Method):
+class SimMIM(MIMMethod):
     sections = ("mim", "simmim", "amt")
-    views = "single"
-    backbones = {"encoder": "encoder"}
-    default_backbone = "encoder"
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        model, self.channels = cfg["model"], int(cfg["data"]["channels"])
-        self.patch = int(model["patch_size"])
+        model = cfg["model"]
         self.encoder = create_backbone(model, self.channels, drop_path=float(model["drop_path"]), mask_token=True)
-        grid = (int(model["img_size"]) // self.patch,) * 2
         self.decoder = build_decoder(cfg["simmim"]["decoder"], cfg["simmim"], self.encoder.embed_dim, self.patch,
-                                     self.channels, grid, "simmim.decoder")
+                                     self.channels, self.grid, "simmim.decoder")
         self.masking = MIMMasking(cfg)
 
     @classmethod
