@@ -170,3 +170,29 @@ def test_degradations_are_deterministic_per_seed():
         b = cls()(x, torch.Generator().manual_seed(5)).input
         c = cls()(x, torch.Generator().manual_seed(6)).input
         assert torch.equal(a, b) and not torch.equal(a, c), cls.__name__
+
+
+@pytest.mark.parametrize("name", ["zoom_in", "zoom_out", "distort", "blur", "decolorize"])
+def test_figure_shows_the_clean_view_the_degraded_input_and_the_reconstruction(name):
+    """`mst visualize` on a Beyond Masking run: clean view | degraded input (masked tokens grey) | reconstruction."""
+    from mst.figures import to_display
+
+    colour = ["data.channels=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]"] if name == "decolorize" else []
+    cfg = load_config(overrides=TINY_MAE + [f"mim.degradation={name}", "degrade.blur_kernel=5"] + colour)
+    torch.manual_seed(0)
+    mae = build_method(cfg).eval()
+    x = torch.rand(2, cfg["data"]["channels"], 28, 28)
+    rows = mae.panels(x, torch.Generator().manual_seed(0))
+    assert [[p.title.split(",")[0] for p in r] for r in rows] == [["clean view", "degraded input", "reconstruction"]] * 2
+    c = cfg["data"]
+    for i, (clean, degraded, _) in enumerate(rows):
+        assert degraded.title == f"degraded input, masked {49 - int(49 * 0.25)}"
+        assert torch.allclose(torch.as_tensor(clean.image), torch.as_tensor(to_display(x[i], c["mean"], c["std"])))
+        shown = torch.as_tensor(degraded.image)
+        grey = (shown == 0.5).all(-1)[::4, ::4]
+        assert grey.sum() == 49 - int(49 * 0.25)  # the masked tokens, grey
+        # the visible tokens show the degraded input, not the clean view
+        visible = torch.kron(~grey, torch.ones(4, 4, dtype=torch.bool))
+        clean_rgb = torch.as_tensor(clean.image)
+        clean_rgb = clean_rgb[..., None].expand_as(shown) if clean_rgb.dim() == 2 else clean_rgb
+        assert not torch.allclose(shown[visible], clean_rgb[visible], atol=1e-3)
