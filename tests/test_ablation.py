@@ -271,5 +271,12 @@ def test_report_only_reports_the_finished_runs_and_trains_nothing(tiny_run, tmp_
     assert [(v["variant"], v["n_seeds"]) for v in agg["variants"]] == [("none", 2), ("random", 1), ("attention", 0)]
     assert agg["random_init"] is None and not (out / "random_init").exists()
     assert json.loads((out / "results.json").read_text())["variants"][1]["seeds"] == [0]
+    # one seed: its value, no "± 0.00"; the spread counts only variants with several seeds
+    header, rows = _table_rows((out / "results.md").read_text())
+    knn = header.index("k-NN top-1 k=20 (%)")
+    assert "±" in rows["none"][knn] and "±" not in rows["random"][knn] and rows["attention"][knn] == "–"
+    assert float(rows["random"][knn]) == pytest.approx(agg["variants"][1]["stats"]["knn_top1_k20"]["mean"], abs=5e-3)
+    assert agg["spread"]["knn_top1_k20"]["max_std"] == agg["variants"][0]["stats"]["knn_top1_k20"]["std"]
+    assert re.fullmatch(r"\d+\.\d / \d+\.\d", rows["none"][header.index("Pretraining, wall / CPU (min)")])
     with pytest.raises(ConfigError, match="exclude each other"):
         run_ablation("mask", protocol="tiny", seeds=2, out_dir=out, doc=None, report_only=True, shard=(0, 2))

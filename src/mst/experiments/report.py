@@ -86,15 +86,16 @@ def spread(agg: dict) -> dict:
         cells = [r["stats"][m] for r in agg["variants"] if m in r["stats"]]
         if cells:
             means = [c["mean"] for c in cells]
-            out[m] = {"max_gap": max(means) - min(means), "max_std": max(c["std"] for c in cells),
-                      "mean_std": statistics.fmean(c["std"] for c in cells)}
+            stds = [c["std"] for c in cells if c["n"] > 1] or [0.0]  # a single seed has no spread to count
+            out[m] = {"max_gap": max(means) - min(means), "max_std": max(stds), "mean_std": statistics.fmean(stds)}
     return out
 
 
 def summary_text(agg: dict) -> str:
     lines = [f"std across seeds (ablation {agg['ablation']}, protocol {agg['protocol']['name']}):"]
     for m in agg["metrics"]:
-        parts = [f"{r['variant']} {r['stats'][m]['std']:.2f}" for r in agg["variants"] if m in r["stats"]]
+        parts = [f"{r['variant']} " + (f"{r['stats'][m]['std']:.2f}" if r["stats"][m]["n"] > 1 else "- (1 seed)")
+                 for r in agg["variants"] if m in r["stats"]]
         s = agg["spread"].get(m)
         if s:
             lines.append(f"  {m}: {', '.join(parts)}; largest gap between variant means {s['max_gap']:.2f} "
@@ -112,20 +113,32 @@ def _verdict(s: dict) -> str:
 def _fmt(cell: dict | None) -> str:
     if cell is None:
         return "–"
+    if cell.get("n", 2) < 2:  # one seed: no spread to show (the Seeds column says so)
+        return f"{cell['mean']:.2f}"
     return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+
+
+def _minutes(runs: list[dict]) -> str:
+    """Mean pretraining wall time per run, and the process CPU time where it was recorded (on a shared machine
+    the wall time grows with the load; one-thread CPU time is about the wall time of an unshared core)."""
+    wall = [run["wall_s"].get("pretrain_s") for run in runs if run["wall_s"].get("pretrain_s")]
+    cpu = [(run.get("cpu_s") or {}).get("pretrain_s") for run in runs]
+    cpu = [c for c in cpu if c]
+    if not wall:
+        return "–"
+    return f"{statistics.fmean(wall) / 60:.1f}" + (f" / {statistics.fmean(cpu) / 60:.1f}" if cpu else "")
 
 
 def markdown_table(agg: dict) -> str:
     metrics = agg["metrics"]
-    head = ["Variant", "Settings", *(LABELS[m] for m in metrics), "Pretraining (min)", "Seeds",
+    head = ["Variant", "Settings", *(LABELS[m] for m in metrics), "Pretraining, wall / CPU (min)", "Seeds",
             agg.get("paper_label") or "Paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in agg["variants"]:
         paper = "–" if r.get("paper") is None else f"{r['paper']:.1f}"
         settings = ([f"configs/{r['preset']}"] if r.get("preset") else []) + list(r["overrides"])
-        pre = [run["wall_s"].get("pretrain_s") for run in r["runs"] if run["wall_s"].get("pretrain_s")]
         cells = [r["variant"], "`" + " ".join(settings) + "`", *(_fmt(r["stats"].get(m)) for m in metrics),
-                 f"{statistics.fmean(pre) / 60:.1f}" if pre else "–", str(r["n_seeds"]), paper]
+                 _minutes(r["runs"]), str(r["n_seeds"]), paper]
         lines.append("| " + " | ".join(cells) + " |")
     if agg.get("random_init"):
         ref = agg["random_init"]
@@ -141,7 +154,7 @@ def markdown_body(agg: dict) -> str:
     walls = [r["wall_s_per_run"]["mean"] for r in agg["variants"] if r["wall_s_per_run"]]
     n_runs = sum(r["n_seeds"] for r in agg["variants"])
     out = [
-        f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (the checkpoint's "
+        f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (a variant with one seed: its value; the checkpoint's "
         "default backbone: MST's teacher, MIM's encoder; k-NN and linear probe on frozen CLS features, dense = "
         "per-patch linear probe mIoU on Fashion-MNIST collages). The paper column is ImageNet, for the direction "
         "of the effect only.",
