@@ -208,7 +208,7 @@ def plot(agg: dict, path: Path) -> Path:
         if math.isfinite(lo):  # zoom on the values: differences between variants are small
             pad = max(0.5, 0.25 * (hi - lo))
             ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
-        ax.set_xticks(range(len(variants)), variants, rotation=20)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", rotation_mode="anchor")
         ax.set_title(LABELS[m])
     fig.suptitle(f"ablation {agg['ablation']} ({agg['protocol']['name']} protocol): mean ± std over seeds, "
                  "dots = seeds")
