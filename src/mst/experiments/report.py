@@ -113,7 +113,7 @@ def _verdict(s: dict) -> str:
 def _fmt(cell: dict | None) -> str:
     if cell is None:
         return "–"
-    if cell.get("n", 2) < 2:  # one seed: no spread to show (the Seeds column says so)
+    if cell["n"] < 2:  # one seed: no spread to show (the Seeds column says so)
         return f"{cell['mean']:.2f}"
     return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
 
@@ -154,10 +154,10 @@ def markdown_body(agg: dict) -> str:
     walls = [r["wall_s_per_run"]["mean"] for r in agg["variants"] if r["wall_s_per_run"]]
     n_runs = sum(r["n_seeds"] for r in agg["variants"])
     out = [
-        f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (a variant with one seed: its value; the checkpoint's "
-        "default backbone: MST's teacher, MIM's encoder; k-NN and linear probe on frozen CLS features, dense = "
-        "per-patch linear probe mIoU on Fashion-MNIST collages). The paper column is ImageNet, for the direction "
-        "of the effect only.",
+        f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (a variant with one "
+        "seed: its value; the checkpoint's default backbone: MST's teacher, MIM's encoder; k-NN and linear probe "
+        "on frozen CLS features, dense = per-patch linear probe mIoU on Fashion-MNIST collages). The paper column "
+        "is ImageNet, for the direction of the effect only.",
         "",
         markdown_table(agg),
         "",
