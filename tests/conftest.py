@@ -54,6 +54,7 @@ MEAN3, STD3 = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 def aug(**kw) -> dict:
     a = copy.deepcopy(COMMON["augment"])
+    a.update(global_size=28, local_size=12)  # the defaults are "auto" (resolved from the data by load_config)
     a.update(kw)
     return a
 

@@ -93,11 +93,11 @@ def test_registries_name_the_valid_choices():
 
 def test_bad_values():
     with pytest.raises(ConfigError, match=r"augment.global_size=30 is not divisible by model.patch_size=4"):
-        load_config(overrides=["augment.global_size=30"])
+        load_config(overrides=["augment.global_size=30", "model.patch_size=4"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(overrides=["optim.base_lr"])
     with pytest.raises(ConfigError, match="data.mean"):
-        load_config(overrides=["data.channels=3"])
+        load_config(overrides=["data.channels=3", "data.mean=[0.5]"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent.yaml")
     with pytest.raises(ConfigError, match=r"optim.betas=\[0.9\] must be two numbers"):
@@ -121,9 +121,12 @@ def test_mask_patch_size_must_be_a_multiple_of_the_patch_and_divide_the_image():
     assert cfg["mim"]["mask_patch_size"] == 8
 
 
-def test_online_knn_on_an_unlabelled_folder_is_switched_off_with_a_warning():
+def test_online_knn_on_an_unlabelled_folder_is_switched_off_with_a_warning(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (32, 32), 7).save(tmp_path / "a.png")
     with pytest.warns(UserWarning, match="online evaluation is switched off"):
-        cfg = load_config(overrides=["data.name=folder", "data.root=/tmp", "log.knn_every=1"])
+        cfg = load_config(overrides=["data.name=folder", f"data.root={tmp_path}", "log.knn_every=1"])
     assert cfg["log"]["knn_every"] == 0
 
 

@@ -70,7 +70,7 @@ def test_finetune_config_takes_the_checkpoint_shape_and_a_balanced_subset(pretra
     assert cfg["method"] == "finetune" and cfg["model"]["depth"] == pre["model"]["depth"] == 2
     assert cfg["data"]["subset"] == 50 and cfg["data"]["balanced"] and cfg["finetune"]["num_classes"] == 10
     assert cfg["finetune"]["init"].endswith("checkpoint.pt")
-    with pytest.raises(DataError, match="only 60000"):
+    with pytest.raises(DataError, match="data.subset=70000 is larger than the 60000 images"):
         from mst.data import build_dataset
 
         build_dataset(finetune_config(path, overrides=FT, train_subset=70000)["data"])

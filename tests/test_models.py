@@ -1,4 +1,6 @@
 import pytest
+
+from mst.registry import ConfigError
 import torch
 
 from mst.engine.ema import TeacherEMA
@@ -87,9 +89,10 @@ def test_width_and_heads_overrides():
     out = bb(torch.randn(2, 1, 28, 28))
     assert out.cls.shape == (2, 48) and out.patches.shape == (2, 49, 48)
     assert bb.vit.blocks[0].attn.num_heads == 4
-    bad = make_tiny_cfg("model.embed_dim=50", "model.num_heads=4")
+    with pytest.raises(ConfigError, match="model.embed_dim=50 is not divisible by model.num_heads=4"):
+        make_tiny_cfg("model.embed_dim=50", "model.num_heads=4")
     with pytest.raises(ValueError, match="embed_dim=50 is not divisible by model.num_heads=4"):
-        ViTBackbone(bad["model"], in_chans=1)
+        ViTBackbone(dict(cfg["model"], embed_dim=50, num_heads=4), in_chans=1)
 
 
 def test_patch_size_must_divide_image():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ subcommands:
   linear     linear probe on frozen features (DINO-style, or MAE's BatchNorm + linear with LARS)
   finetune   fine-tune a checkpoint's backbone end to end (or the same ViT from scratch), low-label with
              --train-subset
-  dense      per-patch linear segmentation probe (mIoU) on a seeded Fashion-MNIST collage set
+  dense      per-patch linear segmentation probe (mIoU) on seeded collages of labelled images (yours or
+             Fashion-MNIST's)
   visualize  attention / mask / reconstruction figures for images, and training curves of a run
   export     the pretrained backbone as timm-loadable .safetensors + JSON
   ablate     rerun one of the paper's ablations at small scale over several seeds
@@ -24,27 +26,83 @@ subcommands:
 Run `mst SUBCOMMAND --help` for the options of each."""
 
 
+DATA_HELP = ("your images: a folder of images (any nesting; unlabelled), a labelled folder (class subfolders, "
+             "optionally under train/ val/ test/) or Fashion-MNIST's IDX files; what it holds is detected "
+             "(--set data.name=folder|image_folder|fashion_mnist pins it)")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML preset (see configs/); defaults otherwise")
-    p.add_argument("--data", help="data root (overrides data.root): Fashion-MNIST IDX folder or an image folder")
+    p.add_argument("--config", help="YAML preset (see configs/); default: configs/own_images_cpu.yaml (or _gpu "
+                                    "with a GPU) for your own images, the built-in defaults for Fashion-MNIST")
+    p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.base_lr=1e-3 (repeatable)")
 
 
-def _resolve(args) -> dict:
+def _data_overrides(data: str | None, overrides: list[str]) -> list[str]:
+    """``--data DIR``: data.root, and data.name detected from what DIR holds unless --set pins it."""
+    if not data:
+        return list(overrides)
+    pinned = any(o.split("=", 1)[0].strip() == "data.name" for o in overrides)
+    return [f"data.root={data}"] + ([] if pinned else ["data.name=auto"]) + list(overrides)
+
+
+def _own_images_preset(data: str | None) -> Path | None:
+    """The preset for a user's own images when no --config is given: sized for the device."""
+    from mst.data.inspect import detect_kind
+
+    if not data or detect_kind(data)[0] == "fashion_mnist":
+        return None
+    import torch
+
+    return CONFIGS / ("own_images_gpu.yaml" if torch.cuda.is_available() else "own_images_cpu.yaml")
+
+
+def _resolve(args, notes: list | None = None) -> dict:
+    from mst.autoconfig import Choice
     from mst.config import load_config
 
-    overrides = list(args.overrides)
-    if getattr(args, "data", None):
-        overrides.append(f"data.root={args.data}")
-    return load_config(args.config, overrides)
+    config = args.config
+    if config is None:
+        config = _own_images_preset(getattr(args, "data", None))
+        if config is not None and notes is not None:
+            notes.append(Choice("--config", f"configs/{config.name}", "your own images and no --config: sized for "
+                                                                       "this machine"))
+    return load_config(config, _data_overrides(getattr(args, "data", None), args.overrides), notes=notes)
+
+
+def _eval_data(args) -> dict | None:
+    """The data section an evaluation reads instead of the checkpoint's: --data DIR (kind detected) and --set
+    data.KEY=VALUE. The checkpoint keeps deciding the channels, statistics and image size."""
+    from mst.config import parse_value
+    from mst.registry import ConfigError
+
+    data: dict = {}
+    if args.data:
+        from mst.data.inspect import detect_kind
+
+        data.update(root=str(args.data), name=detect_kind(args.data)[0])
+    for item in args.overrides:
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key.startswith("data.") or not _:
+            raise ConfigError(f"--set {item}: mst {args.command} reads data.KEY=VALUE only (the checkpoint decides the "
+                              "model, its image size and its statistics)")
+        data[key[len("data."):]] = parse_value(text, key)
+    return data or None
 
 
 def cmd_pretrain(args) -> int:
     from mst.engine.trainer import NonFiniteLossError, Trainer
     from mst.eval.online import online_knn_evaluator
 
-    cfg = _resolve(args)
+    notes: list = []
+    cfg = _resolve(args, notes)
+    if notes and os.environ.get("RANK", "0") == "0":  # under torchrun every process resolves; one prints
+        from mst.autoconfig import summary
+
+        print(summary(notes, cfg), flush=True)
     out = Path(args.out)
     trainer = Trainer(cfg, out)
     evaluator = online_knn_evaluator(cfg) if cfg["log"]["knn_every"] else None
@@ -70,14 +128,14 @@ def cmd_knn(args) -> int:
 
     results = {}
     for random_init in ([False, True] if args.baselines else [False]):
-        res = run_knn(args.ckpt, data=args.data, which=args.which, ks=tuple(args.k), train_subset=args.train_subset,
+        res = run_knn(args.ckpt, data=_eval_data(args), which=args.which, ks=tuple(args.k), train_subset=args.train_subset,
                       test_subset=args.test_subset, batch_size=args.batch_size, random_init=random_init,
                       balanced=args.balanced, kind=args.features)
         results["random_init" if random_init else res["which"]] = res["top1"]
     if args.baselines:
         from mst.eval.knn import raw_pixel_knn
 
-        results["raw_pixels"] = raw_pixel_knn(args.ckpt, data=args.data, ks=tuple(args.k),
+        results["raw_pixels"] = raw_pixel_knn(args.ckpt, data=_eval_data(args), ks=tuple(args.k),
                                               train_subset=args.train_subset, test_subset=args.test_subset,
                                               balanced=args.balanced)
     print(json.dumps(results, indent=2))
@@ -94,7 +152,7 @@ def cmd_linear(args) -> int:
         from mst.eval.linear import MAE_PROBE_LR
 
         lr = MAE_PROBE_LR * 256 / args.batch_size if args.probe == "mae" else 0.1
-    res = run_linear(args.ckpt, data=args.data, which=args.which, kind=args.features, augment=args.augment,
+    res = run_linear(args.ckpt, data=_eval_data(args), which=args.which, kind=args.features, augment=args.augment,
                      epochs=args.epochs, lr=lr, batch_size=args.batch_size, train_subset=args.train_subset,
                      test_subset=args.test_subset, random_init=args.random_init, save_path=args.save,
                      probe=args.probe)
@@ -113,9 +171,7 @@ def cmd_finetune(args) -> int:
 
     out = args.out or str(Path(args.ckpt if Path(args.ckpt).is_dir() else Path(args.ckpt).parent)
                           / ("finetune_scratch" if args.random_init else "finetune"))
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.root={args.data}")
+    overrides = _data_overrides(args.data, args.overrides)
     if args.epochs is not None:
         overrides.append(f"optim.epochs={args.epochs}")
     try:
@@ -139,7 +195,7 @@ def cmd_finetune(args) -> int:
 def cmd_dense(args) -> int:
     from mst.eval.dense import run_dense
 
-    res = run_dense(args.ckpt, root=args.data, which=args.which, n_train=args.n_train, n_test=args.n_test,
+    res = run_dense(args.ckpt, data=_eval_data(args), which=args.which, n_train=args.n_train, n_test=args.n_test,
                     canvas=args.canvas, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     random_init=args.random_init)
     print(json.dumps({k: v for k, v in res.items() if k != "per_class_iou"}, indent=2))
@@ -204,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def eval_common(q, ckpt_help="run directory or checkpoint file"):
         q.add_argument("--ckpt", required=True, help=ckpt_help)
-        q.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
+        q.add_argument("--data", default=None, help="labelled images to score on (default: the checkpoint's data): "
+                       "class subfolders with val/ or test/ (else data.holdout of each class is held out), or "
+                       "Fashion-MNIST's IDX files")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                       help="a data key for this evaluation, e.g. --set data.holdout=0.3 (repeatable)")
         q.add_argument("--which", default=None,
                        help="which backbone of the checkpoint: teacher (default) or student for MST/DINO, encoder "
                             "for MAE/SimMIM")
@@ -248,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint; runs under torchrun like pretrain.")
     p.add_argument("--ckpt", required=True, help="pretraining run directory or checkpoint file")
     p.add_argument("--config", default=None, help="fine-tuning recipe YAML (default: configs/fashion_mnist_finetune.yaml)")
-    p.add_argument("--data", default=None, help="data root (overrides data.root; default: the checkpoint's)")
+    p.add_argument("--data", default=None, help="labelled images (default: the checkpoint's data): class subfolders, "
+                   "with val/ or test/ or data.holdout of each class held out; the kind is detected")
     p.add_argument("--out", default=None, help="run directory (default: CKPT_DIR/finetune or finetune_scratch)")
     p.add_argument("--which", default=None, help="backbone of the checkpoint (default: teacher for MST, encoder for MIM)")
     p.add_argument("--train-subset", type=int, default=None, help="a class-balanced subset of this many labels")
@@ -263,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--canvas", type=int, default=56)
+    p.add_argument("--canvas", type=int, default=None,
+                   help="canvas side in px (default: 56 for Fashion-MNIST, the checkpoint's image size for a folder)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-init", action="store_true", help="probe the same architecture at random init")
     p.set_defaults(func=cmd_dense)

@@ -4,6 +4,10 @@ A resolved config holds the common sections (``data``, ``augment``, ``model``, `
 of its ``method`` only (e.g. ``dino`` + ``mst`` for MST, ``mim`` + ``mae`` + ``amt`` for MAE). A key in no section,
 or a section the method does not use, is an error naming the closest valid keys, so a typo never silently falls
 back to a default. Names of methods, backbones, mask strategies and decoders are checked against their registries.
+
+Every value is checked against the type of its default and, where a key has one, its range (``mst.config_checks``:
+``TYPES``, ``RANGES``); every problem (a bad value, a YAML error, an impossible combination) is one ConfigError line
+naming the key.
 """
 from __future__ import annotations
 
@@ -15,8 +19,16 @@ from typing import Any
 
 import yaml
 
+from mst.config_checks import AUTO, check_range, check_value, expected_type
 from mst.defaults import COMMON, RENAMED, SECTIONS  # every key and its default (re-exported)
 from mst.registry import ConfigError
+
+# Keys that may be "auto" (derived from the data) besides a value of their type; range checks and the checks of
+# combinations skip "auto". Their type, for when the default is "auto" itself, is in mst.config_checks.TYPES.
+AUTO_KEYS: set[str] = {
+    "data.channels", "data.mean", "data.std", "model.img_size", "model.patch_size", "augment.global_size",
+    "augment.local_size", "mst.decoder_channels", "optim.epochs", "optim.batch_size",
+}
 
 
 def register_section(name: str, defaults: dict[str, Any]) -> None:
@@ -55,6 +67,7 @@ def defaults_for(method: str) -> dict[str, Any]:
 
 
 def _unknown(key: str, where: str, cfg: dict) -> ConfigError:
+    key = str(key)
     section = key.split(".")[0]
     if key in RENAMED:
         return ConfigError(f"config key '{key}' in {where} was renamed: use {RENAMED[key]}")
@@ -90,10 +103,23 @@ def _merge(base: dict, update: dict, where: str, root: dict, prefix: str = "") -
             base[k] = _number(v) if isinstance(base[k], (int, float)) and not isinstance(base[k], bool) else v
 
 
-def parse_value(text: str) -> Any:
-    """Parse an override's value with YAML rules (numbers, bools, null, lists); '1e-3' is a number too."""
-    value = yaml.safe_load(text) if text.strip() else ""
-    return _number(value)
+def parse_value(text: str, key: str = "value") -> Any:
+    """Parse an override's value with YAML rules (numbers, bools, null, lists); '1e-3' is a number too (but not
+    '"1e-3"', quoted). Text YAML cannot read is a ConfigError naming ``key`` and the text."""
+    if not text.strip():
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({_yaml_problem(e)})") from None
+    return value if text.strip()[0] in "'\"" else _number(value)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what went wrong, and where (line, column)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _number(value: Any) -> Any:
@@ -123,7 +149,12 @@ def apply_override(cfg: dict, item: str) -> None:
         if i == len(parts) - 1:
             if isinstance(node[part], dict):
                 raise ConfigError(f"--set {key}: '{key}' is a section; set one of its keys, e.g. {key}.{next(iter(node[part]))}")
-            node[part] = parse_value(text)
+            value = parse_value(text, key)
+            default = default_of(key)
+            if (value is not None and not isinstance(value, (str, bool, list, dict))
+                    and expected_type(key, default, AUTO_KEYS) is str):
+                value = text.strip()  # a string key: --data 2024 names the folder "2024" (YAML: a number, a date)
+            node[part] = value
         else:
             node = node[part]
 
@@ -137,7 +168,7 @@ def _read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     base = data.pop("base", None)
@@ -159,8 +190,11 @@ def _lay_over(base: dict, top: dict) -> None:
             base[k] = v
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """Defaults of the method, then the YAML preset at ``path``, then each ``key=value`` override, validated.
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                notes: list | None = None) -> dict:
+    """Defaults of the method, then the YAML preset at ``path``, then each ``key=value`` override, then the values
+    still ``auto`` derived from the data (``mst.autoconfig``; what was chosen and why is appended to ``notes``),
+    validated.
 
     The method is the last ``method=`` override, else the preset's ``method``, else ``mst``."""
     data = _read_yaml(path) if path is not None else {}
@@ -168,11 +202,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         key, text = _split_override(item)
         if key == "method":
-            method = parse_value(text)
+            method = parse_value(text, key)
     cfg = defaults_for(str(method))
+    if data.pop("any_method", False):  # a method-agnostic preset: the sections of the other methods are ignored
+        for section in [k for k in data if k in SECTIONS and k not in cfg]:
+            del data[section]
     _merge(cfg, data, str(path), cfg)
     for item in overrides or []:
         apply_override(cfg, item)
+    from mst.autoconfig import resolve_auto
+
+    check_types(cfg)  # a bad value is named before anything reads the data
+    choices = resolve_auto(cfg)
+    if notes is not None:
+        notes.extend(choices)
     validate(cfg)
     return cfg
 
@@ -185,6 +228,46 @@ def merge_dict(cfg: dict, update: dict, where: str = "config") -> dict:
     return out
 
 
+def _section_defaults(cfg: dict) -> dict[str, Any]:
+    """Dotted key -> default, for every key of ``cfg``'s sections (common ones and the method's, from COMMON and
+    SECTIONS, so a section registered at run time is checked by its own defaults)."""
+    out: dict[str, Any] = {}
+    for name in cfg:
+        default = COMMON[name] if name in COMMON else SECTIONS.get(name)
+        if isinstance(default, dict):
+            out.update(_flatten(default, name + "."))
+        elif name in COMMON:
+            out[name] = default
+    return out
+
+
+def default_of(key: str) -> Any:
+    """The default of the dotted ``key`` (None if it has none)."""
+    return _section_defaults({key.split(".")[0]: None}).get(key)
+
+
+def check_types(cfg: dict) -> None:
+    """Every value of ``cfg`` against its default's type, then its range (``mst.config_checks``); numbers are
+    brought to the key's type in place (1 -> 1.0 for a float key, 2.0 -> 2 for an int key, '1e-3' -> 0.001)."""
+    present = []  # (key, default, the dict holding the key, its last part)
+    for key, default in _section_defaults(cfg).items():
+        *path, last = key.split(".")
+        node: Any = cfg
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:  # (a checkpoint's older config may lack a key)
+            present.append((key, default, node, last))
+    for key, default, node, last in present:
+        node[last] = check_value(key, node[last], default, AUTO_KEYS)
+    for key, _, node, last in present:
+        check_range(key, node[last])
+
+
+def _auto(*values: Any) -> bool:
+    """Whether any of ``values`` is still "auto" (to be derived from the data later)."""
+    return any(isinstance(v, str) and v == AUTO for v in values)
+
+
 def choice(cfg: dict, key: str, options) -> None:
     """``key`` (dotted) must hold one of ``options``."""
     node: Any = cfg
@@ -195,34 +278,36 @@ def choice(cfg: dict, key: str, options) -> None:
 
 
 def validate(cfg: dict) -> None:
-    """Common checks, then the method's own (``Method.validate``). Mutates nothing but ``log.knn_every`` on
-    unlabelled data (switched off with a warning)."""
+    """Types and ranges of every key, the common checks, then the method's own (``Method.validate``). Mutates
+    nothing but numbers brought to their key's type (:func:`check_types`) and ``log.knn_every`` on unlabelled
+    data (switched off with a warning). Values still "auto" (``AUTO_KEYS``) skip the checks that need them."""
     from mst.models.backbones import BACKBONES
 
-    d, a, m, o = cfg["data"], cfg["augment"], cfg["model"], cfg["optim"]
+    check_types(cfg)
+    d, a, m = cfg["data"], cfg["augment"], cfg["model"]
     choice(cfg, "data.bad_files", ("error", "skip"))
-    choice(cfg, "data.channels", (1, 3))
+    choice(cfg, "data.small_images", ("upscale", "skip", "error"))
+    choice(cfg, "data.alpha", ("black", "white", "drop"))
+    choice(cfg, "data.name", ("auto", "fashion_mnist", "folder", "image_folder"))
     choice(cfg, "optim.amp", ("auto", "bf16", "fp16", "none"))
     choice(cfg, "optim.clip_mode", ("param", "norm"))
     choice(cfg, "optim.lr_schedule", ("cosine", "multistep"))
     choice(cfg, "augment.backend", ("pil", "tensor"))
     choice(cfg, "model.pos_embed", ("learned", "sincos"))
-    BACKBONES.get(m["arch"])
-    if len(d["mean"]) != d["channels"] or len(d["std"]) != d["channels"]:
+    if not _auto(m["arch"]):
+        BACKBONES.get(m["arch"])
+    if not _auto(d["channels"], d["mean"], d["std"]) and (len(d["mean"]) != d["channels"]
+                                                          or len(d["std"]) != d["channels"]):
         raise ConfigError(f"data.mean / data.std need {d['channels']} values (data.channels), "
                           f"got {d['mean']} / {d['std']}")
     multicrop = method_class(cfg["method"]).views == "multicrop"
     for size_key in ("global_size", "local_size") if multicrop else ("global_size",):
-        if a[size_key] % m["patch_size"]:
+        if not _auto(a[size_key], m["patch_size"]) and a[size_key] % m["patch_size"]:
             raise ConfigError(f"augment.{size_key}={a[size_key]} is not divisible by model.patch_size={m['patch_size']}")
-    if m["img_size"] % m["patch_size"]:
+    if m["embed_dim"] and m["num_heads"] and m["embed_dim"] % m["num_heads"]:
+        raise ConfigError(f"model.embed_dim={m['embed_dim']} is not divisible by model.num_heads={m['num_heads']}")
+    if not _auto(m["img_size"], m["patch_size"]) and m["img_size"] % m["patch_size"]:
         raise ConfigError(f"model.img_size={m['img_size']} is not divisible by model.patch_size={m['patch_size']}")
-    if o["batch_size"] < 1 or o["epochs"] < 1:
-        raise ConfigError("optim.batch_size and optim.epochs must be >= 1")
-    if len(o["betas"]) != 2 or not all(0 <= b < 1 for b in o["betas"]):
-        raise ConfigError(f"optim.betas={o['betas']} must be two numbers in [0, 1)")
-    if len(a["blur_p"]) != 3:
-        raise ConfigError("augment.blur_p needs 3 probabilities: global 1, global 2, locals")
     if a["rand_augment"] and (a["backend"] != "pil" or method_class(cfg["method"]).views != "single"):
         raise ConfigError(f"augment.rand_augment={a['rand_augment']!r} runs on the single-view pil pipeline: set "
                           "augment.backend=pil (a method with one view per image)")

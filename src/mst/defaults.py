@@ -9,21 +9,25 @@ COMMON: dict[str, Any] = {
     "seed": 0,
     "method": "mst",  # a registered method: mst | mae | simmim | finetune (plain DINO is mst with mst.mask=none)
     "data": {
-        "name": "fashion_mnist",  # fashion_mnist | folder (unlabelled, any nesting) | image_folder (class subdirs)
+        # auto: what data.root holds (IDX files -> fashion_mnist; class subfolders -> image_folder; else folder)
+        "name": "auto",  # fashion_mnist | folder (unlabelled, any nesting) | image_folder (class subdirs) | auto
         "root": None,  # None -> /usr/share/datasets/fashion-mnist for fashion_mnist
         "split": "train",
         "subset": None,  # int: a fixed random subset of that many images (seeded)
         "balanced": False,  # subset: the same number of images per class (labelled data only)
         "subset_seed": 0,  # which fixed subset
-        "channels": 1,  # images are converted to this many channels (1 or 3)
+        "channels": "auto",  # auto: the files' band count (grey 1, colour 3, multiband N); 1 <-> 3 convert, else error
         "bad_files": "error",  # error | skip
+        "small_images": "upscale",  # images smaller than the crop: upscale (shorter side to it) | skip | error
+        "alpha": "black",
+        "holdout": 0.2,  # a labelled folder with no val/ or test/: this share of each class is its test split  # transparency: composite onto black | white | drop the alpha band
         "num_workers": 0,
-        "mean": [0.2860],
-        "std": [0.3530],
+        "mean": "auto",  # auto: Fashion-MNIST's [0.2860]; a folder's measured on a seeded sample of 256 images
+        "std": "auto",
     },
     "augment": {  # multi-crop methods (MST) use all of it; single-view methods one global crop + flip
-        "global_size": 28,
-        "local_size": 12,
+        "global_size": "auto",  # follows model.img_size (the one size key); a different value is an error
+        "local_size": "auto",  # auto: 3/7 of the global crop (DINO's 96 of 224), a multiple of the patch
         "n_local": 6,
         "global_scale": [0.4, 1.0],
         "local_scale": [0.05, 0.4],
@@ -39,8 +43,8 @@ COMMON: dict[str, Any] = {
     },
     "model": {
         "arch": "vit_tiny",  # a registered backbone: vit_tiny | vit_small | vit_base | vit_large | swin_tiny
-        "patch_size": 4,
-        "img_size": 28,
+        "patch_size": "auto",  # auto: 16 from 160 px, 8 from 48 px, else 4
+        "img_size": "auto",  # auto: 28 for Fashion-MNIST; a folder's median shorter side, capped (CPU 64, GPU 224)
         "depth": None,  # override the arch's depth (e.g. a shallower ViT for CPU runs)
         "embed_dim": None,  # override the arch's width (ViT only; a narrower ViT for CPU runs)
         "num_heads": None,  # override the arch's number of heads (must divide the width)
@@ -101,7 +105,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "mask_p": 0.1,  # probability of masking a candidate (random: any token)
         "replacement": "learned",  # learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)
         "decoder": "cnn",  # an image decoder (cnn | linear) or none
-        "decoder_channels": [256, 128, 64, 32],  # cnn widths, one per 2x upsampling (the first log2(patch) used)
+        "decoder_channels": "auto",  # cnn widths, one per 2x upsampling (auto: log2(patch) of 256, 128, 64, ...)
         "restore_target": "image",  # image (whole view, eq. 9) | masked (masked tokens' pixels only)
         "ce_weight": 1.0,  # lambda1 of eq. 11
         "restore_weight": 0.6,  # lambda2 of eq. 11

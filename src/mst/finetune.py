@@ -4,7 +4,9 @@ on the engine that pretrains (so checkpoints, resume, SIGTERM, torchrun, logs an
 The config of a fine-tune: the ``finetune`` method's defaults, then the fine-tuning preset (the recipe), then what
 the checkpoint decides (the backbone's shape, the data and their normalisation, the image size), then the user's
 overrides. ``train_subset`` takes a class-balanced labelled subset (low-label fine-tuning). Top-1 on the test split
-is measured every ``log.knn_every`` epochs; ``finetune.json`` reports the history, the best and the last.
+is measured every ``log.knn_every`` epochs; ``finetune.json`` reports the history, the best and the last, and the
+data: images used per split, the number of classes and their names. The class names also go into every checkpoint
+of the run (``checkpoint["classifier"]["class_names"]``), where ``mst export`` finds them.
 """
 from __future__ import annotations
 
@@ -44,11 +46,66 @@ def finetune_config(ckpt: str | Path, preset: str | Path | None = None, override
     if cfg["data"]["name"] == "folder":
         raise ConfigError("fine-tuning needs labels, but the data (data.name=folder) are unlabelled: pass a "
                           "labelled folder with --data DIR --set data.name=image_folder (class subfolders)")
-    classes = getattr(build_dataset(dict(cfg["data"], subset=None)), "classes", None)
+    classes = dataset_classes(cfg)
     if classes and len(classes) != int(cfg["finetune"]["num_classes"]):
         cfg = load_config(preset or DEFAULT_PRESET, derived + list(overrides or []) +
                           [f"finetune.num_classes={len(classes)}"])
     return cfg
+
+
+def dataset_classes(cfg: dict) -> list[str] | None:
+    """Class names of the config's labelled training data, in label order: Fashion-MNIST's ``CLASSES``, an image
+    folder's class subfolders (``dataset.classes``); None when the dataset names none."""
+    if cfg["data"]["name"] == "fashion_mnist":
+        from mst.data import CLASSES
+
+        return list(CLASSES)
+    classes = getattr(build_dataset(dict(cfg["data"], subset=None)), "classes", None)
+    return [str(c) for c in classes] if classes else None
+
+
+def _split_counts(cfg: dict, test_source) -> dict:
+    """{"val_images", "test_images", "test_split"}: the images the test evaluation scores and the split they come
+    from ("test"; "val" for an image folder with val/ but no test/; "holdout" for one without split subfolders,
+    whose held-out share is its test split); val_images counts a val/ split next to a test/ one (not used by the
+    fine-tune), else None."""
+    from mst.eval.knn import split_size
+
+    data = cfg["data"]
+    test_split, val_images = "test", None
+    if data["name"] in ("image_folder", "folder") and data.get("root"):
+        root = Path(data["root"])
+        has_test, has_val = (root / "test").is_dir(), (root / "val").is_dir()
+        if has_val and not has_test:
+            test_split = "val"
+        elif has_val:
+            val_images = len(build_dataset(dict(data, subset=None), "val"))
+        elif not has_test and not (root / "train").is_dir():
+            test_split = "holdout"
+    return {"val_images": val_images, "test_images": split_size(test_source), "test_split": test_split}
+
+
+def _trainer_with_class_names(cfg: dict, out_dir, log: Log):
+    """The engine's Trainer, whose checkpoints also carry the class names (its ``class_names``, set from the
+    training dataset) in their ``classifier`` entry."""
+    from mst.engine.trainer import Trainer
+
+    class FinetuneTrainer(Trainer):
+        class_names: list[str] | None = None
+
+        def state(self) -> dict:
+            state = super().state()
+            if self.class_names and isinstance(state.get("classifier"), dict):
+                state["classifier"] = {**state["classifier"], "class_names": list(self.class_names)}
+            return state
+
+    trainer = FinetuneTrainer(cfg, out_dir, log=log)
+    if cfg["data"]["name"] == "fashion_mnist":
+        trainer.class_names = dataset_classes(cfg)
+    else:  # the dataset the trainer built (no second scan of a large folder), else the config's
+        classes = getattr(getattr(trainer, "base_dataset", None), "classes", None)
+        trainer.class_names = [str(c) for c in classes] if classes else dataset_classes(cfg)
+    return trainer
 
 
 def test_evaluator(cfg: dict) -> Callable:
@@ -59,15 +116,19 @@ def test_evaluator(cfg: dict) -> Callable:
 
     cache: dict = {}
 
-    def evaluate(trainer) -> dict[str, float]:
+    def test_split():
+        """The (cached) test split the evaluation scores."""
         if not cache:
             cache["test"] = load_eval_split(cfg, "test", cfg["log"]["knn_test_subset"], seed=1)
+        return cache["test"]
+
+    def evaluate(trainer) -> dict[str, float]:
         method = trainer.method
         was_training = method.training
         method.eval()
         logits, labels = [], []
         try:
-            source = cache["test"]
+            source = test_split()
             batches = ([(source[0][i:i + 512], source[1][i:i + 512]) for i in range(0, len(source[0]), 512)]
                        if isinstance(source, tuple) else torch.utils.data.DataLoader(source, batch_size=512))
             for x, y in batches:
@@ -78,6 +139,7 @@ def test_evaluator(cfg: dict) -> Callable:
         top1, top5 = topk_accuracy(torch.cat(logits), torch.cat(labels).long())
         return {"test_top1": top1, "test_top5": top5}
 
+    evaluate.test_split = test_split  # type: ignore[attr-defined]
     return evaluate
 
 
@@ -102,26 +164,29 @@ def run_finetune(ckpt: str | Path, out_dir: str | Path, preset: str | Path | Non
                  overrides: list[str] | None = None, train_subset: int | None = None, random_init: bool = False,
                  which: str | None = None, log: Log = print) -> dict:
     """Fine-tune (resuming if ``out_dir`` holds a checkpoint) and write ``out_dir/finetune.json``: {"top1" (last
-    evaluation), "top5", "best_top1", "best_epoch", "history", "random_init", "source", "train_images", ...}.
-    Returns it, or {"status": "preempted"} when stopped by a signal."""
-    from mst.engine.trainer import Trainer
-
+    evaluation), "top5", "best_top1", "best_epoch", "history", "random_init", "source", "train_images" (labelled
+    images trained on), "val_images" (a val/ split left unused next to test/, else null), "test_images" (images
+    scored), "test_split", "num_classes", "class_names", ...}. The checkpoints also hold the class names (for
+    ``mst export``). Returns it, or {"status": "preempted"} when stopped by a signal."""
     cfg = finetune_config(ckpt, preset, overrides, train_subset, random_init, which)
     if int(cfg["log"]["knn_every"]) < 1:
         raise ConfigError("fine-tuning reports test top-1: set log.knn_every >= 1 (epochs between evaluations)")
-    trainer = Trainer(cfg, out_dir, log=log)
+    trainer = _trainer_with_class_names(cfg, out_dir, log)
+    class_names = trainer.class_names
     if not random_init:
         name = trainer.method.init_from(cfg["finetune"]["init"], cfg["finetune"]["init_backbone"])
         log(f"fine-tuning the {name} backbone of {cfg['finetune']['init']}")
     else:
         log(f"fine-tuning the architecture of {ckpt} from a random initialisation (the from-scratch baseline)")
-    status = trainer.fit(evaluator=test_evaluator(cfg))
+    evaluator = test_evaluator(cfg)
+    status = trainer.fit(evaluator=evaluator)
     if status != "done":
         return {"status": status}
     res = {**summarize(Path(out_dir)), "random_init": random_init, "source": str(ckpt),
            "backbone": None if random_init else cfg["finetune"]["init_backbone"],
-           "train_images": len(trainer.pipeline.dataset), "epochs": int(cfg["optim"]["epochs"]),
-           "test_images": cfg["log"]["knn_test_subset"], "seed": int(cfg["seed"])}
+           "train_images": int(len(trainer.pipeline.dataset)), **_split_counts(cfg, evaluator.test_split()),
+           "num_classes": int(cfg["finetune"]["num_classes"]), "class_names": class_names,
+           "epochs": int(cfg["optim"]["epochs"]), "seed": int(cfg["seed"])}
     if trainer.dist.is_main:
         (Path(out_dir) / "finetune.json").write_text(json.dumps(res, indent=2))
     return res

@@ -79,10 +79,30 @@ def _folder_root(root: str | Path | None, name: str, split: str) -> Path:
     raise DataError(f"data directory {root} has no '{split}' subfolder for split={split!r}")
 
 
+def has_splits(root: str | Path) -> bool:
+    """Whether ``root`` has a train/, val/ or test/ subfolder."""
+    return any((Path(root) / s).is_dir() for s in ("train", "val", "test"))
+
+
+def holdout_indices(labels: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a held-out ``share`` of each class (at least one image of a class with two or more), a
+    fixed random choice by default_rng(seed): the test split of a labelled folder that has no val/ or test/."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = min(len(members) - 1, max(1, int(round(share * len(members))))) if len(members) > 1 else 0
+        chosen.append(members[rng.permutation(len(members))[:n]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
 def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
     """Base dataset of (PIL image, label) pairs for ``data_cfg['name']``.
 
-    Folder datasets use ``root/<split>`` if that exists, else ``root`` for the train split. ``subset: N``
+    Folder datasets use ``root/<split>`` if that exists (``val`` stands in for ``test``), else ``root`` for the
+    train split; a labelled folder with no split subfolders holds out ``data.holdout`` of each class as its test
+    split (and trains on the rest). ``subset: N``
     keeps a fixed random N images (numpy default_rng(0), sorted), identical across runs and processes.
     ``min_size`` (folders only) rejects images whose shorter side is below it, e.g. the global crop size.
     """
@@ -92,19 +112,29 @@ def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
     if name == "fashion_mnist":
         ds = FashionMNIST(data_cfg.get("root") or DEFAULT_ROOT, split=split, channels=channels)
     elif name in ("folder", "image_folder"):
+        held_out = name == "image_folder" and data_cfg.get("root") and not has_splits(data_cfg["root"])
         ds = ImageFolderDataset(
-            _folder_root(data_cfg.get("root"), name, split),
+            Path(data_cfg["root"]) if held_out else _folder_root(data_cfg.get("root"), name, split),
             labelled=(name == "image_folder"),
             channels=channels,
             bad_files=data_cfg.get("bad_files", "error"),
             min_size=min_size,
+            alpha=data_cfg.get("alpha", "black"),
+            small=data_cfg.get("small_images", "error"),
         )
+        if held_out:  # no val/ or test/: a fixed share of each class is the test split, the rest the train split
+            test = holdout_indices(ds.targets, float(data_cfg.get("holdout", 0.2)), int(data_cfg.get("subset_seed", 0)))
+            keep = test if split in ("test", "val") else np.setdiff1d(np.arange(len(ds)), test)
+            ds = SubsetDataset(ds, keep.tolist())
     else:
         raise DataError(f"data.name={name!r} is not one of {', '.join(DATASET_NAMES)}")
     subset = data_cfg.get("subset")
     if subset is not None:
         if int(subset) < 1:
             raise DataError(f"data.subset={subset} must be a positive number of images (or null)")
+        if int(subset) > len(ds):
+            raise DataError(f"data.subset={subset} is larger than the {len(ds)} images of the {split} split of "
+                            f"{data_cfg.get('root') or name}; lower it or set data.subset=null")
         if data_cfg.get("balanced"):
             idx = balanced_subset_indices(np.asarray(ds.targets), int(subset), int(data_cfg.get("subset_seed", 0)))
         else:

@@ -15,15 +15,27 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from .readers import _PIL_MODES, Header, is_dicom, is_tiff, read_dicom, read_header, read_tiff, to_unit_float
+
+EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
+ALPHA_POLICIES = ("black", "white", "drop")  # data.alpha: composite onto black / white, or drop the alpha band
+SMALL_POLICIES = ("upscale", "skip", "error")  # data.small_images
 
 
 class DataError(ValueError):
     """A data directory or image file cannot be used; the message names the path and the fix."""
 
 
+class SmallImageError(DataError):
+    """An image is smaller than the crop (``data.small_images=error``; skipped under ``skip``)."""
+
+
+class BandMismatchError(DataError):
+    """A file's band count differs from ``data.channels``: always an error, never converted or skipped."""
+
+
 class BadFileWarning(UserWarning):
-    """Files were skipped under ``data.bad_files=skip``."""
+    """Files were skipped under ``data.bad_files=skip`` or ``data.small_images=skip``."""
 
 
 def _is_image(name: str) -> bool:
@@ -74,42 +86,126 @@ def _scale_to_uint8(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(arr * 255.0).astype(np.uint8), mode="L")
 
 
-def _composite_on_black(img: Image.Image) -> Image.Image:
-    """Premultiply by alpha (= alpha-composite onto black) and drop the alpha band: 'LA' -> 'L', else 'RGB'."""
+def remove_alpha(arr: np.ndarray, policy: str, top: float) -> np.ndarray:
+    """(H, W, B+1) with alpha last (0..``top``) -> (H, W, B) float: composited onto black or white, or dropped."""
+    data, a = arr[..., :-1].astype(np.float32), arr[..., -1:].astype(np.float32) / float(top)
+    if policy == "drop":
+        return data
+    if policy not in ALPHA_POLICIES:
+        raise ValueError(f"data.alpha={policy!r} is not one of {', '.join(ALPHA_POLICIES)}")
+    background = 0.0 if policy == "black" else float(top)
+    return data * a + background * (1.0 - a)
+
+
+def _composite(img: Image.Image, policy: str) -> Image.Image:
+    """Apply the alpha policy and drop the alpha band: 'LA' -> 'L', else 'RGB'."""
     if img.mode != "LA":
         img = img.convert("RGBA")
-    arr = np.asarray(img).astype(np.float32)
-    out = arr[..., :-1] * (arr[..., -1:] / 255.0)
-    out = np.rint(out).astype(np.uint8)
+    out = np.rint(remove_alpha(np.asarray(img), policy, 255.0)).astype(np.uint8)
     return Image.fromarray(out[..., 0], mode="L") if img.mode == "LA" else Image.fromarray(out, mode="RGB")
 
 
-def to_channels(img: Image.Image, channels: int) -> Image.Image:
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """(H, W, 1 or 3) of any dtype -> 'L' / 'RGB' with the 8-bit rules of :func:`_scale_to_uint8` (uint16 / 65535,
+    float in [0, 1] x 255, any other range min-max scaled)."""
+    if arr.dtype == np.uint8:
+        out = arr
+    else:
+        x = arr.astype(np.float64)
+        if arr.dtype == np.uint16 or (np.issubdtype(arr.dtype, np.integer) and x.size and 0 <= x.min()
+                                      and x.max() <= 65535):
+            x = x / 65535.0
+        elif not (np.issubdtype(arr.dtype, np.floating) and x.size and 0.0 <= np.nanmin(x) and np.nanmax(x) <= 1.0):
+            lo, hi = (float(np.nanmin(x)), float(np.nanmax(x))) if x.size else (0.0, 1.0)
+            x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+        out = np.rint(np.nan_to_num(x, nan=0.0) * 255.0).astype(np.uint8)
+    return Image.fromarray(out[..., 0], mode="L") if out.shape[-1] == 1 else Image.fromarray(out, mode="RGB")
+
+
+def to_channels(img: Image.Image, channels: int, alpha: str = "black") -> Image.Image:
     """Convert any PIL mode to 'L' (channels=1) or 'RGB' (channels=3).
 
-    Transparent pixels (RGBA, LA, PA, P with a transparency key) are composited onto black; high bit-depth
-    images are rescaled by :func:`_scale_to_uint8`; RGB -> L uses PIL's ITU-R 601-2 luma.
+    Transparent pixels (RGBA, LA, PA, P with a transparency key) follow ``alpha`` (data.alpha: composited onto
+    black (default) or white, or the alpha band dropped); high bit-depth images are rescaled by
+    :func:`_scale_to_uint8`; RGB -> L uses PIL's ITU-R 601-2 luma; L -> RGB repeats the grey band.
     """
     mode = img.mode
     if mode in ("I", "F") or mode.startswith("I;16"):
         img = _scale_to_uint8(img)
     elif mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
-        img = _composite_on_black(img)
+        img = _composite(img, alpha)
     elif mode not in ("L", "RGB"):
         img = img.convert("RGB") if mode not in ("1",) else img.convert("L")
     want = "RGB" if channels == 3 else "L"
     return img if img.mode == want else img.convert(want)
 
 
-def load_image(path: str | Path, channels: int, min_size: int = 0) -> Image.Image:
-    """Fully decode ``path`` (truncated files are errors) and convert it; any failure -> DataError."""
+def _bands_error(path, bands: int, alpha: bool, channels: int) -> BandMismatchError:
+    what = f"{bands} band{'s' if bands != 1 else ''}" + (" + alpha" if alpha else "")
+    return BandMismatchError(f"image {path} has {what} but data.channels={channels}; use files with {channels} "
+                             f"bands, or set data.channels={bands} (nothing is dropped or merged silently)")
+
+
+def compatible(bands: int, channels: int) -> bool:
+    """Grey files join colour data (the band repeated) and colour files grey data (ITU-R 601-2 luma); any other
+    difference is an error."""
+    return bands == channels or {bands, channels} == {1, 3}
+
+
+def _read_array(path: Path, channels: int, alpha: str):
+    """TIFF / DICOM -> PIL (1 or 3 channels, the 8-bit rules) or float32 (C, H, W) tensor (any other count)."""
+    if is_dicom(path):
+        arr, has_alpha = read_dicom(path), False
+    else:
+        arr, has_alpha = read_tiff(path)
+    if has_alpha:
+        top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
+        arr = remove_alpha(arr, alpha, top).astype(arr.dtype)
+    bands = arr.shape[-1]
+    if not compatible(bands, channels):
+        raise _bands_error(path, bands, False, channels)
+    if channels in (1, 3):
+        return to_channels(_array_to_pil(arr), channels, alpha)
+    return torch.from_numpy(np.ascontiguousarray(to_unit_float(arr).transpose(2, 0, 1)))
+
+
+def _upscale(img, min_size: int):
+    """Shorter side -> ``min_size``, aspect kept (bicubic): data.small_images=upscale."""
+    if isinstance(img, Image.Image):
+        w, h = img.size
+        s = min_size / min(w, h)
+        return img.resize((max(min_size, round(w * s)), max(min_size, round(h * s))), Image.BICUBIC)
+    h, w = img.shape[-2:]
+    s = min_size / min(w, h)
+    size = (max(min_size, round(h * s)), max(min_size, round(w * s)))
+    return torch.nn.functional.interpolate(img[None], size=size, mode="bicubic", align_corners=False)[0]
+
+
+def image_size(img) -> tuple[int, int]:
+    """(width, height) of a PIL image or a (C, H, W) tensor."""
+    return img.size if isinstance(img, Image.Image) else (int(img.shape[-1]), int(img.shape[-2]))
+
+
+def load_image(path: str | Path, channels: int, min_size: int = 0, alpha: str = "black", small: str = "error"):
+    """Fully decode ``path`` (truncated files are errors) and convert it; any failure -> DataError.
+
+    1 or 3 channels: a PIL image ('L' / 'RGB'). Any other count (multiband TIFF, DICOM frames): a float32 (C, H, W)
+    tensor, integers divided by their type's maximum. ``small``: an image below ``min_size`` is upscaled
+    (``upscale``), else an error (:class:`SmallImageError`)."""
+    path = Path(path)
     saved = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not load grey
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            img = to_channels(im, channels)
+        if is_tiff(path) or is_dicom(path):
+            img = _read_array(path, channels, alpha)
+        else:
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im) or im
+                if channels not in (1, 3):
+                    bands, has_alpha = _PIL_MODES.get(im.mode, (1, False) if im.mode.startswith("I;16") else (3, False))
+                    raise _bands_error(path, bands, has_alpha, channels)
+                img = to_channels(im, channels, alpha)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
@@ -117,45 +213,55 @@ def load_image(path: str | Path, channels: int, min_size: int = 0) -> Image.Imag
                         f"or set data.bad_files=skip") from e
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
-    _check_size(path, img.size, min_size)
+    size = image_size(img)
+    if min(size) < min_size and small == "upscale":
+        return _upscale(img, min_size)
+    _check_size(path, size, min_size)
     return img
 
 
 def _check_size(path: str | Path, size: tuple[int, int], min_size: int) -> None:
     if min(size) < min_size:
-        raise DataError(
-            f"image {path} is {size[0]}x{size[1]}, smaller than the global crop {min_size} px; "
-            f"resize it or lower augment.global_size"
+        raise SmallImageError(
+            f"image {path} is {size[0]}x{size[1]}, smaller than the global crop {min_size} px; resize it or "
+            f"lower augment.global_size (model.img_size), or set data.small_images=upscale (or skip)"
         )
 
 
-def _check_header(path: Path, min_size: int) -> None:
-    """Cheap check: PIL reads only the header (format, size, mode)."""
+def _check_header(path: Path, min_size: int, channels: int | None = None) -> Header:
+    """Cheap check: only the header (format, size, bands) is read."""
     try:
-        with Image.open(path) as im:
-            size = im.size
+        header = read_header(path)
     except Exception as e:  # noqa: BLE001
         raise DataError(f"image {path} cannot be opened ({type(e).__name__}: {e}); fix or delete it, "
                         f"or set data.bad_files=skip") from e
-    _check_size(path, size, min_size)
+    if channels is not None and not compatible(header.bands, channels):
+        raise _bands_error(path, header.bands, header.alpha, channels)
+    _check_size(path, (header.width, header.height), min_size)
+    return header
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """(PIL image, label) from a directory: class subfolders (``labelled``) or any nesting (label -1).
+    """(image, label) from a directory: class subfolders (``labelled``) or any nesting (label -1). The image is a
+    PIL image for 1 or 3 channels, a float32 (C, H, W) tensor for any other count (:func:`load_image`).
 
     Hidden files and folders (names starting with '.') are ignored. Every file's header is checked at
-    construction so a bad file is found before training starts; ``verify=False`` skips that for very
-    large trees (errors then surface at ``__getitem__``).
+    construction (readable, band count compatible with ``channels``, size against ``min_size``) so a bad file is
+    found before training starts; ``verify=False`` skips that for very large trees (errors then surface at
+    ``__getitem__``). ``small``: images below ``min_size`` are upscaled, skipped (one warning) or an error.
     """
 
     def __init__(self, root: str | Path, labelled: bool, channels: int, bad_files: str = "error",
-                 min_size: int = 0, verify: bool = True) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+                 min_size: int = 0, verify: bool = True, alpha: str = "black", small: str = "error") -> None:
+        if int(channels) < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
         if bad_files not in ("error", "skip"):
             raise ValueError(f"bad_files must be 'error' or 'skip', got {bad_files!r}")
+        if small not in SMALL_POLICIES or alpha not in ALPHA_POLICIES:
+            raise ValueError(f"small={small!r} / alpha={alpha!r} not in {SMALL_POLICIES} / {ALPHA_POLICIES}")
         self.root = Path(root)
-        self.labelled, self.channels, self.bad_files, self.min_size = labelled, channels, bad_files, min_size
+        self.labelled, self.channels, self.bad_files, self.min_size = labelled, int(channels), bad_files, min_size
+        self.alpha, self.small = alpha, small
         if not self.root.exists():
             raise DataError(f"data directory {self.root} does not exist; check data.root / --data")
         if not self.root.is_dir():
@@ -200,11 +306,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def _verify(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
         kept: list[tuple[Path, int]] = []
         reasons: list[str] = []
+        check_size = 0 if self.small == "upscale" else self.min_size
         for path, label in samples:
             try:
-                _check_header(path, self.min_size)
+                _check_header(path, check_size, self.channels)
             except DataError as e:
-                if self.bad_files == "error":
+                too_small_skipped = isinstance(e, SmallImageError) and self.small == "skip"
+                if isinstance(e, BandMismatchError) or (self.bad_files == "error" and not too_small_skipped):
                     raise
                 self.skipped.append(str(path))
                 reasons.append(str(e))
@@ -214,7 +322,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             first = "; ".join(reasons[:3])
             more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
             warnings.warn(f"skipped {len(self.skipped)} of {len(samples)} files under {self.root} "
-                          f"(data.bad_files=skip): {first}{more}", BadFileWarning, stacklevel=3)
+                          f"(data.bad_files=skip / data.small_images=skip): {first}{more}", BadFileWarning, stacklevel=3)
         if not kept:
             raise DataError(f"every image under {self.root} was skipped as unreadable or too small")
         return kept
@@ -226,12 +334,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def targets(self) -> np.ndarray:
         return np.array([label for _, label in self.samples], dtype=np.int64)
 
-    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, i: int):
         n = len(self.samples)
         for step in range(n):
             path, label = self.samples[(i + step) % n]
             try:
-                return load_image(path, self.channels, self.min_size), label
+                return load_image(path, self.channels, self.min_size, self.alpha, self.small), label
             except DataError as e:
                 if self.bad_files == "error":
                     raise

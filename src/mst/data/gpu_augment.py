@@ -283,6 +283,8 @@ class GPUMultiCrop:
         self.blur_p = blur_p
         self.blur_sigma = tuple(float(v) for v in a["blur_sigma"])
         self.solarize_p = float(a["solarize_p"])
+        if self.channels not in (1, 3):  # multiband: geometric ops and blur only (as MultiCropTransform)
+            self.jitter_ops, self.jitter_p, self.solarize_p = [], 0.0, 0.0
 
     def __repr__(self) -> str:
         return (f"GPUMultiCrop(global={self.global_size} x 2, local={self.local_size} x {self.n_local}, "
@@ -338,8 +340,12 @@ class GPUMultiCrop:
 
 # -- data loading for the tensor path ---------------------------------------------------------------------------
 def pil_to_uint8(img, channels: int) -> torch.Tensor:
-    """PIL image -> uint8 (C, H, W) tensor with ``channels`` channels."""
+    """PIL image -> uint8 (C, H, W) tensor with ``channels`` channels; a multiband float (C, H, W) tensor passes
+    through unchanged (the tensor ops take float images in their own range)."""
     from .multicrop import _as_mode
+
+    if isinstance(img, torch.Tensor):
+        return _as_mode(img, channels)
 
     arr = np.asarray(_as_mode(img, channels), dtype=np.uint8)
     if arr.ndim == 2:

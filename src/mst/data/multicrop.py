@@ -22,8 +22,8 @@ def blur_kernel_size(crop_size: int) -> int:
 
 
 def _check_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[list[float], list[float]]:
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if int(channels) < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean/std need {channels} values (one per channel), got {list(mean)} / {list(std)}")
     if any(s <= 0 for s in std):
@@ -35,7 +35,13 @@ def _to_tensor(mean: list[float], std: list[float]) -> list:
     return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
 
 
-def _as_mode(img: Image.Image, channels: int) -> Image.Image:
+def _as_mode(img, channels: int):
+    """A PIL image in the mode of ``channels`` (1: 'L', 3: 'RGB'); a (C, H, W) tensor (multiband) as it is, once its
+    band count is checked."""
+    if isinstance(img, torch.Tensor):
+        if img.shape[0] != channels:
+            raise ValueError(f"a {img.shape[0]}-band image reached a {channels}-channel transform")
+        return img
     want = "RGB" if channels == 3 else "L"
     return img if img.mode == want else to_channels(img, channels)
 
@@ -45,7 +51,9 @@ class MultiCropTransform:
 
     Global 1 is always blurred with ``blur_p[0]`` (1.0 by default), global 2 with ``blur_p[1]`` plus
     solarisation, locals with ``blur_p[2]``. For ``channels == 1`` colour jitter keeps only brightness and
-    contrast (saturation and hue are undefined for a gray image) and RandomGrayscale is left out.
+    contrast (saturation and hue are undefined for a gray image) and RandomGrayscale is left out. Any other
+    channel count (multiband float tensors) gets the geometric and blur ops only: colour jitter, greyscale and
+    solarisation assume RGB or grey values in [0, 1].
     """
 
     def __init__(self, aug_cfg: dict, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
@@ -66,20 +74,21 @@ class MultiCropTransform:
             T.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC, antialias=True),
             T.RandomHorizontalFlip(p=float(a["flip_p"])),
         ]
+        photometric = self.channels in (1, 3)
         b, c, s, h = a["color_jitter"]
         jitter = T.ColorJitter(b, c) if self.channels == 1 else T.ColorJitter(b, c, s, h)
-        if a["color_jitter_p"] > 0:
+        if a["color_jitter_p"] > 0 and photometric:
             ops.append(T.RandomApply([jitter], p=float(a["color_jitter_p"])))
         if self.channels == 3 and a["grayscale_p"] > 0:
             ops.append(T.RandomGrayscale(p=float(a["grayscale_p"])))
         if blur_p > 0:
             blur = T.GaussianBlur(blur_kernel_size(size), sigma=tuple(a["blur_sigma"]))
             ops.append(T.RandomApply([blur], p=float(blur_p)))
-        if solarize_p > 0:
+        if solarize_p > 0 and photometric:
             ops.append(T.RandomSolarize(threshold=128, p=solarize_p))  # PIL uint8 scale
         return T.Compose(ops + _to_tensor(self.mean, self.std))
 
-    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+    def __call__(self, img) -> list[torch.Tensor]:
         img = _as_mode(img, self.channels)
         views = [self.global1(img), self.global2(img)] + [self.local(img) for _ in range(self.n_local)]
         return [v.as_subclass(torch.Tensor) for v in views]
@@ -101,7 +110,7 @@ class EvalTransform:
             *_to_tensor(self.mean, self.std),
         ])
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img) -> torch.Tensor:
         return self.transform(_as_mode(img, self.channels)).as_subclass(torch.Tensor)
 
     def __repr__(self) -> str:

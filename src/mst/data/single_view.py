@@ -41,9 +41,9 @@ class SingleViewTransform:
             fill = tuple(round(255 * m) for m in self.mean)
             self.rand_augment = rand_augment_transform(rand_augment, {"img_mean": fill if channels == 3 else fill[0]})
 
-    def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, img) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         img = _as_mode(img, self.channels)
-        w, h = img.size
+        h, w = TF.get_size(img)
         top, left, ch, cw = RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
         view = TF.resized_crop(img, top, left, ch, cw, [self.size, self.size],
                                interpolation=InterpolationMode.BICUBIC, antialias=True)

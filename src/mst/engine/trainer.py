@@ -4,6 +4,17 @@ checkpoints, logs, stops.
 Reproducibility: every step reseeds torch, numpy and ``random`` from (seed, global step, rank), and every sample's
 augmentation is seeded from (seed, epoch, index) (or per step on the tensor backend), so a run resumed from a
 checkpoint repeats the losses of an uninterrupted one.
+
+Training longer: relaunching on the same run directory with a larger ``optim.epochs`` (a finished run, or an
+interrupted one) continues it to the new number of epochs. The lr / wd / teacher-momentum schedules (and any other
+schedule tied to ``optim.epochs``, e.g. the teacher temperature) are rebuilt for the new length, so the steps that
+follow differ from a run planned that long from the start; the trainer says so in one line. Fewer epochs than the
+checkpoint has already trained is an error (:class:`~mst.registry.ConfigError`).
+
+Logs: see :mod:`mst.engine.logger`; each step's record also holds ``images_per_s`` and ``data_wait``, the share
+of the step (from the end of the previous one) spent waiting for its batch: fetching it from the DataLoader and
+moving it to the device (with the tensor backend: augmenting it there). On CUDA the copy and augmentation kernels
+are queued asynchronously, so ``data_wait`` counts the host side of them.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ from mst.engine.logger import MetricLogger
 from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
 from mst.schedules import build_schedules
 from mst.methods.base import EpochData, StepContext, build_method
+from mst.registry import ConfigError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,6 +96,34 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def check_batch_fits(batch_size: int, n_images: int, world_size: int = 1) -> None:
+    """Training drops the last incomplete batch of each process (as DINO does): a batch larger than the data would
+    leave an epoch with no step. One-line :class:`ConfigError` before anything trains."""
+    if n_images >= batch_size * world_size:
+        return
+    if world_size > 1:
+        share = n_images // world_size
+        fix = f"lower optim.batch_size to at most {share} (or add images)" if share else "add images"
+        raise ConfigError(
+            f"optim.batch_size={batch_size} is per process: {world_size} processes x {batch_size} = "
+            f"{batch_size * world_size} images per step, but the dataset has {n_images} images "
+            f"({share} per process), so an epoch would have no full batch; {fix}")
+    raise ConfigError(
+        f"optim.batch_size={batch_size} is larger than the dataset ({n_images} images): incomplete batches are "
+        f"dropped, so an epoch would have no step; lower optim.batch_size to at most {n_images} (or add images)")
+
+
+def epochs_change_message(old_epochs: int, new_epochs: int, epoch: int, step_in_epoch: int,
+                          schedules=("lr", "wd")) -> str:
+    """The one line a run resumed with another ``optim.epochs`` prints."""
+    where = f"epoch {epoch}" + (f", step {step_in_epoch}" if step_in_epoch else "")
+    names = " / ".join(schedules)
+    verb = "longer" if new_epochs > old_epochs else "shorter"
+    return (f"optim.epochs {old_epochs} -> {new_epochs}: training {verb}, continuing from {where} to epoch "
+            f"{new_epochs}; the {names} schedules (and any other tied to optim.epochs) are rebuilt for {new_epochs} "
+            f"epochs, so from here the run differs from one planned for {new_epochs} epochs from the start")
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
 
@@ -124,6 +164,7 @@ class Trainer:
         self.base_dataset = base
         self.pipeline = build_pipeline(self.method.views, cfg, base)
         check_same_length(len(self.pipeline.dataset), self.device)  # ranks that skipped different files deadlock
+        check_batch_fits(int(o["batch_size"]), len(self.pipeline.dataset), self.dist.world_size)
         self.sampler = ResumableSampler(
             len(self.pipeline.dataset), o["batch_size"], self.dist.rank, self.dist.world_size, seed=cfg["seed"]
         )
@@ -172,12 +213,23 @@ class Trainer:
         if not found:
             return False
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
-        changed = config_changes(ckpt["config"], self.cfg)
+        changed = [c for c in config_changes(ckpt["config"], self.cfg) if not c.startswith("optim.epochs:")]
         if changed:
             raise RuntimeError(
                 f"{self.ckpt_path} was written with a different configuration ({'; '.join(changed)}); "
                 "resume with the same settings, or pass a new --out"
             )
+        old_epochs, new_epochs = int(ckpt["config"]["optim"]["epochs"]), int(self.cfg["optim"]["epochs"])
+        epochs_msg = None
+        if old_epochs != new_epochs:  # training longer (or ending an unfinished run sooner)
+            done, partial = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+            if new_epochs < done or (new_epochs == done and partial):
+                trained = f"{done} epochs" + (f" and {partial} steps of epoch {done}" if partial else "")
+                least = done + 1 if partial else done
+                raise ConfigError(
+                    f"optim.epochs={new_epochs} is fewer than {self.ckpt_path} has already trained ({trained}); "
+                    f"set optim.epochs >= {least} to continue it, or pass a new --out")
+            epochs_msg = epochs_change_message(old_epochs, new_epochs, done, partial, tuple(self.schedules))
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -191,6 +243,8 @@ class Trainer:
             self.step_in_epoch = 0
             self.global_step = self.epoch * self.iters_per_epoch  # the schedules are per iteration of *this* run
         self.log(f"resumed from {self.ckpt_path} at epoch {self.epoch}, step {self.step_in_epoch}")
+        if epochs_msg:
+            self.log(epochs_msg)
         return True
 
     # -- training ------------------------------------------------------------------------------------------
@@ -208,15 +262,19 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def train_step(self, loaded) -> dict[str, float]:
-        """Reseed every generator for this step, turn what the DataLoader yields into a Batch on the device (the
-        tensor backend augments here, on its own seeded stream), then :meth:`train_batch`."""
+    def prepare_batch(self, loaded) -> Batch:
+        """Reseed every generator for this step, then turn what the DataLoader yields into a Batch on the device
+        (the tensor backend augments here, on its own seeded stream)."""
         seed = step_seed(self.cfg["seed"], self.global_step, self.dist.rank)
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy, RandomErasing from random
         random.seed(seed)
         gen = torch.Generator(self.device).manual_seed(seed ^ 0x5DEECE66D)  # augmentation: its own stream
-        return self.train_batch(self.pipeline.to_batch(loaded, self.device, gen))
+        return self.pipeline.to_batch(loaded, self.device, gen)
+
+    def train_step(self, loaded) -> dict[str, float]:
+        """:meth:`prepare_batch`, then :meth:`train_batch`."""
+        return self.train_batch(self.prepare_batch(loaded))
 
     def train_batch(self, batch: Batch) -> dict[str, float]:
         """One optimisation step on a ready batch: schedules, the method's loss, backward, clip, the method's
@@ -266,14 +324,17 @@ class Trainer:
         """Train to the configured number of epochs. Returns "done", "preempted" or "max_steps".
 
         ``max_steps`` stops after that many steps of this call (tests, benchmarks); ``evaluator(trainer)`` runs
-        at epoch ends where ``log.knn_every`` says and returns metrics to log."""
+        at epoch ends where ``log.knn_every`` says and returns metrics to log. The first and the last step of
+        every call are always logged, whatever ``log.every``."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self.try_resume()  # before writing config.yaml: a refused resume leaves the run directory as it was
         if self.dist.is_main:
             save_config(self.cfg, self.out / "config.yaml")
-        self.try_resume()
-        epochs = self.cfg["optim"]["epochs"]
+        epochs = int(self.cfg["optim"]["epochs"])
         logger = MetricLogger(self.out, self.cfg["log"], self.dist.is_main, total_steps=epochs * self.iters_per_epoch)
         logger.set_initial(self.global_step)
+        plain_log = self.log
+        self.log = logger.wrap_log(plain_log)  # messages during training do not break the progress bar
         batch_global = self.cfg["optim"]["batch_size"] * self.dist.world_size
         done_steps, status = 0, "done"
         every_n = int(self.cfg["log"]["checkpoint_every_steps"])
@@ -282,17 +343,32 @@ class Trainer:
             with _StopRequest() as stop:
                 while self.epoch < epochs:
                     self._epoch_start(logger)
-                    t_last = time.perf_counter()
-                    for loaded in self._loader():
-                        metrics = self.train_step(loaded)
+                    # step time: end of the previous step -> end of this one; data wait: fetching the batch and
+                    # moving it to the device (the first step of an epoch also waits for the loader to start)
+                    t_last = t_fetch = time.perf_counter()
+                    batches = iter(self._loader())
+                    while True:
+                        try:
+                            loaded = next(batches)
+                        except StopIteration:
+                            break
+                        batch = self.prepare_batch(loaded)
+                        t_ready = time.perf_counter()
+                        metrics = self.train_batch(batch)
+                        del batch, loaded
                         self.step_in_epoch += 1
                         self.global_step += 1
                         done_steps += 1
                         now = time.perf_counter()
-                        metrics["images_per_s"] = batch_global / max(now - t_last, 1e-9)
+                        step_time = max(now - t_last, 1e-9)
+                        metrics["images_per_s"] = batch_global / step_time
+                        metrics["data_wait"] = min(1.0, max(0.0, (t_ready - t_fetch) / step_time))
                         t_last = now
-                        logger.step(self.global_step, self.epoch, metrics)
                         stop_now, = all_reduce_flags([stop.requested], self.device)
+                        hit_max = max_steps is not None and done_steps >= max_steps
+                        last = self.epoch == epochs - 1 and self.step_in_epoch == self.iters_per_epoch
+                        logger.step(self.global_step, self.epoch, metrics,
+                                    force=done_steps == 1 or last or hit_max or stop_now)
                         if stop_now:
                             self.save()
                             self.log(f"\n{stop.signal_name or 'stop signal'} received: checkpoint written to "
@@ -301,9 +377,10 @@ class Trainer:
                             return "preempted"
                         if every_n and self.global_step % every_n == 0:
                             self.save()
-                        if max_steps is not None and done_steps >= max_steps:
+                        if hit_max:
                             status = "max_steps"
                             break
+                        t_fetch = time.perf_counter()
                     if status == "max_steps" and self.step_in_epoch < self.iters_per_epoch:
                         self.save()
                         return status
@@ -323,4 +400,5 @@ class Trainer:
                         return status
         finally:
             logger.close()
+            self.log = plain_log
         return status

@@ -1,10 +1,11 @@
 """A dense-prediction probe on frozen patch tokens (a small stand-in for the paper's detection/segmentation
 transfer, which needs COCO/ADE20K and a detector).
 
-Canvases are built by pasting Fashion-MNIST items at random places; each pixel's label is the class + 1 of the
-item whose *foreground* covers it (0 = background). A linear classifier per patch token, upsampled bilinearly to
-pixels and trained with per-pixel cross-entropy, then measures how much spatial/semantic information the patch
-tokens carry (mIoU, pixel accuracy).
+Canvases are built by pasting labelled items at random places on black; each pixel's label is the class + 1 of
+the item whose *foreground* covers it (0 = background). Fashion-MNIST items are pasted by their foreground (pixels
+above :data:`FOREGROUND`); the images of a labelled image folder (class subfolders) are resized to square items and
+pasted whole. A linear classifier per patch token, upsampled bilinearly to pixels and trained with per-pixel
+cross-entropy, then measures how much spatial/semantic information the patch tokens carry (mIoU, pixel accuracy).
 """
 from __future__ import annotations
 
@@ -15,10 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mst.eval.features import Log, default_device, extract_features, load_eval_backbone, normalize_images
+from mst.eval.features import (
+    Log,
+    default_device,
+    extract_features,
+    load_eval_backbone,
+    normalize_images,
+    with_data,
+)
 
-__all__ = ["FOREGROUND", "make_dense_set", "DenseProbe", "confusion_matrix", "scores_from_confusion", "miou",
-           "train_dense_probe", "run_dense"]
+__all__ = ["FOREGROUND", "make_dense_set", "folder_items", "DenseProbe", "confusion_matrix", "scores_from_confusion",
+           "miou", "train_dense_probe", "run_dense"]
 
 # A pixel belongs to an item when its intensity is above 10 % of full scale (> 25.5, i.e. >= 26 for uint8):
 # Fashion-MNIST backgrounds are exactly 0 and the faint anti-aliased rims below this carry no class evidence.
@@ -32,32 +40,37 @@ def make_dense_set(
     canvas: int = 56,
     items_per_canvas: tuple[int, int] = (1, 3),
     seed: int = 0,
-    threshold: float = FOREGROUND,
+    threshold: float | None = FOREGROUND,
     return_items: bool = False,
 ):
-    """Paste items on black canvases: (canvases uint8 (n, S, S), label maps int64 (n, S, S)).
+    """Paste items on black canvases: (canvases uint8 (n, S, S) or (n, S, S, C), label maps int64 (n, S, S)).
 
-    Each canvas gets U{lo..hi} items (inclusive), each a uniformly drawn image placed wholly inside the canvas at
-    a uniform position; all draws come from ``np.random.default_rng(seed)``, so a seed fixes the set. Only an
-    item's foreground pixels (> threshold * 255) are pasted, into the image *and* the label map, so a later item
-    overwrites an earlier one exactly where it has foreground and image and labels always agree.
-    ``return_items`` adds, per canvas, the list of (item index, top, left) in paste order.
+    ``images``: uint8 (N, H, W) or (N, H, W, C). Each canvas gets U{lo..hi} items (inclusive), each a uniformly
+    drawn image placed wholly inside the canvas at a uniform position; all draws come from
+    ``np.random.default_rng(seed)``, so a seed fixes the set. Only an item's foreground pixels (> threshold * 255,
+    in any channel; ``threshold=None``: every pixel, for photos) are pasted, into the image *and* the label map
+    (class + 1), so a later item overwrites an earlier one exactly where it has foreground and image and labels
+    always agree. ``return_items`` adds, per canvas, the list of (item index, top, left) in paste order.
     """
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"make_dense_set needs uint8 (N, H, W) images, got {images.dtype} {images.shape}")
-    n_img, ih, iw = images.shape
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"make_dense_set needs uint8 (N, H, W) or (N, H, W, C) images, got {images.dtype} "
+                         f"{images.shape}")
+    n_img, ih, iw = images.shape[:3]
+    if n_img == 0 or len(labels) != n_img:
+        raise ValueError(f"make_dense_set needs at least one item and one label per item, got {n_img} images and "
+                         f"{len(labels)} labels")
     if canvas < max(ih, iw):
         raise ValueError(f"canvas {canvas} is smaller than the items ({ih}x{iw})")
     lo, hi = items_per_canvas
     if not 1 <= lo <= hi:
         raise ValueError(f"items_per_canvas must be (lo, hi) with 1 <= lo <= hi, got {items_per_canvas}")
     rng = np.random.default_rng(seed)
-    out = np.zeros((n_samples, canvas, canvas), np.uint8)
+    out = np.zeros((n_samples, canvas, canvas, *images.shape[3:]), np.uint8)
     maps = np.zeros((n_samples, canvas, canvas), np.int64)
     placed: list[list[tuple[int, int, int]]] = []
-    limit = threshold * 255.0
+    limit = None if threshold is None else threshold * 255.0
     for i in range(n_samples):
         k = int(rng.integers(lo, hi + 1))
         idx = rng.integers(0, n_img, size=k)
@@ -66,12 +79,81 @@ def make_dense_set(
         items = []
         for j, t, l in zip(idx.tolist(), tops.tolist(), lefts.tolist()):
             item = images[j]
-            fg = item > limit
+            if limit is None:
+                fg = np.ones((ih, iw), bool)
+            else:
+                fg = item > limit if item.ndim == 2 else (item > limit).any(axis=-1)
             out[i, t : t + ih, l : l + iw][fg] = item[fg]
             maps[i, t : t + ih, l : l + iw][fg] = labels[j] + 1
             items.append((j, t, l))
         placed.append(items)
     return (out, maps, placed) if return_items else (out, maps)
+
+
+def _fit_item(img, size: int) -> np.ndarray:
+    """A PIL image -> uint8 (size, size) or (size, size, 3): the largest centred square, resized (bicubic)."""
+    from PIL import Image, ImageOps
+
+    return np.asarray(ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def folder_items(
+    data_cfg: dict,
+    size: int,
+    pool: int | None = 1000,
+    seed: int = 0,
+    log: Log = print,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Items for dense canvases from a labelled image folder: ({"train": (images, labels), "test": (...)},
+    class names). Images are read with :func:`mst.data.build_dataset` (``data_cfg['channels']`` channels), centre
+    cropped to a square and resized to ``size``: uint8 (N, size, size) or (N, size, size, 3). Each split keeps a
+    fixed random ``pool`` of its images (seeded; None: all). Test items come from the data module's test split
+    (test/, else val/, else the held-out share of a folder without split subfolders), labels matched by class
+    name; if the data module gives such a folder no test split, its images are split in two disjoint halves.
+    """
+    from mst.data import DataError, build_dataset, subset_indices
+
+    data = dict(data_cfg, subset=None)
+    root = data.get("root")
+    if not root:
+        raise DataError("the dense probe on an image folder needs data.root (pass --data DIR)")
+    train = build_dataset(data, "train")
+    classes = [str(c) for c in train.classes]
+    train_y = np.asarray(train.targets, dtype=np.int64)
+    try:  # test/ or val/; a folder without either: the data module's held-out share, where it has one
+        test = build_dataset(data, "test")
+    except DataError:
+        if any((Path(root) / s).is_dir() for s in ("test", "val")):
+            raise
+        test = None
+    if test is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        missing = [str(c) for c in test.classes if str(c) not in index]
+        if missing:
+            raise DataError(f"the test split of {root} has classes the train split lacks: {', '.join(missing)}")
+        test_y = np.asarray([index[str(test.classes[t])] for t in test.targets], dtype=np.int64)
+        picks = {"train": (train, subset_indices(len(train), pool, seed)),
+                 "test": (test, subset_indices(len(test), pool, seed + 1))}
+        labels = {"train": train_y, "test": test_y}
+    else:
+        if len(train) < 2:
+            raise DataError(f"{root} holds {len(train)} image(s): the dense probe needs one to train and one to test")
+        order = np.random.default_rng(seed).permutation(len(train))
+        half = len(order) // 2
+        tr, te = np.sort(order[half:]), np.sort(order[:half])
+        if pool is not None:
+            tr, te = tr[subset_indices(len(tr), pool, seed)], te[subset_indices(len(te), pool, seed + 1)]
+        log(f"dense probe: {root} has no test/ or val/ split; canvases of {len(tr)} images train the probe and "
+            f"canvases of {len(te)} others test it")
+        picks = {"train": (train, tr), "test": (train, te)}
+        labels = {"train": train_y, "test": train_y}
+    out = {}
+    for split, (ds, idx) in picks.items():
+        if len(idx) == 0:
+            raise DataError(f"the {split} split of {root} holds no images for the dense probe")
+        images = np.stack([_fit_item(ds[int(i)][0], size) for i in idx])
+        out[split] = (images, labels[split][idx])
+    return out, classes
 
 
 class DenseProbe(nn.Module):
@@ -181,7 +263,7 @@ def run_dense(
     which: str | None = None,
     n_train: int = 1000,
     n_test: int = 200,
-    canvas: int = 56,
+    canvas: int | None = None,
     items_per_canvas: tuple[int, int] = (1, 3),
     epochs: int = 20,
     lr: float = 1e-3,
@@ -190,36 +272,85 @@ def run_dense(
     device: str | torch.device | None = None,
     random_init: bool = False,
     log: Log = print,
+    data: dict | None = None,
+    item_size: int | None = None,
+    item_pool: int | None = 1000,
 ) -> dict:
-    """Dense probe of a checkpoint (for ``mst dense``): canvases from Fashion-MNIST train items for training and
-    test items for testing (``root``: the Fashion-MNIST directory; default the checkpoint's data.root when it
-    trained on Fashion-MNIST, else the system copy). Patch tokens are extracted once (n * (canvas/patch)^2 * D
-    floats each split). Returns {"miou", "pixel_acc", "per_class_iou" (index 0 = background), ...}."""
+    """Dense probe of a checkpoint (for ``mst dense``). Returns {"miou", "pixel_acc", "per_class_iou" (index 0 =
+    background), "classes", ...}.
+
+    The data: ``data`` (a data config section, e.g. {"name": "image_folder", "root": ..., "channels": 3, "mean":
+    [...], "std": [...]}) updates the checkpoint's data section, as ``data`` of :func:`mst.eval.knn.run_knn`
+    does; without it, ``root`` replaces its data.root (as a path ``data`` of ``run_knn`` does). Then:
+
+    - an ``image_folder`` (class subfolders, optionally train/ and test/ or val/): canvases of ``canvas`` pixels
+      (default: the checkpoint's image size, augment.global_size) on which 1-3 of the folder's own images, resized
+      to ``item_size`` (default canvas // 2) squares, are pasted whole; a pixel's label is its image's class + 1
+      (0 = the black background). Train canvases use the train split's images, test canvases the test split's
+      (test/, val/, or the held-out images of a folder without split subfolders; see :func:`folder_items`);
+    - Fashion-MNIST (``root``, or the checkpoint's data.root; the system copy for a checkpoint pretrained on an
+      unlabelled folder when neither ``data`` nor ``root`` is given): items pasted by their foreground on
+      ``canvas`` (default 56) pixel canvases, as always. Unlabelled data passed in are refused (DataError).
+
+    Canvases are normalised with the data's mean/std (the checkpoint's unless ``data`` sets others of the
+    checkpoint's channel count) at the checkpoint's channel count. Patch tokens are extracted once (n *
+    (canvas/patch)^2 * D floats each split).
+    """
     from mst.data.fashion_mnist import CLASSES, load_fashion_mnist
 
     dev = default_device(device)
     backbone, cfg = load_eval_backbone(ckpt, which, dev, random_init, seed)
     patch = backbone.patch_size
+    channels = int(cfg["data"]["channels"])  # what the backbone's patch embedding takes
+    if data is not None:
+        d = dict(with_data(cfg, dict(data))["data"])
+    elif root is not None:
+        d = dict(with_data(cfg, root)["data"])
+    else:
+        d = dict(cfg["data"])
+    mean, std = d["mean"], d["std"]
+    if len(mean) != channels or len(std) != channels:
+        log(f"dense probe: data mean/std have {len(mean)} values but the backbone takes {channels}-channel images; "
+            "using the checkpoint's")
+        mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+    on_folder = d["name"] == "image_folder"
+    if d["name"] == "folder" and (data is not None or root is not None):
+        from mst.data import DataError
+
+        raise DataError(f"the images at {d.get('root')} are unlabelled (data.name=folder): the dense probe needs a "
+                        "labelled folder (class subfolders, optionally under train/ val/ test/) or Fashion-MNIST")
+    if canvas is None:
+        canvas = int(cfg["augment"]["global_size"]) if on_folder else 56
     if canvas % patch:
         raise ValueError(f"canvas size {canvas} is not divisible by the patch size {patch}")
-    if root is None and cfg["data"]["name"] == "fashion_mnist":
-        root = cfg["data"]["root"]
-    num_classes = len(CLASSES) + 1
-    d = cfg["data"]
+    if on_folder:
+        size = int(item_size) if item_size is not None else max(1, canvas // 2)
+        items, names = folder_items(dict(d, channels=channels), size, item_pool, seed, log)
+        threshold = None
+        source = f"image folder {d['root']} ({len(names)} classes, {size}px items)"
+    else:
+        fm_root = d["root"] if d["name"] == "fashion_mnist" else None
+        items = {split: load_fashion_mnist(fm_root, split) for split in ("train", "test")}
+        names, threshold = list(CLASSES), FOREGROUND
+        source = "Fashion-MNIST"
+    num_classes = len(names) + 1
     tokens, maps = {}, {}
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
-        images, labels = load_fashion_mnist(root, split)
-        canv, lab = make_dense_set(images, labels, n, canvas, items_per_canvas, s)
-        x = normalize_images(canv, d["mean"], d["std"], d["channels"])
+        images, labels = items[split]
+        canv, lab = make_dense_set(images, labels, n, canvas, items_per_canvas, s, threshold)
+        x = normalize_images(canv, mean, std, channels)
         tokens[split], _ = extract_features(backbone, x, "patches", batch_size, dev)
         maps[split] = torch.from_numpy(lab)
     grid = (canvas // patch, canvas // patch)
-    log(f"dense probe: {n_train} train / {n_test} test canvases of {canvas}px, grid {grid}, "
+    log(f"dense probe: {n_train} train / {n_test} test canvases of {canvas}px from {source}, grid {grid}, "
         f"{backbone.which} backbone")
     res = train_dense_probe(tokens["train"], maps["train"], tokens["test"], maps["test"], grid, num_classes,
                             epochs, lr, batch_size, dev, seed, log)
     res.pop("probe")
     log(f"mIoU {res['miou']:.2f} %  pixel accuracy {res['pixel_acc']:.2f} %")
-    res.update(classes=["background", *CLASSES], which=backbone.which,
+    res.update(classes=["background", *names], which=backbone.which, data=d["name"] if on_folder else "fashion_mnist",
                canvas=canvas, n_train=n_train, n_test=n_test, checkpoint=str(ckpt))
+    if on_folder:
+        res.update(root=str(d["root"]), item_size=size, train_items=len(items["train"][0]),
+                   test_items=len(items["test"][0]))
     return res

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from mst.eval.features import Log
 from mst.models.backbones import timm_spec
 
-__all__ = ["export_backbone", "load_exported", "detection_state_dict", "save_detection_checkpoint"]
+__all__ = ["export_backbone", "classifier_names", "load_exported", "detection_state_dict", "save_detection_checkpoint"]
 
 
 def _json_path(weights: str | Path) -> Path:
@@ -32,7 +32,9 @@ def export_backbone(
     name with suffix .json: {"model_name", "model_kwargs", "source_checkpoint", "which", "epoch", "mean",
     "std"}. ``which`` defaults to the checkpoint's default backbone: the teacher for MST/DINO (the better encoder,
     as DINO releases it), the encoder for MAE / SimMIM. A fine-tuned checkpoint is exported whole, as a timm
-    classifier (head included; "model_kwargs" then hold num_classes and global_pool). Returns both paths."""
+    classifier (head included; "model_kwargs" then hold num_classes and global_pool) and its JSON also holds
+    "class_names" (the fine-tune's classes in label order: logit i is class_names[i]; see :func:`classifier_names`).
+    Returns both paths."""
     from mst.checkpoint import backbone_state, load_checkpoint, resolve_checkpoint, resolve_which
 
     out_path = Path(out_path)
@@ -48,6 +50,10 @@ def export_backbone(
         prefix = clf["prefix"]
         weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
         kwargs.update(num_classes=int(clf["num_classes"]), global_pool=clf["global_pool"])
+        class_names = classifier_names(state, ckpt_file)
+        if class_names is None:
+            log(f"warning: {ckpt_file} does not name its {clf['num_classes']} classes (written before class names "
+                "were stored, and its data cannot be read here): the JSON has \"class_names\": null")
     else:
         weights = backbone_state(state, which)
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
@@ -62,6 +68,8 @@ def export_backbone(
         "mean": list(cfg["data"]["mean"]),
         "std": list(cfg["data"]["std"]),
     }
+    if clf is not None:
+        meta["class_names"] = class_names
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_path), metadata={"format": "pt", "model_name": name})
     json_path = _json_path(out_path)
@@ -71,6 +79,39 @@ def export_backbone(
     return out_path, json_path
 
 
+def classifier_names(state: dict, ckpt_file: str | Path | None = None) -> list[str] | None:
+    """Class names of a fine-tuned checkpoint, in label order: those stored in its ``classifier`` entry (every
+    ``mst finetune`` checkpoint holds them); for an older checkpoint, the ``class_names`` of the run's
+    finetune.json, Fashion-MNIST's classes, or the class subfolders of its image folder if still readable;
+    else None."""
+    clf = state.get("classifier") or {}
+    n = int(clf.get("num_classes", 0))
+    names = clf.get("class_names")
+    if names:
+        return [str(c) for c in names]
+    if ckpt_file is not None:
+        summary = Path(ckpt_file).parent / "finetune.json"
+        try:
+            names = json.loads(summary.read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            names = None
+        if names and len(names) == n:
+            return [str(c) for c in names]
+    data = state["config"]["data"]
+    try:
+        if data["name"] == "fashion_mnist":
+            from mst.data import CLASSES
+
+            names = list(CLASSES)
+        else:
+            from mst.data import build_dataset
+
+            names = list(getattr(build_dataset(dict(data, subset=None)), "classes", None) or [])
+    except Exception:  # noqa: BLE001 - the data may be gone; the export itself does not need them
+        return None
+    return [str(c) for c in names] if names and len(names) == n else None
+
+
 def load_exported(path: str | Path, json_path: str | Path | None = None) -> torch.nn.Module:
     """Rebuild the exported ViT with timm (offline) in eval mode.
 
@@ -78,6 +119,8 @@ def load_exported(path: str | Path, json_path: str | Path | None = None) -> torc
     with name/kwargs from the JSON; the overlay also states the input size, channel count, mean/std and
     num_classes (0 for a backbone, the classes of an exported classifier), so timm neither warns about channel
     adaptation nor drops a classifier, and ``timm.data.resolve_data_config`` returns the training normalisation.
+    An exported classifier's class names become the pretrained cfg's ``label_names`` (timm's field for them:
+    ``model.pretrained_cfg["label_names"]``).
     """
     path = Path(path)
     meta = json.loads((Path(json_path) if json_path is not None else _json_path(path)).read_text())
@@ -90,6 +133,8 @@ def load_exported(path: str | Path, json_path: str | Path | None = None) -> torc
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
     )
+    if meta.get("class_names"):
+        overlay["label_names"] = tuple(meta["class_names"])
     model = timm.create_model(meta["model_name"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     return model.eval()
 

@@ -102,7 +102,10 @@ def load_eval_split(
         idx = _subset(np.asarray(base.targets), subset, seed, balanced)
         ds = _Transformed(base, EvalTransform(size, data["mean"], data["std"], data["channels"]))
         return Subset(ds, idx.tolist()) if len(idx) < len(base) else ds
-    raise ValueError(f"data.name={data['name']!r} has no labels to evaluate on (use fashion_mnist or image_folder)")
+    from mst.data import DataError
+
+    raise DataError(f"the images at {data.get('root')} (data.name={data['name']}) have no labels to evaluate on: pass "
+                    "--data with a labelled folder (class subfolders, optionally under train/ val/ test/)")
 
 
 def _subset(labels: np.ndarray, subset: int | None, seed: int, balanced: bool) -> np.ndarray:
@@ -113,15 +116,18 @@ def _subset(labels: np.ndarray, subset: int | None, seed: int, balanced: bool) -
 
 def with_data(cfg: dict, data: dict | str | Path | None) -> dict:
     """The checkpoint config with its data section adjusted for evaluation: a dict updates ``data.*``; a path
-    replaces ``data.root`` (an image_folder config stays one, anything else becomes Fashion-MNIST at that root)."""
+    replaces ``data.root`` and its kind is detected (class subfolders -> image_folder, IDX files -> fashion_mnist,
+    else an unlabelled folder). The checkpoint's channels, statistics and image size stay."""
     if data is None:
         return cfg
     cfg = {**cfg, "data": dict(cfg["data"])}
-    if isinstance(data, dict):
-        cfg["data"].update(data)
-    else:
-        name = "image_folder" if cfg["data"]["name"] == "image_folder" else "fashion_mnist"
-        cfg["data"].update(name=name, root=str(data))
+    if not isinstance(data, dict):
+        from mst.data.inspect import detect_kind
+
+        data = {"root": str(data), "name": detect_kind(data)[0]}
+    cfg["data"].update(data)
+    for key in ("alpha", "small_images", "holdout"):  # keys a checkpoint of an older version does not hold
+        cfg["data"].setdefault(key, {"alpha": "black", "small_images": "upscale", "holdout": 0.2}[key])
     return cfg
 
 

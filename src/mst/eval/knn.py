@@ -6,6 +6,7 @@ is the cheapest signal of representation quality and is also what the trainer's 
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,53 @@ from mst.eval.features import (
     with_data,
 )
 
-__all__ = ["knn_classify", "knn_accuracy", "raw_pixel_knn", "run_knn", "random_init_backbone"]
+__all__ = ["knn_classify", "knn_accuracy", "raw_pixel_knn", "run_knn", "random_init_backbone", "clipped_ks",
+           "load_subset_split", "split_size"]
+
+
+def clipped_ks(ks: Sequence[int], bank: int, what: str = "k-NN") -> list[int]:
+    """The ks larger than a training bank of ``bank`` images, with a warning naming them: such a k is clipped to
+    the bank size (every bank image votes), so k=100 and k=200 of a 60-image bank report the same vote."""
+    clipped = sorted({int(k) for k in ks if int(k) > bank})
+    if clipped:
+        ks_text = ", ".join(map(str, clipped))
+        warnings.warn(
+            f"{what}: k={ks_text} {'exceeds' if len(clipped) == 1 else 'exceed'} the training bank ({bank} images) "
+            f"and {'was' if len(clipped) == 1 else 'were'} clipped to k={bank}: every bank image votes, so the result "
+            f"is that of k={bank} (use a smaller k or a larger bank)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return clipped
+
+
+def split_size(source) -> int:
+    """Number of images of a loaded eval split (an (images, labels) pair or a Dataset)."""
+    return len(source[0]) if isinstance(source, tuple) else len(source)
+
+
+def load_subset_split(cfg: dict, split: str, subset: int | None, seed: int, option: str,
+                      balanced: bool = False):
+    """:func:`load_eval_split` that refuses a subset larger than the split instead of silently using the whole
+    split: a :class:`~mst.data.DataError` names ``option`` (e.g. "--train-subset"), the request and the split's
+    size."""
+    from mst.data import DataError
+
+    if subset is not None and int(subset) < 1:
+        raise DataError(f"{option} {subset}: must be a positive number of images (or left out: the whole split)")
+    where = f"the {split} split of {cfg['data']['name']}" + (f" at {cfg['data']['root']}" if cfg["data"].get("root")
+                                                               else "")
+    try:
+        source = load_eval_split(cfg, split, subset, seed, balanced=balanced)
+    except DataError as e:
+        if subset is None or "balanced subset" not in str(e):
+            raise
+        raise DataError(f"{option} {subset} (balanced) cannot be drawn from {where}: {e}") from e
+    n = split_size(source)
+    if subset is not None and int(subset) > n:
+        raise DataError(f"{option} {subset} asks for more images than {where} holds ({n} images): pass "
+                        f"{option} {n} or less, or leave it out to use the whole split")
+    return source
 
 
 @torch.no_grad()
@@ -121,15 +168,16 @@ def run_knn(
     cfg = with_data(cfg, data)
     what = backbone.which
     log(f"k-NN: {what} backbone from {ckpt}, data {cfg['data']['name']} ({cfg['data']['root'] or 'default root'})")
-    train = load_eval_split(cfg, "train", train_subset, seed, balanced=balanced)
-    test = load_eval_split(cfg, "test", test_subset, seed + 1)
+    train = load_subset_split(cfg, "train", train_subset, seed, "--train-subset", balanced=balanced)
+    test = load_subset_split(cfg, "test", test_subset, seed + 1, "--test-subset")
+    clipped = clipped_ks(ks, split_size(train))
     train_f, train_y = extract_features(backbone, train, kind, batch_size, dev)
     test_f, test_y = extract_features(backbone, test, kind, batch_size, dev)
     assert train_y is not None and test_y is not None
     log(f"features: train {tuple(train_f.shape)}, test {tuple(test_f.shape)}")
     acc = knn_accuracy(train_f.to(dev), train_y.to(dev), test_f.to(dev), test_y.to(dev), ks, T)
     for k, a in acc.items():
-        log(f"k={k:<4d} top-1 {a:.2f} %")
+        log(f"k={k:<4d} top-1 {a:.2f} %" + (f"  (clipped to the bank: k={len(train_f)})" if k in clipped else ""))
     return {
         "top1": acc,
         "which": what,
@@ -137,9 +185,9 @@ def run_knn(
         "T": T,
         "n_train": len(train_f),
         "n_test": len(test_f),
+        "clipped_k": clipped,
         "checkpoint": str(ckpt),
     }
-
 
 
 def raw_pixel_knn(
@@ -154,13 +202,13 @@ def raw_pixel_knn(
     balanced: bool = False,
 ) -> dict[int, float]:
     """The same k-NN on raw normalised pixels (the checkpoint's eval resolution): the floor any learnt feature
-    should beat. Uses the same subsets as :func:`run_knn` with the same ``seed``."""
+    should beat. Uses the same subsets as :func:`run_knn` with the same ``seed``, refused and warned about alike."""
     from mst.checkpoint import load_checkpoint
 
     cfg = with_data(load_checkpoint(ckpt)["config"], data)
 
     def flat(split: str, subset: int | None, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        source = load_eval_split(cfg, split, subset, s, balanced=balanced and split == "train")
+        source = load_subset_split(cfg, split, subset, s, f"--{split}-subset", balanced=balanced and split == "train")
         if isinstance(source, tuple):
             x, y = source
         else:
@@ -170,6 +218,7 @@ def raw_pixel_knn(
 
     train_x, train_y = flat("train", train_subset, seed)
     test_x, test_y = flat("test", test_subset, seed + 1)
+    clipped_ks(ks, len(train_x), "raw-pixel k-NN")
     acc = knn_accuracy(train_x, train_y, test_x, test_y, ks, T)
     for k, a in acc.items():
         log(f"raw pixels k={k:<4d} top-1 {a:.2f} %")

@@ -32,7 +32,6 @@ from mst.eval.features import (
     default_device,
     extract_features,
     load_eval_backbone,
-    load_eval_split,
     with_data,
 )
 from mst.models.backbone import ViTBackbone
@@ -283,13 +282,15 @@ def run_linear(
     ``probe``: "dino" or "mae" (see the module docstring).
 
     Returns the JSON-serialisable part of :func:`train_linear_probe`'s result; ``save_path`` also writes the
-    classifier's state_dict there (torch.save).
+    classifier's state_dict there (torch.save). A subset larger than its split raises :class:`~mst.data.DataError`.
     """
     dev = default_device(device)
     backbone, cfg = load_eval_backbone(ckpt, which, dev, random_init, seed)
     cfg = with_data(cfg, data)
-    train = load_eval_split(cfg, "train", train_subset, seed)
-    test = load_eval_split(cfg, "test", test_subset, seed + 1)
+    from mst.eval.knn import load_subset_split
+
+    train = load_subset_split(cfg, "train", train_subset, seed, "--train-subset")
+    test = load_subset_split(cfg, "test", test_subset, seed + 1, "--test-subset")
     res = train_linear_probe(
         train, test, backbone=backbone, kind=kind, augment=augment, epochs=epochs, lr=lr,
         batch_size=batch_size, device=dev, seed=seed, log=log, probe=probe,

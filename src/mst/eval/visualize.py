@@ -128,7 +128,7 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None
                 xs.append(float(x))
                 ys.append(float(v))
     if not series:
-        raise ValueError(f"{src} holds no numeric metrics to plot")
+        raise ValueError(f"{src} holds no numeric metrics to plot (empty, or cut short before its first record)")
     ncols = min(3, len(series))
     nrows = math.ceil(len(series) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), dpi=DPI, squeeze=False)
@@ -201,7 +201,24 @@ def run_visualize(
         written.append(Path(res["path"]))
         log(f"wrote {res['path']}")
     run_dir = resolve_checkpoint(ckpt).parent
-    if (run_dir / "metrics.jsonl").is_file():
-        written.append(plot_training_curves(run_dir, out_dir / "training_curves.png", log))
-        log(f"wrote {written[-1]}")
+    curves = plot_curves_if_any(run_dir, out_dir / "training_curves.png", log)
+    if curves is not None:
+        written.append(curves)
+        log(f"wrote {curves}")
     return written
+
+
+def plot_curves_if_any(run_dir: str | Path, out_path: str | Path, log: Log = print) -> Path | None:
+    """:func:`plot_training_curves` when ``run_dir`` has metrics to plot; otherwise one line saying why the curves
+    are skipped, and None."""
+    run_dir = Path(run_dir)
+    src = run_dir / "metrics.jsonl"
+    if not src.is_file():
+        log(f"training curves skipped: {run_dir} has no metrics.jsonl (not a training run directory, or a run "
+            "that logged no step)")
+        return None
+    try:
+        return plot_training_curves(run_dir, out_path, log)
+    except ValueError as e:  # no numeric metric in the file
+        log(f"training curves skipped: {e}")
+        return None

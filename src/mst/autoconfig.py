@@ -1,0 +1,234 @@
+"""Values that come from the data: every key whose value is ``auto`` after the preset and ``--set`` is resolved here,
+once, before validation, and each choice is reported (:class:`Choice`) so the CLI can say what it inferred and how
+to override it. A preset or ``--set`` pins any of them.
+
+One key sets the image size, ``model.img_size``: ``augment.global_size`` follows it (setting both to different
+values is an error), ``model.patch_size`` suits it, ``augment.local_size`` is 3/7 of it (DINO's 96 of 224) and MST's
+decoder has one width per 2x upsampling of the patch.
+
+>>> from mst.config import load_config
+>>> cfg = load_config(overrides=["model.img_size=56"])  # Fashion-MNIST (no --data): 1 channel, its statistics
+>>> cfg["augment"]["global_size"], cfg["augment"]["local_size"], cfg["model"]["patch_size"]
+(56, 24, 8)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mst.registry import ConfigError
+
+AUTO = "auto"
+FASHION_MNIST_STATS = ([0.2860], [0.3530])
+CPU_MAX_SIZE, GPU_MAX_SIZE = 64, 224  # an inferred image size is capped by the device (steps in minutes on a CPU)
+STEPS = 1500  # optim.epochs=auto: about this many steps (the CPU demo's budget: minutes on a laptop)
+BATCH = {"CPU": 32, "GPU": 128}  # optim.batch_size=auto, per process
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One resolved value: the key, the value, why it was chosen, how to override it."""
+
+    key: str
+    value: object
+    why: str
+
+    def line(self) -> str:
+        if self.key.startswith("("):  # a count, not a key
+            return f"  {self.key[1:-1]}: {self.value}    ({self.why})"
+        how = f"{self.key} FILE" if self.key.startswith("--") else f"--set {self.key}=..."
+        return f"  {self.key} = {self.value}    ({self.why}; {how})"
+
+
+def is_auto(value) -> bool:
+    return isinstance(value, str) and value == AUTO
+
+
+def patch_for(size: int) -> int:
+    """16 px from 160 px up (ViT-S/16 at 224: 14x14 tokens), 8 px from 48 px, else 4 px (28 px: 7x7); the largest
+    power of two up to that which divides ``size``."""
+    want = 16 if size >= 160 else 8 if size >= 48 else 4
+    while want > 1 and size % want:
+        want //= 2
+    return want
+
+
+def local_for(global_size: int, patch: int) -> int:
+    """3/7 of the global crop (DINO's 96 of 224, 12 of 28), a multiple of the patch."""
+    return max(patch, int(round(global_size * 3 / 7 / patch)) * patch)
+
+
+def decoder_widths(patch: int) -> list[int]:
+    """MST's CNN decoder: one width per 2x upsampling (log2(patch) of them), halving from 256, at least 16."""
+    n = max(1, int(round(math.log2(max(patch, 2)))))
+    return [max(16, 256 >> i) for i in range(n)]
+
+
+def _device_cap() -> tuple[int, str]:
+    import torch
+
+    return (GPU_MAX_SIZE, "GPU") if torch.cuda.is_available() else (CPU_MAX_SIZE, "CPU")
+
+
+def _resolve_name(d: dict, out: list[Choice]) -> str:
+    from mst.data.inspect import detect_kind
+
+    if not is_auto(d["name"]):
+        return d["name"]
+    if d["root"] is None:
+        d["name"] = "fashion_mnist"
+        out.append(Choice("data.name", "fashion_mnist", "no --data / data.root: Fashion-MNIST from the Debian package"))
+    else:
+        d["name"], why = detect_kind(d["root"])
+        out.append(Choice("data.name", d["name"], f"{d['root']} holds {why}"))
+    return d["name"]
+
+
+def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
+    m, a = cfg["model"], cfg["augment"]
+    img, glob = m["img_size"], a["global_size"]
+    if not is_auto(img) and not is_auto(glob) and int(img) != int(glob):
+        raise ConfigError(f"augment.global_size={glob} contradicts model.img_size={img}: set only model.img_size "
+                          "(the global crop follows it)")
+    if is_auto(img) and not is_auto(glob):
+        m["img_size"] = int(glob)
+    elif not is_auto(img):
+        if is_auto(glob):
+            a["global_size"] = int(img)
+    elif median is None:  # Fashion-MNIST
+        m["img_size"] = a["global_size"] = 28
+        out.append(Choice("model.img_size", 28, "Fashion-MNIST's 28 px"))
+    else:
+        cap, device = _device_cap()
+        size = min(median, cap)
+        patch = int(m["patch_size"]) if not is_auto(m["patch_size"]) else patch_for(size)
+        size = max(2 * patch, size // patch * patch)
+        m["img_size"] = a["global_size"] = size
+        out.append(Choice("model.img_size", size, f"the images' median shorter side {median} px, at most {cap} on "
+                                                  f"this {device}, a multiple of the patch"))
+    if is_auto(m["patch_size"]):
+        m["patch_size"] = patch_for(int(m["img_size"]))
+        grid = int(m["img_size"]) // m["patch_size"]
+        out.append(Choice("model.patch_size", m["patch_size"], f"{grid}x{grid} tokens at {m['img_size']} px"))
+    if is_auto(a["local_size"]):
+        a["local_size"] = local_for(int(a["global_size"]), int(m["patch_size"]))
+        if cfg.get("method") == "mst":
+            out.append(Choice("augment.local_size", a["local_size"], "3/7 of the global crop, as DINO's 96 of 224"))
+    if "mst" in cfg and is_auto(cfg["mst"]["decoder_channels"]):
+        cfg["mst"]["decoder_channels"] = decoder_widths(int(m["patch_size"]))
+        if cfg["mst"]["decoder"] == "cnn" and median is not None:
+            out.append(Choice("mst.decoder_channels", cfg["mst"]["decoder_channels"],
+                              f"one width per 2x upsampling of {m['patch_size']} px patches"))
+
+
+def _folder_data(cfg: dict, out: list[Choice]) -> int:
+    """Channels, statistics and the notes of a folder; returns the images' median shorter side."""
+    from mst.data.dataset import _folder_root
+    from mst.data.inspect import image_files, measure_stats, scan_folder
+
+    d = cfg["data"]
+    root = _folder_root(d["root"], d["name"], "train")
+    scan = scan_folder(root, seed=int(d.get("subset_seed", 0)))
+    bands = ", ".join(f"{n} file{'s' if n != 1 else ''} with {b} band{'s' if b != 1 else ''}"
+                      for b, n in sorted(scan.bands.items()))
+    sampled = f" (headers of {scan.sampled} of {scan.n_files})" if scan.sampled < scan.n_files else ""
+    if is_auto(d["channels"]):
+        d["channels"] = scan.channels()
+        out.append(Choice("data.channels", d["channels"], f"{bands}{sampled}"))
+    c = int(d["channels"])
+    if c == 3 and scan.bands.get(1):
+        out.append(Choice("(grey files)", scan.bands[1], "grey images repeated to 3 channels to join the colour ones"))
+    if c == 1 and scan.bands.get(3):
+        out.append(Choice("(colour files)", scan.bands[3], "colour images turned grey (ITU-R 601-2 luma) because "
+                                                           "data.channels=1"))
+    if scan.alpha:
+        out.append(Choice("data.alpha", d["alpha"], f"{scan.alpha} files with transparency: composited onto "
+                                                    f"{d['alpha']} (black | white | drop)" if d["alpha"] != "drop"
+                          else f"{scan.alpha} files with transparency: alpha band dropped"))
+    if scan.high_bit and c in (1, 3):
+        out.append(Choice("(16-bit / float files)", scan.high_bit, "1- and 3-channel data train in 8 bits: scaled "
+                                                                    "(uint16 / 65535, floats in [0, 1] x 255)"))
+    if is_auto(d["mean"]) or is_auto(d["std"]):
+        mean, std, n = measure_stats(image_files(root), c, seed=int(d.get("subset_seed", 0)), alpha=d["alpha"])
+        if is_auto(d["mean"]):
+            d["mean"] = mean
+        if is_auto(d["std"]):
+            d["std"] = std
+        out.append(Choice("data.mean", d["mean"], f"measured on {n} images"))
+        out.append(Choice("data.std", d["std"], f"measured on {n} images"))
+    out.append(Choice("(images)", scan.n_files, f"under {root}"))
+    cfg["_scan"] = scan
+    return scan.median_side()
+
+
+def _train_images(cfg: dict, scan) -> int:
+    """How many images one epoch of pretraining reads."""
+    d = cfg["data"]
+    if d.get("subset"):
+        return int(d["subset"])
+    if scan is None:
+        return 60000  # Fashion-MNIST's train split
+    from mst.data.dataset import has_splits
+
+    held_out = d["name"] == "image_folder" and not has_splits(d["root"])
+    return max(1, round(scan.n_files * (1 - float(d.get("holdout", 0.2))))) if held_out else scan.n_files
+
+
+def _schedule(cfg: dict, scan, out: list[Choice]) -> None:
+    o = cfg["optim"]
+    _, device = _device_cap()
+    if is_auto(o["batch_size"]):
+        o["batch_size"] = BATCH[device]
+        out.append(Choice("optim.batch_size", o["batch_size"], f"per process on a {device}"))
+    if is_auto(o["epochs"]):
+        n = _train_images(cfg, scan)
+        o["epochs"] = max(1, math.ceil(STEPS * int(o["batch_size"]) / n))
+        out.append(Choice("optim.epochs", o["epochs"], f"about {STEPS} steps of {o['batch_size']} over {n} images"))
+
+
+def resolve_auto(cfg: dict) -> list[Choice]:
+    """Replace every ``auto`` value of ``cfg`` (in place) and return what was chosen and why."""
+    out: list[Choice] = []
+    d = cfg["data"]
+    name = _resolve_name(d, out)
+    median = None
+    if name == "fashion_mnist":
+        if is_auto(d["channels"]):
+            d["channels"] = 1
+        mean, std = FASHION_MNIST_STATS
+        if is_auto(d["mean"]):
+            d["mean"] = list(mean) * int(d["channels"])
+        if is_auto(d["std"]):
+            d["std"] = list(std) * int(d["channels"])
+    elif any(is_auto(d[k]) for k in ("channels", "mean", "std")) or is_auto(cfg["optim"]["epochs"]) \
+            or is_auto(cfg["model"]["img_size"]) and is_auto(cfg["augment"]["global_size"]):
+        if d["root"] is None:
+            raise ConfigError(f"data.name={name} needs data.root (or --data DIR)")
+        median = _folder_data(cfg, out)
+    _sizes(cfg, median, out)
+    scan = cfg.pop("_scan", None)
+    _schedule(cfg, scan, out)
+    if scan is not None and d.get("small_images") != "error":
+        small = scan.smaller_than(int(cfg["augment"]["global_size"]))
+        if small:
+            verb = "upscaled" if d["small_images"] == "upscale" else "skipped"
+            out.append(Choice("data.small_images", d["small_images"],
+                              f"{small} of {scan.n_files} images are smaller than {cfg['augment']['global_size']} px "
+                              f"and are {verb} (upscale | skip | error)"))
+    return out
+
+
+def summary(choices: list[Choice], cfg: dict) -> str:
+    """The lines the CLI prints before training: what was inferred and how to override it."""
+    if not choices:
+        return ""
+    lines = ["inferred from the data (a preset or --set pins any of them):"]
+    lines += [c.line() for c in choices]
+    m = cfg["model"]
+    width = m.get("embed_dim") or "the arch's"
+    lines.append(f"  model: {m['arch']} (width {width}, depth {m.get('depth') or 'the arch' + chr(39) + 's'}), "
+                 f"{cfg['optim']['epochs']} epochs of batch {cfg['optim']['batch_size']}, method {cfg['method']}")
+    return "\n".join(lines)
+
+
