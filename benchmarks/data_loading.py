@@ -10,8 +10,13 @@
    does for the tensor path), and mst.data.gpu_augment.GPUMultiCrop images/s on --device; then how many CPU
    workers one GPU at --gpu-rate images/s (default 1000, an H100 on ViT-S/16 multi-crop) needs with each path.
 4. GPUMultiCrop on the preset's setting (Fashion-MNIST 28 px) vs the PIL path, on --device.
+5. Your own images (--own): a folder of 500x375 JPEGs and a folder of 13-band uint16 TIFFs, each through the
+   configs/own_images_gpu.yaml pipeline at 224 px (MST multi-crop, its tensor backend: the DataLoader decodes, the
+   device crops), with 0 and 2 workers: images/s the DataLoader supplies, and the data-wait share of real training
+   steps (the trainer's own ``data_wait`` metric) on --device.
 
     python benchmarks/data_loading.py                      # CPU defaults (< 3 min)
+    python benchmarks/data_loading.py --own-only           # part 5 alone (~2 min on 2 CPU cores)
     python benchmarks/data_loading.py --device cuda --workers 0,4,8,16 --batches 20
 """
 from __future__ import annotations
@@ -113,6 +118,69 @@ def end_to_end_rate(cfg: dict, workers: int, steps: int, device) -> float:
     return n / (time.perf_counter() - t0)
 
 
+# -- your own images ------------------------------------------------------------------------------------------
+OWN_CONFIG = REPO / "configs" / "own_images_gpu.yaml"
+
+
+def make_tiff_folder(root: Path, n: int, bands: int = 13, size=(256, 256), seed: int = 0) -> Path:
+    """``n`` smooth random ``bands``-band uint16 TIFFs (12-bit values, contiguous samples), as satellites deliver."""
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        small = rng.random((8, 8, bands))
+        arr = np.stack([np.asarray(Image.fromarray(small[..., b].astype(np.float32)).resize(size, Image.BICUBIC))
+                        for b in range(bands)], axis=-1)
+        tifffile.imwrite(root / f"tile_{k:04d}.tif", np.clip(arr * 4095, 0, 4095).astype(np.uint16),
+                         photometric="minisblack", planarconfig="contig")
+    return root
+
+
+def own_data_rates(folder: Path, workers: list[int], batch: int, steps: int, device, n_batches: int) -> list[dict]:
+    """Supply images/s (DataLoader of the pipeline's dataset) and the data-wait share of ``steps`` real training
+    steps, per worker count, for ``folder`` under configs/own_images_gpu.yaml at 224 px."""
+    import json
+
+    from mst.config import load_config
+    from mst.engine.distributed import DistInfo
+    from mst.engine.trainer import Trainer
+
+    rows = []
+    for w in workers:
+        cfg = load_config(OWN_CONFIG, [f"data.root={folder}", "model.img_size=224", f"optim.batch_size={batch}",
+                                       f"data.num_workers={w}", "log.every=1", "log.progress=false",
+                                       "log.tensorboard=false", "optim.epochs=50", "model.depth=4"])
+        tmp = Path(tempfile.mkdtemp(prefix="mst_bench_own_"))
+        tr = Trainer(cfg, tmp, dist_info=DistInfo(device=torch.device(device)), log=lambda *a, **k: None)
+        supply = loader_rate(tr.pipeline.dataset, batch, w, n_batches, tr.pipeline.collate)
+        tr.fit(max_steps=steps + 1)
+        waits = [json.loads(line).get("data_wait") for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+        waits = [v for v in waits[1:] if v is not None]  # the first step includes worker start-up
+        rows.append({"num_workers": w, "supply img/s": supply, "data wait (share of step)": median(waits),
+                     "channels": int(cfg["data"]["channels"])})
+    return rows
+
+
+def own_data_part(args, device) -> dict:
+    workers = [int(x) for x in args.own_workers.split(",") if x != ""]
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="mst_own_") as tmp:
+        (Path(tmp) / "jpeg").mkdir()
+        (Path(tmp) / "tiff").mkdir()
+        jpegs = make_jpeg_folder(Path(tmp) / "jpeg", args.own_images)
+        tiffs = make_tiff_folder(Path(tmp) / "tiff", args.own_images)
+        for name, folder in (("JPEG 500x375 RGB", jpegs), ("TIFF 256x256, 13 bands uint16", tiffs)):
+            rows = own_data_rates(folder, workers, args.own_batch, args.own_steps, device, args.batches)
+            print(f"
+your own images: {name} -> configs/own_images_gpu.yaml at 224 px (MST, tensor backend, "
+                  f"batch {args.own_batch}, a 4-block ViT-S on {args.device}; data wait = the trainer's metric, "
+                  f"median of {args.own_steps} steps)")
+            print_table(rows)
+            out[name] = rows
+    return out
+
+
 # -- gpu_augment ------------------------------------------------------------------------------------------------
 def gpu_aug_rate(cfg: dict, images, device, rounds: int, use_cpu_time: bool) -> float:
     """Images/s of GPUMultiCrop on ``images`` (uint8 batch or list) on ``device``."""
@@ -145,6 +213,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--big-config", default=str(BIG_CONFIG), help="preset of the 224 px part (default: %(default)s)")
     p.add_argument("--big-images", type=int, default=24, help="JPEGs for the 224 px part (default: %(default)s)")
     p.add_argument("--no-big", action="store_true", help="skip the 224 px part")
+    p.add_argument("--own-only", action="store_true", help="run part 5 (your own images) only")
+    p.add_argument("--no-own", action="store_true", help="skip part 5 (your own images)")
+    p.add_argument("--own-workers", default="0,2", help="num_workers for part 5 (default: %(default)s)")
+    p.add_argument("--own-images", type=int, default=48, help="images per folder in part 5 (default: %(default)s)")
+    p.add_argument("--own-batch", type=int, default=16, help="batch of part 5 (default: %(default)s)")
+    p.add_argument("--own-steps", type=int, default=3, help="timed training steps per run in part 5 (default: %(default)s)")
     p.add_argument("--gpu-rate", type=float, default=1000.0,
                    help="images/s one GPU trains at, for the workers-needed estimate (default: %(default)s)")
     args = p.parse_args(argv)
@@ -154,6 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     print(f"device: {device_name(device)}  torch {torch.__version__}")
     result: dict = {"env": environment(device), "config": args.config, "overrides": args.overrides}
+    if args.own_only:
+        result["own_images"] = own_data_part(args, device)
+        print(f"total {time.perf_counter() - t_start:.0f}s")
+        write_json(args.json, result)
+        return result
 
     # 1. supply: the preset's PIL pipeline
     cfg = load_cfg(args)
@@ -246,6 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["big"] = {"views": big_desc, "pil_ms_per_image": pil_ms, "decode_ms_per_image": decode_ms,
                          "gpu_augment_images_per_s": g224, "gpu_rate_assumed": args.gpu_rate,
                          "workers_needed_pil": need_pil, "workers_needed_decode_only": need_dec}
+    if not args.no_own:
+        result["own_images"] = own_data_part(args, device)
     print(f"total {time.perf_counter() - t_start:.0f}s")
     write_json(args.json, result)
     return result

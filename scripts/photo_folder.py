@@ -3,7 +3,7 @@
     python scripts/photo_folder.py OUT [--per-class 50] [--seed 0]
 
 writes OUT/unlabelled (nested folders, JPEG / PNG / WebP / TIFF, some RGBA and some greyscale, 64-160 px),
-OUT/labelled/{train,val}/CLASS (the class is the photo a crop came from) and OUT/multiband/{4,13}band/{train,val}/CLASS
+OUT/labelled/{train,val}/CLASS (other crops of the same photos; the class is the photo a crop came from) and OUT/multiband/{4,13}band/{train,val}/CLASS
 (uint16 TIFFs: a photo's RGB plus bands mixed from it, written with tifffile). The tests build small versions.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ def make_photo_folders(out: str | Path, per_class: int = 50, seed: int = 0, val_
             split = "val" if i < n_val else "train"
             _save_variant(crop, out / "labelled" / split / name / f"{name}_{i:03d}", k)
             nested = out / "unlabelled" / f"batch{c % 3}" / ("a" if i % 2 else "b") / f"img_{k:05d}"
-            _save_variant(crop, nested, k + 1)
+            _save_variant(random_crop(src, rng), nested, k + 1)  # other crops: pretraining never sees a val image
             k += 1
     return {"unlabelled": out / "unlabelled", "labelled": out / "labelled"}
 

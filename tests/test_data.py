@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFile
 
 from mst.data import (
@@ -190,8 +191,10 @@ def test_every_mode_converted(tmp_path, channels):
         else:
             assert out.mode == "L" and arr.shape == (32, 32), mode
             assert np.abs(arr.astype(int) - lum).max() <= 1, (mode, arr[0, 0])
-    for name in ("half16", "float"):  # 32768 / 65535 and 0.5 -> 128, scaled not clipped
-        assert np.asarray(by_name[name]).min() == 128 and np.asarray(by_name[name]).max() == 128, name
+    for name, value in (("half16", 32768 / 65535), ("float", 0.5)):  # TIFF (tifffile): full precision, not 8 bits
+        x = by_name[name]
+        assert torch.is_tensor(x) and x.shape == (channels, 32, 32) and x.dtype == torch.float32, name
+        assert torch.allclose(x, torch.full_like(x, value)), name
 
 
 def test_transparent_composited_on_black(tmp_path):

@@ -22,14 +22,15 @@ def gradient(b=2, c=1) -> torch.Tensor:
     return RAMP.expand(b, c, 28, 28).clone()
 
 
-def test_zoom_in_feeds_the_magnified_centre_and_weighs_the_ring():
-    d = ZoomIn(zoom=28 / 20, ring_weight=0.2)(gradient(), None)  # the centre 20 px of 28, magnified to 28
-    assert d.input.shape == (2, 1, 28, 28) and torch.equal(d.target, gradient())
-    expect = 4 / 28 + (torch.arange(28) + 0.5) / 28 * (20 / 28)  # the central 20 px of the ramp over 28 px
-    assert torch.allclose(d.input[0, 0, 10], expect, atol=1e-5)
-    ring = d.region[0, 0].bool()
-    assert ring.sum() == 28 * 28 - 20 * 20 and not ring[4:24, 4:24].any() and ring[:4].all() and ring[:, 24:].all()
-    assert torch.allclose(d.to_input_frame(d.target), d.input)  # the target's centre is the input
+def test_zoom_in_feeds_the_native_centre_of_a_wider_view():
+    z = ZoomIn()  # 9/7: the reference's 288 px view for a 224 px input
+    assert (z.view_size(224), z.border(224), z.view_size(28), z.view_size(64)) == (288, 32, 36, 82)
+    ramp = ((torch.arange(36, dtype=torch.float32) + 0.5) / 36).expand(2, 1, 36, 36).clone()
+    d = z(ramp, None)
+    assert d.input.shape == (2, 1, 28, 28) and torch.equal(d.target, ramp)
+    assert torch.equal(d.input, ramp[..., 4:32, 4:32])  # the pixels themselves, not resampled
+    with pytest.raises(ValueError, match="a 31 px view is not a zoom-in view"):
+        z(torch.zeros(1, 1, 31, 31), None)
 
 
 def test_zoom_out_places_a_shrunk_view_with_mirrored_borders():
@@ -65,6 +66,19 @@ def test_fisheye_keeps_the_centre_and_stays_inside():
     assert d.input.shape == (2, 1, 28, 28) and not torch.allclose(d.input, d.target)
 
 
+def test_fisheye_is_radial_as_the_reference():
+    """get_of_fisheye: g' = g + m * sqrt(sum((c - g)^2)) * (c - g), written out for one grid point by hand."""
+    c, m = (0.3, -0.6), 0.2
+    grid = fisheye_grid(torch.tensor([c]), torch.tensor([m]), 5, 5)
+    gx, gy = -1.0, 0.5  # column 0, row 3 of a 5-point linspace(-1, 1)
+    dx, dy = c[0] - gx, c[1] - gy
+    r = (dx * dx + dy * dy) ** 0.5
+    assert torch.allclose(grid[0, 3, 0], torch.tensor([gx + m * r * dx, gy + m * r * dy]))
+    # the per-axis |d| of the old version differs wherever both offsets are non-zero (here by ~0.2 of the image)
+    per_axis = torch.tensor([gx + m * abs(dx) * dx, gy + m * abs(dy) * dy])
+    assert (grid[0, 3, 0] - per_axis).abs().max() > 0.05
+
+
 def test_blur_keeps_a_constant_image_and_smooths_edges():
     flat = torch.full((3, 2, 28, 28), 0.7)
     d = Blur(kernel=7, sigma=(0.5, 2.0))(flat, torch.Generator().manual_seed(0))
@@ -87,25 +101,51 @@ def test_decolorize_weights_in_range_and_one_channel_refused():
         load_config(overrides=TINY_MAE + ["mim.degradation=decolorize"])
 
 
-def test_zoom_in_loss_with_masking_equals_a_hand_computation():
+def test_zoom_in_loss_equals_the_reference_formula():
+    """0.8 x masked-token MSE of the prediction's centre (area-resized to the 36 px view) against the input's
+    normalised patches + 0.2 x the SUM of the four strip MSEs (top, bottom, left, right; 4 px wide) against the whole
+    view area-resized to 28, normalised per patch, area-resized back (the reference's forward_loss)."""
+    import torch.nn.functional as F
+
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 1, 28, 28, generator=g)
-    d = ZoomIn(zoom=28 / 20, ring_weight=0.2)(x, None)
+    x = torch.randn(2, 1, 36, 36, generator=g)
+    d = ZoomIn(ring_weight=0.2)(x, None)
     pred = torch.randn(2, 49, 16, generator=g)
     mask = torch.rand(2, 49, generator=g) < 0.75
     got = degraded_loss(pred, d, mask, 4, norm_pix=True)
-    image = unpatchify(pred, 4, (7, 7), 1)
-    p_in, t_in = patchify(d.to_input_frame(image), 4), patchify(d.input, 4)
-    t_in = normalize_patches(t_in)
-    main = sum(((p_in[b, n] - t_in[b, n]) ** 2).mean() for b in range(2) for n in range(49) if mask[b, n])
-    main = main / mask.sum()
-    target = unpatchify(normalize_patches(patchify(x, 4)), 4, (7, 7), 1)
-    ring = d.region[0, 0].bool()
-    ring_mse = ((image - target) ** 2)[:, 0][:, ring].mean()
-    assert got.item() == pytest.approx((0.8 * main + 0.2 * ring_mse).item(), rel=1e-5)
+
+    wide = F.interpolate(unpatchify(pred, 4, (7, 7), 1), size=(36, 36), mode="area")
+    p_c, t_c = patchify(wide[..., 4:32, 4:32], 4), normalize_patches(patchify(x[..., 4:32, 4:32], 4))
+    main = sum(((p_c[b, n] - t_c[b, n]) ** 2).mean() for b in range(2) for n in range(49) if mask[b, n]) / mask.sum()
+    whole = unpatchify(normalize_patches(patchify(F.interpolate(x, size=(28, 28), mode="area"), 4)), 4, (7, 7), 1)
+    whole = F.interpolate(whole, size=(36, 36), mode="area")
+    top = ((wide[..., :4, :] - whole[..., :4, :]) ** 2).mean()
+    bottom = ((wide[..., 32:, :] - whole[..., 32:, :]) ** 2).mean()
+    left = ((wide[..., 4:32, :4] - whole[..., 4:32, :4]) ** 2).mean()
+    right = ((wide[..., 4:32, 32:] - whole[..., 4:32, 32:]) ** 2).mean()
+    assert got.item() == pytest.approx((0.8 * main + 0.2 * (top + bottom + left + right)).item(), rel=1e-5)
+    ring = torch.ones(36, 36, dtype=torch.bool)
+    ring[4:32, 4:32] = False
+    ring_mean = ((wide - whole) ** 2)[..., ring].mean()  # the old all-ring-pixels mean weighs the ring ~4x less
+    assert (top + bottom + left + right) / ring_mean > 3
     # nothing hidden (the degradation alone): every token counts
-    alone = degraded_loss(pred, Degraded(input=x, target=x), torch.zeros_like(mask), 4, norm_pix=False)
-    assert alone.item() == pytest.approx(((pred - patchify(x, 4)) ** 2).mean().item(), rel=1e-5)
+    alone = degraded_loss(pred, Degraded(input=x[..., :28, :28], target=x[..., :28, :28]), torch.zeros_like(mask), 4,
+                          norm_pix=False)
+    assert alone.item() == pytest.approx(((pred - patchify(x[..., :28, :28], 4)) ** 2).mean().item(), rel=1e-5)
+
+
+def test_zoom_out_normalises_the_target_in_the_clean_frame_then_places_it():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1, 28, 28, generator=g)
+    d = ZoomOut(zoom=1.4)(x, torch.Generator().manual_seed(0))
+    pred = torch.randn(2, 49, 16, generator=g)
+    mask = torch.rand(2, 49, generator=g) < 0.75
+    got = degraded_loss(pred, d, mask, 4, norm_pix=True)
+    target = d.to_input_frame(unpatchify(normalize_patches(patchify(x, 4)), 4, (7, 7), 1))
+    p_in = patchify(d.to_input_frame(unpatchify(pred, 4, (7, 7), 1)), 4)
+    t_in = patchify(target, 4)  # not normalised again after the placement
+    want = sum(((p_in[b, n] - t_in[b, n]) ** 2).mean() for b in range(2) for n in range(49) if mask[b, n]) / mask.sum()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", [n for n in DEGRADATIONS.names() if n != "decolorize"])
@@ -114,7 +154,8 @@ def test_every_degradation_trains_in_mae_alone_and_with_masking(name, tmp_path):
         cfg = load_config(overrides=TINY_MAE + [f"mim.degradation={name}", "degrade.blur_kernel=5"] + mask)
         torch.manual_seed(0)
         mae = build_method(cfg)
-        out = step(mae, [torch.randn(4, 1, 28, 28)], generator=torch.Generator().manual_seed(0))
+        v = mae.view_size  # zoom-in crops a wider view (36 px for a 28 px input)
+        out = step(mae, [torch.randn(4, 1, v, v)], generator=torch.Generator().manual_seed(0))
         assert torch.isfinite(out.loss)
         out.loss.backward()
         assert mae.encoder.vit.blocks[0].attn.qkv.weight.grad is not None
@@ -187,12 +228,19 @@ def test_figure_shows_the_clean_view_the_degraded_input_and_the_reconstruction(n
     c = cfg["data"]
     for i, (clean, degraded, _) in enumerate(rows):
         assert degraded.title == f"degraded input, masked {49 - int(49 * 0.25)}"
-        assert torch.allclose(torch.as_tensor(clean.image), torch.as_tensor(to_display(x[i], c["mean"], c["std"])))
+        if name != "zoom_in":  # zoom-in's clean view is the wider view (the eval image resized to 36 px)
+            assert torch.allclose(torch.as_tensor(clean.image), torch.as_tensor(to_display(x[i], c["mean"], c["std"])))
         shown = torch.as_tensor(degraded.image)
         grey = (shown == 0.5).all(-1)[::4, ::4]
         assert grey.sum() == 49 - int(49 * 0.25)  # the masked tokens, grey
         # the visible tokens show the degraded input, not the clean view
         visible = torch.kron(~grey, torch.ones(4, 4, dtype=torch.bool))
         clean_rgb = torch.as_tensor(clean.image)
+        if name == "zoom_in":  # the input is the clean view's centre, at its own pixels
+            assert clean_rgb.shape[:2] == (36, 36)
+            clean_rgb = clean_rgb[4:32, 4:32]
         clean_rgb = clean_rgb[..., None].expand_as(shown) if clean_rgb.dim() == 2 else clean_rgb
-        assert not torch.allclose(shown[visible], clean_rgb[visible], atol=1e-3)
+        if name == "zoom_in":
+            assert torch.allclose(shown[visible], clean_rgb[visible], atol=1e-3)  # native pixels: not resampled
+        else:
+            assert not torch.allclose(shown[visible], clean_rgb[visible], atol=1e-3)

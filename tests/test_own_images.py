@@ -281,3 +281,39 @@ def test_bad_input_is_one_line(tmp_path, photos, capsys, args, expected):
     err = one_line_error(capsys, ["pretrain", "--data", str(photos["unlabelled"]), "--out", str(tmp_path / "r"),
                                   *sum((["--set", o] for o in FAST), []), *args])  # the bad value comes last
     assert expected in err, err
+
+
+def write_dicom(path: Path, pixels: np.ndarray, slope: float = 2.0, intercept: float = -1024.0) -> Path:
+    """A minimal single-frame MONOCHROME2 DICOM (uint16 stored values) written with pydicom."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def test_dicom_is_read_in_modality_units(tmp_path):
+    stored = np.random.default_rng(4).integers(0, 3000, (40, 48)).astype(np.uint16)
+    for i in range(3):
+        write_dicom(tmp_path / f"slice{i}.dcm", stored + i)
+    x = load_image(tmp_path / "slice0.dcm", 1)
+    np.testing.assert_allclose(x[0].numpy(), stored * 2.0 - 1024.0)  # HU = slope * stored + intercept, no windowing
+    notes: list = []
+    cfg = load_config(overrides=[f"data.root={tmp_path}"], notes=notes)
+    assert cfg["data"]["channels"] == 1 and cfg["data"]["name"] == "folder"
+    hu = np.concatenate([(stored + i) * 2.0 - 1024.0 for i in range(3)])
+    np.testing.assert_allclose(cfg["data"]["mean"], [hu.mean()], rtol=1e-3)
+    np.testing.assert_allclose(cfg["data"]["std"], [hu.std()], rtol=1e-3)

@@ -146,9 +146,10 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
         out.append(Choice("data.alpha", d["alpha"], f"{scan.alpha} files with transparency: composited onto "
                                                     f"{d['alpha']} (black | white | drop)" if d["alpha"] != "drop"
                           else f"{scan.alpha} files with transparency: alpha band dropped"))
-    if scan.high_bit and c in (1, 3):
-        out.append(Choice("(16-bit / float files)", scan.high_bit, "1- and 3-channel data train in 8 bits: scaled "
-                                                                    "(uint16 / 65535, floats in [0, 1] x 255)"))
+    if scan.high_bit:
+        out.append(Choice("(16-bit / float files)", scan.high_bit, "TIFF and DICOM keep full precision (uint16 / "
+                                                                    "65535, floats as stored); 16-bit PNGs are read "
+                                                                    "in 8 bits"))
     if is_auto(d["mean"]) or is_auto(d["std"]):
         mean, std, n = measure_stats(image_files(root), c, seed=int(d.get("subset_seed", 0)), alpha=d["alpha"])
         if is_auto(d["mean"]):

@@ -39,7 +39,10 @@ COMMON: dict[str, Any] = {
         "blur_sigma": [0.1, 2.0],
         "solarize_p": 0.2,  # global 2 only
         "backend": "pil",  # pil (per image, DataLoader workers) | tensor (batched on the training device)
-        "rand_augment": None,  # single view, pil backend: a timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1
+        "rand_augment": None,
+        # evaluation: resize the shorter side to global_size / eval_crop, centre crop global_size (0.875: 256 -> 224,
+        # DINO's and MAE's ImageNet protocol; 1: the whole image, e.g. Fashion-MNIST's 28 px)
+        "eval_crop": 1.0,  # single view, pil backend: a timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1
     },
     "model": {
         "arch": "vit_tiny",  # a registered backbone: vit_tiny | vit_small | vit_base | vit_large | swin_tiny

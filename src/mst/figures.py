@@ -19,10 +19,18 @@ class Panel:
 
 
 def to_display(img: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised (C, H, W) -> (H, W) for one channel or (H, W, 3), de-normalised and clipped to [0, 1]."""
+    """Normalised (C, H, W) -> (H, W) for one channel or (H, W, 3), de-normalised and clipped to [0, 1].
+
+    Multiband images show their first three bands as a false-colour composite, and they and data far outside
+    [0, 1] (DICOM in modality units) are stretched band by band between their 2nd and 98th percentiles."""
     m = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
     s = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
-    arr = (img.detach().float().cpu() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+    arr = (img.detach().float().cpu() * s + m).permute(1, 2, 0).numpy()
+    if arr.shape[-1] not in (1, 3) or arr.min() < -2 or arr.max() > 3:
+        arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
+        lo, hi = np.percentile(arr, 2, axis=(0, 1)), np.percentile(arr, 98, axis=(0, 1))
+        arr = (arr - lo) / np.maximum(hi - lo, 1e-12)
+    arr = np.clip(arr, 0, 1)
     return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 

@@ -153,7 +153,9 @@ def compatible(bands: int, channels: int) -> bool:
 
 
 def _read_array(path: Path, channels: int, alpha: str):
-    """TIFF / DICOM -> PIL (1 or 3 channels, the 8-bit rules) or float32 (C, H, W) tensor (any other count)."""
+    """8-bit grey or RGB TIFF -> PIL. Anything else -> a float32 (C, H, W) tensor at full precision: TIFF integers
+    divided by their type's maximum (uint16 / 65535), floats as stored, DICOM in the modality's units (rescale slope
+    / intercept applied). The measured statistics normalise them; nothing is windowed to 8 bits."""
     if is_dicom(path):
         arr, has_alpha = read_dicom(path), False
     else:
@@ -164,9 +166,12 @@ def _read_array(path: Path, channels: int, alpha: str):
     bands = arr.shape[-1]
     if not compatible(bands, channels):
         raise _bands_error(path, bands, False, channels)
-    if channels in (1, 3):
+    if channels in (1, 3) and arr.dtype == np.uint8:  # 8-bit grey / RGB: the PIL pipeline, as a JPEG would go
         return to_channels(_array_to_pil(arr), channels, alpha)
-    return torch.from_numpy(np.ascontiguousarray(to_unit_float(arr).transpose(2, 0, 1)))
+    arr = to_unit_float(arr)
+    if arr.shape[-1] != channels:  # a grey file in colour data (repeated), or the reverse (ITU-R 601-2 luma)
+        arr = np.repeat(arr, 3, -1) if channels == 3 else (arr @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def _upscale(img, min_size: int):

@@ -291,7 +291,8 @@ class GPUMultiCrop:
                 f"channels={self.channels})")
 
     # -- one group of views --------------------------------------------------------------------------------------
-    def _views(self, x, hs, ws, n_views, size, scale, blur_p, solarize_p, generator) -> list[torch.Tensor]:
+    def _views(self, x, hs, ws, n_views, size, scale, blur_p, solarize_p, generator,
+               photometric: bool = True) -> list[torch.Tensor]:
         b = x.shape[0]
         n = n_views * b
         dev = x.device
@@ -301,7 +302,7 @@ class GPUMultiCrop:
         flip = torch.rand(n, generator=generator, device=dev) < self.flip_p
         v = torch.where(_col(flip, v), v.flip(-1), v)
 
-        if self.jitter_ops and self.jitter_p > 0:
+        if self.jitter_ops and self.jitter_p > 0 and photometric:
             apply = torch.rand(n, generator=generator, device=dev) < self.jitter_p
             factors = torch.stack([_uniform(n, lo, hi, generator, dev) for _, lo, hi in self.jitter_ops], 1)
             order = _random_order(n, len(self.jitter_ops), generator, dev)
@@ -309,7 +310,7 @@ class GPUMultiCrop:
                 for k, (op, _, _) in enumerate(self.jitter_ops):
                     v = _apply_where(v, apply & (order[:, pos] == k), _OPS[op], factors[:, k])
 
-        if self.grayscale_p > 0:
+        if self.grayscale_p > 0 and photometric:
             gray = torch.rand(n, generator=generator, device=dev) < self.grayscale_p
             v = torch.where(_col(gray, v), to_gray(v).expand_as(v), v)
 
@@ -318,7 +319,7 @@ class GPUMultiCrop:
             sigma = _uniform(n, self.blur_sigma[0], self.blur_sigma[1], generator, dev)
             v = _apply_where(v, blur, lambda t, s: gaussian_blur(t, s, blur_kernel_size(size)), sigma)
 
-        if solarize_p > 0:
+        if solarize_p > 0 and photometric:
             sol = torch.rand(n, generator=generator, device=dev) < solarize_p
             v = torch.where(_col(sol, v) & (v >= SOLARIZE_THRESHOLD), 1.0 - v, v)
 
@@ -328,13 +329,16 @@ class GPUMultiCrop:
     @torch.no_grad()
     def __call__(self, images, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """``generator`` must live on the images' device (``torch.Generator(device)``); None: the global one."""
+        # colour jitter, greyscale and solarisation assume 8-bit data; float images (multiband, DICOM in modality
+        # units) get the geometric ops and blur only, as in MultiCropTransform
+        ph = all(im.dtype == torch.uint8 for im in (images if isinstance(images, (list, tuple)) else [images]))
         x, hs, ws = prepare_images(images, self.channels)
         p1, p2, pl = self.blur_p
         g, s = self.global_size, self.global_scale
-        views = self._views(x, hs, ws, 1, g, s, p1, 0.0, generator)
-        views += self._views(x, hs, ws, 1, g, s, p2, self.solarize_p, generator)
+        views = self._views(x, hs, ws, 1, g, s, p1, 0.0, generator, ph)
+        views += self._views(x, hs, ws, 1, g, s, p2, self.solarize_p, generator, ph)
         if self.n_local > 0:
-            views += self._views(x, hs, ws, self.n_local, self.local_size, self.local_scale, pl, 0.0, generator)
+            views += self._views(x, hs, ws, self.n_local, self.local_size, self.local_scale, pl, 0.0, generator, ph)
         return views
 
 

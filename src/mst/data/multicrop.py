@@ -51,9 +51,9 @@ class MultiCropTransform:
 
     Global 1 is always blurred with ``blur_p[0]`` (1.0 by default), global 2 with ``blur_p[1]`` plus
     solarisation, locals with ``blur_p[2]``. For ``channels == 1`` colour jitter keeps only brightness and
-    contrast (saturation and hue are undefined for a gray image) and RandomGrayscale is left out. Any other
-    channel count (multiband float tensors) gets the geometric and blur ops only: colour jitter, greyscale and
-    solarisation assume RGB or grey values in [0, 1].
+    contrast (saturation and hue are undefined for a gray image) and RandomGrayscale is left out. Float tensor
+    images (multiband TIFF, DICOM in modality units) get the geometric and blur ops only: colour jitter, greyscale
+    and solarisation assume 8-bit RGB or grey.
     """
 
     def __init__(self, aug_cfg: dict, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
@@ -67,14 +67,17 @@ class MultiCropTransform:
         self.global1 = self._view(a, a["global_size"], a["global_scale"], blur_p[0], 0.0)
         self.global2 = self._view(a, a["global_size"], a["global_scale"], blur_p[1], float(a["solarize_p"]))
         self.local = self._view(a, a["local_size"], a["local_scale"], blur_p[2], 0.0)
+        self.float_views = [self._view(a, a[f"{k}_size"], a[f"{k}_scale"], b, 0.0, photometric=False)
+                            for k, b in (("global", blur_p[0]), ("global", blur_p[1]), ("local", blur_p[2]))]
 
-    def _view(self, a: dict, size: int, scale: Sequence[float], blur_p: float, solarize_p: float) -> T.Compose:
+    def _view(self, a: dict, size: int, scale: Sequence[float], blur_p: float, solarize_p: float,
+              photometric: bool = True) -> T.Compose:
         size = int(size)
         ops: list = [
             T.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC, antialias=True),
             T.RandomHorizontalFlip(p=float(a["flip_p"])),
         ]
-        photometric = self.channels in (1, 3)
+        photometric = photometric and self.channels in (1, 3)
         b, c, s, h = a["color_jitter"]
         jitter = T.ColorJitter(b, c) if self.channels == 1 else T.ColorJitter(b, c, s, h)
         if a["color_jitter_p"] > 0 and photometric:
@@ -90,7 +93,8 @@ class MultiCropTransform:
 
     def __call__(self, img) -> list[torch.Tensor]:
         img = _as_mode(img, self.channels)
-        views = [self.global1(img), self.global2(img)] + [self.local(img) for _ in range(self.n_local)]
+        g1, g2, local = (self.global1, self.global2, self.local) if not torch.is_tensor(img) else self.float_views
+        views = [g1(img), g2(img)] + [local(img) for _ in range(self.n_local)]
         return [v.as_subclass(torch.Tensor) for v in views]
 
     def __repr__(self) -> str:
@@ -98,14 +102,24 @@ class MultiCropTransform:
                f" global2={self.global2},\n local={self.local})"
 
 
-class EvalTransform:
-    """Deterministic view for feature extraction: resize shorter side to ``size``, centre crop, normalise."""
+def eval_resize(size: int, crop: float = 1.0) -> int:
+    """The shorter side an evaluation image is resized to before the centre ``size`` crop: size / crop, rounded
+    (224 at crop 0.875 -> 256, DINO's and MAE's evaluation; crop 1: the whole image)."""
+    return int(round(int(size) / float(crop)))
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+
+class EvalTransform:
+    """Deterministic view for feature extraction: resize the shorter side to ``size / crop`` (``augment.eval_crop``:
+    0.875 -> 256 for 224, as DINO and MAE evaluate ImageNet), centre crop ``size``, normalise."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
+                 crop: float = 1.0) -> None:
         self.mean, self.std = _check_stats(mean, std, channels)
-        self.channels, self.size = channels, int(size)
+        self.channels, self.size, self.crop = channels, int(size), float(crop)
+        if not 0 < self.crop <= 1:
+            raise ValueError(f"augment.eval_crop={crop} must lie in (0, 1]")
         self.transform = T.Compose([
-            T.Resize(self.size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            T.Resize(eval_resize(self.size, self.crop), interpolation=InterpolationMode.BICUBIC, antialias=True),
             T.CenterCrop(self.size),
             *_to_tensor(self.mean, self.std),
         ])
@@ -114,4 +128,4 @@ class EvalTransform:
         return self.transform(_as_mode(img, self.channels)).as_subclass(torch.Tensor)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(size={self.size}, channels={self.channels})"
+        return f"EvalTransform(size={self.size}, resize={eval_resize(self.size, self.crop)}, channels={self.channels})"

@@ -85,9 +85,12 @@ def _stats(cfg: dict) -> tuple[list, list, int]:
     return d["mean"], d["std"], int(d["channels"])
 
 
-def build_pipeline(kind: str, cfg: dict, base: Dataset) -> ViewPipeline:
-    """The view pipeline ``kind`` (multicrop | single) over ``base`` for the config's augment section and backend."""
-    a, seed, backend = cfg["augment"], int(cfg["seed"]), cfg["augment"]["backend"]
+def build_pipeline(kind: str, cfg: dict, base: Dataset, size: int | None = None) -> ViewPipeline:
+    """The view pipeline ``kind`` (multicrop | single) over ``base`` for the config's augment section and backend.
+    ``size``: the single view's side when the method crops wider than its input (zoom-in); else the global size."""
+    a, seed, backend = dict(cfg["augment"]), int(cfg["seed"]), cfg["augment"]["backend"]
+    if size is not None:
+        a["global_size"] = int(size)
     mean, std, channels = _stats(cfg)
     if kind not in VIEW_KINDS:
         raise ValueError(f"views={kind!r} is not one of {', '.join(VIEW_KINDS)}")

@@ -1,7 +1,7 @@
 """Beyond Masking's degradations (Jiao et al., arXiv 2203.14313): instead of (or besides) masking, degrade the
 image and reconstruct the clean one. A degradation takes a batch of clean normalised views and returns a
 :class:`Degraded`: the encoder's input, the clean target, and what the loss needs beyond a per-token comparison
-(a geometric mapping from the target's frame into the input's, a region of the target with its own weight).
+(a geometric mapping from the target's frame into the input's, or a loss of its own, as zoom-in's).
 
 Register one with ``DEGRADATIONS.register(name, cls)``; ``cls.from_config(section)`` reads the ``degrade`` section;
 select it with ``mim.degradation`` (MAE).
@@ -21,9 +21,10 @@ from mst.registry import Registry
 class Degraded:
     input: torch.Tensor  # (B, C_in, H, W) what the encoder sees (before masking)
     target: torch.Tensor  # (B, C, H, W) the clean image the reconstruction is compared with, in its own frame
-    to_input_frame: Callable[[torch.Tensor], torch.Tensor] | None = None  # target frame -> input frame (zoom)
-    region: torch.Tensor | None = None  # (B or 1, 1, H, W) target-frame pixels of an extra loss term (zoom-in ring)
-    region_weight: float = 0.0  # that term's share of the loss (the rest: the per-token term)
+    to_input_frame: Callable[[torch.Tensor], torch.Tensor] | None = None  # target frame -> input frame (zoom-out)
+    # a loss of its own: (prediction as an image (B, C, S, S) on the input's grid, hidden tokens (B, N), patch,
+    # norm_pix) -> scalar; None: the per-token loss of mst.methods.mae.degraded_loss
+    loss: Callable[[torch.Tensor, torch.Tensor, int, bool], torch.Tensor] | None = None
 
 
 class Degradation(abc.ABC):
@@ -38,6 +39,10 @@ class Degradation(abc.ABC):
 
     def check(self, channels: int, size: int, patch: int) -> None:
         """Raise ValueError naming the setting when the degradation cannot work on such data."""
+
+    def view_size(self, size: int) -> int:
+        """The side of the clean view the pipeline crops for an encoder input of ``size`` px (zoom-in: larger)."""
+        return size
 
     @abc.abstractmethod
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> Degraded:

@@ -1,8 +1,9 @@
-"""Fisheye distortion (Beyond Masking's "distorted"): per image, every sampling position g (in [-1, 1]^2) moves
-towards a random centre c ~ U(-1, 1)^2 by m |c - g| (c - g) (element-wise), m ~ U(strength); the input samples the
+"""Fisheye distortion (Beyond Masking's "distorted", the reference's ``get_of_fisheye``): per image, every sampling
+position g (in [-1, 1]^2) moves towards a random centre c ~ U(-1, 1)^2 by m ||c - g|| (c - g), m ~ U(strength):
+the offset is scaled by the Euclidean distance to the centre, so the distortion is radial. The input samples the
 clean view there (bilinear, zeros outside, align_corners as the reference), the target is the clean view. The
-centre stays fixed, and since m |c - g| <= 2 m < 1 every position moves towards c without passing it, so the
-grid stays inside the image."""
+centre stays fixed, and since m ||c - g|| <= 2 sqrt(2) m < 1 for m < 0.35 every position moves towards c without
+passing it, so the grid stays inside the image."""
 from __future__ import annotations
 
 import torch
@@ -19,14 +20,15 @@ def fisheye_grid(centres: torch.Tensor, strength: torch.Tensor, h: int, w: int) 
     grid = torch.stack([gx, gy], dim=-1)[None]  # (1, H, W, 2) as (x, y)
     c = centres[:, None, None, :]
     d = c - grid
-    return grid + strength[:, None, None, None] * d.abs() * d
+    return grid + strength[:, None, None, None] * d.norm(dim=-1, keepdim=True) * d
 
 
 class Distort(Degradation):
     def __init__(self, strength: tuple[float, float] = (0.15, 0.25)) -> None:
         lo, hi = (float(v) for v in strength)
-        if not 0 <= lo <= hi < 0.5:
-            raise ValueError(f"degrade.distort={list(strength)} must be [low, high] with 0 <= low <= high < 0.5")
+        if not 0 <= lo <= hi < 0.35:
+            raise ValueError(f"degrade.distort={list(strength)} must be [low, high] with 0 <= low <= high < 0.35 "
+                             "(a position never passes the centre)")
         self.strength = (lo, hi)
 
     @classmethod

@@ -1,11 +1,12 @@
 """Spatial misalignment: zoomed-in and zoomed-out views (Beyond Masking's best-performing family).
 
-* ``zoom_in``: the encoder sees the centre of the view magnified by ``zoom_in`` (9/7: the reference feeds the
-  centre 224 px of a 288 px crop); the decoder's output stands for the whole view. The loss: ``1 - ring_weight`` x
-  the per-token term in the input's frame (the prediction's centre resized onto the input's grid; masked tokens
-  when masking is on) + ``ring_weight`` (0.2) x MSE on the border ring the input does not show (all ring pixels).
-  Ours magnifies the centre of the 28 px view instead of cropping a larger one, so the view size (and the
-  evaluation size) stays the pipeline's: the geometry between input and target is the reference's.
+* ``zoom_in``, the reference's geometry: the pipeline crops a view ``zoom_in`` (9/7) times the input size (288 px
+  for 224), the encoder sees its native-resolution centre (224 px, no resampling), and the decoder's output on the
+  input's grid stands for the whole wider view. The loss, as the reference's ``forward_loss``: ``1 - ring_weight``
+  (0.8) x the per-token MSE of the prediction (area-resized to the view, its centre cut out) against the input's
+  (normalised) patches, on the hidden tokens (all of them when nothing is hidden), + ``ring_weight`` (0.2) x the
+  *sum* of the MSEs of the four border strips (top, bottom, left, right) of the prediction against the whole view
+  (area-resized to the input size, normalised per patch, area-resized back).
 * ``zoom_out``: the view shrunk by ``zoom_out`` (5/7: 160 of 224 px) and placed at a random offset (per image) in
   a canvas of the view's size, the border filled with mirrored copies of the image's edges; the prediction (in the
   clean frame) and the target go through the same shrink and placement, and are compared in the canvas.
@@ -37,27 +38,53 @@ def centre_box(n: int, size: int, zoom: float, device) -> torch.Tensor:
 class ZoomIn(Degradation):
     def __init__(self, zoom: float = 9 / 7, ring_weight: float = 0.2) -> None:
         if zoom <= 1:
-            raise ValueError(f"degrade.zoom_in={zoom} must be > 1 (the input is the magnified centre)")
+            raise ValueError(f"degrade.zoom_in={zoom} must be > 1 (the view is this much wider than the input)")
         self.zoom, self.ring_weight = float(zoom), float(ring_weight)
 
     @classmethod
     def from_config(cls, section):
         return cls(section["zoom_in"], section["ring_weight"])
 
+    def border(self, size: int) -> int:
+        """Pixels of the view beyond the input on each side: 32 for 224 at 9/7, 4 for 28."""
+        return int(round(size * (self.zoom - 1) / 2))
+
+    def view_size(self, size: int) -> int:
+        return size + 2 * self.border(size)
+
+    def check(self, channels, size, patch):
+        if self.border(size) < 1:
+            raise ValueError(f"degrade.zoom_in={self.zoom} adds no border to a {size} px input")
+
     def __call__(self, images, generator):
-        b, _, h, w = images.shape
-        box = centre_box(b, h, self.zoom, images.device)
+        big = images.shape[-1]
+        size = next((s for s in range(int(big / self.zoom) - 2, big) if self.view_size(s) == big), None)
+        if size is None:
+            raise ValueError(f"a {big} px view is not a zoom-in view (degrade.zoom_in={self.zoom}): the pipeline "
+                             "crops view_size(model.img_size)")
+        b = (big - size) // 2
+        centre = images[..., b : b + size, b : b + size]
+        weight = self.ring_weight
 
-        def to_input_frame(img: torch.Tensor) -> torch.Tensor:
-            return resample(img, box[: len(img)], h)
+        def loss(pred: torch.Tensor, mask: torch.Tensor, patch: int, norm_pix: bool) -> torch.Tensor:
+            from mst.losses import normalize_patches, patch_mse
+            from mst.models.tokens import patchify, unpatchify
 
-        side = h / self.zoom
-        lo = (h - side) / 2
-        ys = torch.arange(h, device=images.device, dtype=torch.float32) + 0.5
-        inside = (ys > lo) & (ys < lo + side)
-        ring = ~(inside[:, None] & inside[None, :])  # pixels whose centre lies outside the input's field of view
-        return Degraded(input=to_input_frame(images), target=images, to_input_frame=to_input_frame,
-                        region=ring[None, None].float(), region_weight=self.ring_weight)
+            wide = F.interpolate(pred, size=(big, big), mode="area")  # the prediction stands for the whole view
+            hidden = mask if bool(mask.any()) else torch.ones_like(mask)
+            main = patch_mse(patchify(wide[..., b : b + size, b : b + size], patch), patchify(centre.float(), patch),
+                             hidden, norm_pix)
+            whole = F.interpolate(images.float(), size=(size, size), mode="area")
+            if norm_pix:
+                grid = (size // patch, size // patch)
+                whole = unpatchify(normalize_patches(patchify(whole, patch)), patch, grid, whole.shape[1])
+            whole = F.interpolate(whole, size=(big, big), mode="area")
+            strips = [(slice(0, b), slice(None)), (slice(big - b, big), slice(None)),
+                      (slice(b, big - b), slice(0, b)), (slice(b, big - b), slice(big - b, big))]
+            edge = sum(F.mse_loss(wide[..., r, c], whole[..., r, c]) for r, c in strips)
+            return (1 - weight) * main + weight * edge
+
+        return Degraded(input=centre, target=images, loss=loss)
 
 
 class ZoomOut(Degradation):

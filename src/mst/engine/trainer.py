@@ -162,7 +162,7 @@ class Trainer:
             raise DataError(f"method {cfg['method']} trains on labels, but data.name={cfg['data']['name']} has none "
                             "(use image_folder with class subfolders, or fashion_mnist)")
         self.base_dataset = base
-        self.pipeline = build_pipeline(self.method.views, cfg, base)
+        self.pipeline = build_pipeline(self.method.views, cfg, base, getattr(self.method, "view_size", None))
         check_same_length(len(self.pipeline.dataset), self.device)  # ranks that skipped different files deadlock
         check_batch_fits(int(o["batch_size"]), len(self.pipeline.dataset), self.dist.world_size)
         self.sampler = ResumableSampler(

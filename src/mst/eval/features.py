@@ -100,7 +100,8 @@ def load_eval_split(
         data.update(split=split, subset=None)  # the pretraining subset never shrinks an evaluation split
         base = build_dataset(data, split)
         idx = _subset(np.asarray(base.targets), subset, seed, balanced)
-        ds = _Transformed(base, EvalTransform(size, data["mean"], data["std"], data["channels"]))
+        crop = float(cfg["augment"].get("eval_crop", 1.0))  # a checkpoint of an older version has none: 1
+        ds = _Transformed(base, EvalTransform(size, data["mean"], data["std"], data["channels"], crop))
         return Subset(ds, idx.tolist()) if len(idx) < len(base) else ds
     from mst.data import DataError
 

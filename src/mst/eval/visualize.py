@@ -154,7 +154,8 @@ def load_image_tensor(path: str | Path, cfg: dict) -> torch.Tensor:
     from mst.data import EvalTransform, load_image
 
     d = cfg["data"]
-    transform = EvalTransform(int(cfg["augment"]["global_size"]), d["mean"], d["std"], int(d["channels"]))
+    transform = EvalTransform(int(cfg["augment"]["global_size"]), d["mean"], d["std"], int(d["channels"]),
+                              float(cfg["augment"].get("eval_crop", 1.0)))
     return transform(load_image(path, int(d["channels"])))
 
 

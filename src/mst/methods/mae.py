@@ -14,7 +14,10 @@ encoder sees the degraded view and the decoder reconstructs the clean one (see :
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mst.data.batch import Batch
@@ -48,6 +51,8 @@ class MAE(MIMMethod):
         super().__init__(cfg)
         model = cfg["model"]
         self.degradation = build_degradation(cfg["mim"]["degradation"], cfg["degrade"])
+        # the side of the view the pipeline crops: the input's, or wider (zoom-in sees the centre of a wider view)
+        self.view_size = self.degradation.view_size(int(cfg["augment"]["global_size"]))
         self.encoder = create_backbone(model, self.degradation.input_channels(self.channels),
                                        drop_path=float(model["drop_path"]))
         mae_init(self.encoder.vit)
@@ -85,7 +90,7 @@ class MAE(MIMMethod):
 
         # 1. Mask: per image, which tokens the encoder sees (keep) and which it must reconstruct (mask); with AMT
         #    (from amt.start) drawn by the stored attention maps, and the rest thrown away.
-        m = self.masking(batch, ctx.epoch, ctx.generator)
+        m = self.masking(replace(batch, views=[d.input]), ctx.epoch, ctx.generator)  # tokens of the input's grid
         keep = m.keep if m.keep is not None else ~m.mask
 
         # 2. Encoder on the visible tokens only (position embeddings added before they are gathered).
@@ -115,16 +120,17 @@ class MAE(MIMMethod):
         """Masked input (thrown tokens black), reconstruction, reconstruction pasted into the visible tokens; with
         AMT first the image's attention map and the map of a random crop, the crop being what is masked; with a
         degradation first the clean view and the degraded input, the reconstruction being of the clean view."""
-        images, m, extra = figure_mask(self.masking, self.encoder, images, generator)
-        shown = images
+        if images.shape[-1] != self.view_size:  # figures start from eval images at the input size
+            images = F.interpolate(images, size=(self.view_size, self.view_size), mode="bilinear", align_corners=False)
         d = self.degradation(images, generator)
+        shown, m, extra = figure_mask(self.masking, self.encoder, d.input, generator)  # AMT: its crop of the image
         keep = m.keep if m.keep is not None else ~m.mask
-        z = self.encoder(d.input, keep=keep)
+        z = self.encoder(shown, keep=keep)
         everything = keep_indices(torch.ones_like(keep))
         pred = self.decoder(z.cls, z.patches, z.keep_index, everything)
         c = self.cfg["data"]
         if self.cfg["mim"]["degradation"] != "none":
-            shown = d.input if d.input.shape[1] == images.shape[1] else d.input.expand_as(images)
+            shown = shown if shown.shape[1] == images.shape[1] else shown.expand(-1, images.shape[1], -1, -1)
             extra = [[Panel("clean view", to_display(images[i], c["mean"], c["std"]))] for i in range(len(images))]
         rows = reconstruction_panels(shown, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), c["mean"],
                                      c["std"])
@@ -134,25 +140,24 @@ class MAE(MIMMethod):
 
 
 def degraded_loss(pred: torch.Tensor, d: Degraded, mask: torch.Tensor, patch: int, norm_pix: bool) -> torch.Tensor:
-    """The loss of a degraded view. ``pred`` (B, N, P): every token's pixels of the clean view (the target's frame).
-    Per-token MSE in the input's frame (the prediction and the target mapped there, for zooms) on the hidden tokens
-    (every token when nothing is hidden), plus, for a region (the zoom-in ring), MSE on its pixels of the target's
-    frame, with the region's share of the loss."""
-    b, _, h, w = d.target.shape
+    """The loss of a degraded view. ``pred`` (B, N, P): every token's pixels on the input's grid. A degradation with
+    a loss of its own (zoom-in) computes it; otherwise the per-token MSE against the clean target on the hidden tokens
+    (every token when nothing is hidden). A geometric degradation (zoom-out) compares in the input's frame: as the
+    reference, the target's patches are normalised in the clean frame first, then the prediction and the target
+    go through the same placement."""
+    b, _, h, w = d.input.shape
     grid = (h // patch, w // patch)
-    image = unpatchify(pred.float(), patch, grid, d.target.shape[1])
-    pred_in, target_in = image, d.target.float()
-    if d.to_input_frame is not None:
-        pred_in, target_in = d.to_input_frame(image), d.to_input_frame(target_in)
+    channels = d.target.shape[1]
+    image = unpatchify(pred.float(), patch, grid, channels)
+    if d.loss is not None:
+        return d.loss(image, mask, patch, norm_pix)
     weight = mask if bool(mask.any()) else torch.ones_like(mask)
-    main = patch_mse(patchify(pred_in, patch), patchify(target_in, patch), weight, norm_pix)
-    if d.region is None or d.region_weight == 0:
-        return main
-    target = patchify(d.target.float(), patch)
-    target = unpatchify(normalize_patches(target) if norm_pix else target, patch, grid, d.target.shape[1])
-    region = d.region.expand(b, 1, h, w)
-    ring = (((image - target) ** 2) * region).sum() / (region.sum() * d.target.shape[1]).clamp_min(1.0)
-    return (1 - d.region_weight) * main + d.region_weight * ring
+    if d.to_input_frame is None:
+        return patch_mse(pred, patchify(d.target, patch), weight, norm_pix)
+    target = d.target.float()
+    if norm_pix:
+        target = unpatchify(normalize_patches(patchify(target, patch)), patch, grid, channels)
+    return patch_mse(patchify(d.to_input_frame(image), patch), patchify(d.to_input_frame(target), patch), weight)
 
 
 __all__ = ["MAE", "degraded_loss", "mae_init"]
