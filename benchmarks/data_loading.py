@@ -172,8 +172,7 @@ def own_data_part(args, device) -> dict:
         tiffs = make_tiff_folder(Path(tmp) / "tiff", args.own_images)
         for name, folder in (("JPEG 500x375 RGB", jpegs), ("TIFF 256x256, 13 bands uint16", tiffs)):
             rows = own_data_rates(folder, workers, args.own_batch, args.own_steps, device, args.batches)
-            print(f"
-your own images: {name} -> configs/own_images_gpu.yaml at 224 px (MST, tensor backend, "
+            print(f"\nyour own images: {name} -> configs/own_images_gpu.yaml at 224 px (MST, tensor backend, "
                   f"batch {args.own_batch}, a 4-block ViT-S on {args.device}; data wait = the trainer's metric, "
                   f"median of {args.own_steps} steps)")
             print_table(rows)
