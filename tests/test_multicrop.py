@@ -236,7 +236,7 @@ def test_build_folder_datasets(tmp_path):
         build_dataset(cfg, split="val", min_size=16)
     test = build_dataset(cfg, split="test")  # no test/: val/ stands in (ImageNet layout)
     assert test.classes == ["dog"] and len(test) == 1
-    with pytest.raises(DataError, match=m(tmp_path / "val" / "dog") + " has no 'test' subfolder"):
+    with pytest.raises(DataError, match=m(tmp_path / "val" / "dog") + " has no 'test' or 'val' subfolder"):
         build_dataset({**cfg, "name": "folder", "root": str(tmp_path / "val" / "dog")}, split="test")
     flat = build_dataset({**cfg, "name": "folder", "root": str(tmp_path / "val" / "dog")})
     assert len(flat) == 1 and flat[0][1] == -1  # no train/ subfolder: root itself is the train split

@@ -317,3 +317,98 @@ def test_dicom_is_read_in_modality_units(tmp_path):
     hu = np.concatenate([(stored + i) * 2.0 - 1024.0 for i in range(3)])
     np.testing.assert_allclose(cfg["data"]["mean"], [hu.mean()], rtol=1e-3)
     np.testing.assert_allclose(cfg["data"]["std"], [hu.std()], rtol=1e-3)
+
+
+# --------------------------------------------------------------------------------- layouts, resume, edge cases
+
+
+def test_inferred_size_is_a_multiple_of_the_preferred_patch(tmp_path, monkeypatch):
+    import mst.autoconfig as ac
+
+    monkeypatch.setattr(ac, "_device_cap", lambda: (ac.GPU_MAX_SIZE, "GPU"))
+    for i, side in enumerate((140, 150, 160)):
+        Image.new("RGB", (side + 7, side), (i, i, i)).save(tmp_path / f"{i}.png")
+    cfg = load_config(overrides=[f"data.root={tmp_path}"])
+    assert (cfg["model"]["img_size"], cfg["model"]["patch_size"]) == (144, 8)  # not 150 at patch 2
+
+
+def test_swin_gets_its_patch_and_a_decoder_for_stride_32():
+    cfg = load_config(overrides=["model.arch=swin_tiny", "model.img_size=64", "model.depth=null"])
+    assert cfg["model"]["patch_size"] == 4 and len(cfg["mst"]["decoder_channels"]) == 5
+
+
+def test_auto_epochs_keep_warm_up_a_tenth_of_the_run():
+    cfg = load_config(overrides=["optim.epochs=auto", "optim.batch_size=32", "optim.warmup_epochs=10"])
+    assert cfg["optim"]["epochs"] == 1 and cfg["optim"]["warmup_epochs"] == 0  # 60000 images: one epoch, no warm-up
+
+
+def test_a_resume_keeps_what_the_first_launch_resolved(tmp_path, photos, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(photos["unlabelled"], data)
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(data), "--out", str(run), *sum((["--set", o] for o in FAST), [])]
+    assert main(args + ["--max-steps", "1"]) == 0
+    first = load_config_of(run)
+    for i in range(6):  # new, larger and brighter images arrive before the relaunch
+        Image.new("RGB", (300, 300), (250, 250, 250)).save(data / f"new{i}.png")
+    capsys.readouterr()
+    assert main(args + ["--max-steps", "2"]) == 0
+    assert "as the run's config.yaml resolved it" in capsys.readouterr().out
+    again = load_config_of(run)
+    assert again["data"]["mean"] == first["data"]["mean"] and again["model"] == first["model"]
+
+
+def test_test_folder_beside_the_class_folders_is_not_a_class(tmp_path):
+    for split, n in (("", 4), ("test", 2)):
+        for c in ("cat", "dog"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("L", (16, 16), i).save(d / f"{i}.png")
+    assert detect_kind(tmp_path)[0] == "image_folder"
+    data = {"name": "image_folder", "root": str(tmp_path), "channels": 1}
+    train, test = build_dataset(data, "train"), build_dataset(data, "test")
+    assert train.classes == ["cat", "dog"] and len(train) == 8 and len(test) == 4
+    assert all("test" not in p.parts[-3:-1] for p, _ in train.samples)
+
+
+def test_a_train_folder_alone_holds_out_its_test_split(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (16, 16), i).save(tmp_path / "train" / c / f"{i}.png")
+    data = {"name": "image_folder", "root": str(tmp_path), "channels": 1}
+    assert len(build_dataset(data, "train")) == 8 and len(build_dataset(data, "test")) == 2
+
+
+def test_held_out_split_does_not_move_with_the_crop_size(tmp_path):
+    """Training (which skips images smaller than its crop) and evaluation (no crop) hold out the same images."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i, side in enumerate((10, 40, 40, 12, 40, 40, 40, 11, 40, 40)):
+            Image.new("L", (side, side), i).save(tmp_path / c / f"{i}.png")
+    data = {"name": "image_folder", "root": str(tmp_path), "channels": 1, "small_images": "skip"}
+    with pytest.warns(UserWarning, match="smaller than 32 px"):
+        train = build_dataset(data, "train", min_size=32)
+    test = build_dataset(data, "test")
+    train_files = {p for p, _ in (train.dataset.samples[i] for i in train.indices)}
+    test_files = {p for p, _ in (test.dataset.samples[i] for i in test.indices)}
+    assert not train_files & test_files and len(test_files) == 4
+
+
+def test_tensor_backend_keeps_each_image_on_its_own_scale():
+    from mst.data.gpu_augment import GPUMultiCrop, collate_raw
+
+    from tests.conftest import aug
+
+    byte = torch.full((3, 32, 32), 200, dtype=torch.uint8)
+    floats = torch.full((3, 32, 32), 7.0)  # e.g. a 16-bit or DICOM image in its own units
+    images, _ = collate_raw([(byte, 0), (floats, 1)])
+    assert isinstance(images, list)  # not stacked into one dtype (200 would read as 200.0, not 200/255)
+    t = GPUMultiCrop(aug(global_size=16, local_size=8, n_local=0, color_jitter_p=0.0, solarize_p=0.0, grayscale_p=0.0,
+                         blur_p=[0.0, 0.0, 0.0]), [0.0] * 3, [1.0] * 3, 3)
+    g1 = t(images, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.allclose(g1[0], torch.full_like(g1[0], 200 / 255), atol=1e-5)
+    assert torch.allclose(g1[1], torch.full_like(g1[1], 7.0), atol=1e-4)  # not clipped to 1

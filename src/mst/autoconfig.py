@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from mst.config_checks import AUTO
 from mst.registry import ConfigError
 
-AUTO = "auto"
 FASHION_MNIST_STATS = ([0.2860], [0.3530])
 CPU_MAX_SIZE, GPU_MAX_SIZE = 64, 224  # an inferred image size is capped by the device (steps in minutes on a CPU)
 STEPS = 1500  # optim.epochs=auto: about this many steps (the CPU demo's budget: minutes on a laptop)
@@ -41,14 +41,19 @@ class Choice:
         return f"  {self.key} = {self.value}    ({self.why}; {how})"
 
 
-def is_auto(value) -> bool:
-    return isinstance(value, str) and value == AUTO
+def is_auto(*values) -> bool:
+    """Whether any of ``values`` is still "auto" (to be derived from the data)."""
+    return any(isinstance(v, str) and v == AUTO for v in values)
+
+
+def preferred_patch(size: int) -> int:
+    """16 px from 160 px up (ViT-S/16 at 224: 14x14 tokens), 8 px from 48 px, else 4 px (28 px: 7x7)."""
+    return 16 if size >= 160 else 8 if size >= 48 else 4
 
 
 def patch_for(size: int) -> int:
-    """16 px from 160 px up (ViT-S/16 at 224: 14x14 tokens), 8 px from 48 px, else 4 px (28 px: 7x7); the largest
-    power of two up to that which divides ``size``."""
-    want = 16 if size >= 160 else 8 if size >= 48 else 4
+    """The preferred patch for a pinned ``size``, or the largest power of two below it that divides ``size``."""
+    want = preferred_patch(size)
     while want > 1 and size % want:
         want //= 2
     return want
@@ -102,11 +107,13 @@ def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
     else:
         cap, device = _device_cap()
         size = min(median, cap)
-        patch = int(m["patch_size"]) if not is_auto(m["patch_size"]) else patch_for(size)
-        size = max(2 * patch, size // patch * patch)
+        patch = int(m["patch_size"]) if not is_auto(m["patch_size"]) else preferred_patch(size)
+        size = max(2 * patch, size // patch * patch)  # a multiple of the patch: 150 px -> 144 at patch 8
         m["img_size"] = a["global_size"] = size
         out.append(Choice("model.img_size", size, f"the images' median shorter side {median} px, at most {cap} on "
                                                   f"this {device}, a multiple of the patch"))
+    if is_auto(m["patch_size"]) and str(m["arch"]).startswith("swin"):
+        m["patch_size"] = 4  # Swin's patch embedding is 4 px (its stages downsample to 32)
     if is_auto(m["patch_size"]):
         m["patch_size"] = patch_for(int(m["img_size"]))
         grid = int(m["img_size"]) // m["patch_size"]
@@ -116,7 +123,8 @@ def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
         if cfg.get("method") == "mst":
             out.append(Choice("augment.local_size", a["local_size"], "3/7 of the global crop, as DINO's 96 of 224"))
     if "mst" in cfg and is_auto(cfg["mst"]["decoder_channels"]):
-        cfg["mst"]["decoder_channels"] = decoder_widths(int(m["patch_size"]))
+        stride = 32 if str(m["arch"]).startswith("swin") else int(m["patch_size"])  # the tokens' stride in pixels
+        cfg["mst"]["decoder_channels"] = decoder_widths(stride)
         if cfg["mst"]["decoder"] == "cnn" and median is not None:
             out.append(Choice("mst.decoder_channels", cfg["mst"]["decoder_channels"],
                               f"one width per 2x upsampling of {m['patch_size']} px patches"))
@@ -124,12 +132,12 @@ def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
 
 def _folder_data(cfg: dict, out: list[Choice]) -> int:
     """Channels, statistics and the notes of a folder; returns the images' median shorter side."""
-    from mst.data.dataset import _folder_root
+    from mst.data.dataset import split_layout
     from mst.data.inspect import image_files, measure_stats, scan_folder
 
     d = cfg["data"]
-    root = _folder_root(d["root"], d["name"], "train")
-    scan = scan_folder(root, seed=int(d.get("subset_seed", 0)))
+    root, _, skip = split_layout(d["root"])  # the train split (statistics never see test images)
+    scan = scan_folder(root, seed=int(d.get("subset_seed", 0)), exclude=skip)
     bands = ", ".join(f"{n} file{'s' if n != 1 else ''} with {b} band{'s' if b != 1 else ''}"
                       for b, n in sorted(scan.bands.items()))
     sampled = f" (headers of {scan.sampled} of {scan.n_files})" if scan.sampled < scan.n_files else ""
@@ -151,7 +159,7 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
                                                                     "65535, floats as stored); 16-bit PNGs are read "
                                                                     "in 8 bits"))
     if is_auto(d["mean"]) or is_auto(d["std"]):
-        mean, std, n = measure_stats(image_files(root), c, seed=int(d.get("subset_seed", 0)), alpha=d["alpha"])
+        mean, std, n = measure_stats(image_files(root, skip), c, seed=int(d.get("subset_seed", 0)), alpha=d["alpha"])
         if is_auto(d["mean"]):
             d["mean"] = mean
         if is_auto(d["std"]):
@@ -170,9 +178,9 @@ def _train_images(cfg: dict, scan) -> int:
         return int(d["subset"])
     if scan is None:
         return 60000  # Fashion-MNIST's train split
-    from mst.data.dataset import has_splits
+    from mst.data.dataset import has_test_split
 
-    held_out = d["name"] == "image_folder" and not has_splits(d["root"])
+    held_out = d["name"] == "image_folder" and not has_test_split(d["root"])
     return max(1, round(scan.n_files * (1 - float(d.get("holdout", 0.2))))) if held_out else scan.n_files
 
 
@@ -186,11 +194,38 @@ def _schedule(cfg: dict, scan, out: list[Choice]) -> None:
         n = _train_images(cfg, scan)
         o["epochs"] = max(1, math.ceil(STEPS * int(o["batch_size"]) / n))
         out.append(Choice("optim.epochs", o["epochs"], f"about {STEPS} steps of {o['batch_size']} over {n} images"))
+        if float(o["warmup_epochs"]) > 0.1 * o["epochs"]:  # a large folder: few epochs, keep warm-up a tenth of them
+            o["warmup_epochs"] = int(0.1 * o["epochs"])
+            out.append(Choice("optim.warmup_epochs", o["warmup_epochs"], "a tenth of the inferred epochs"))
 
 
-def resolve_auto(cfg: dict) -> list[Choice]:
-    """Replace every ``auto`` value of ``cfg`` (in place) and return what was chosen and why."""
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _from_previous(cfg: dict, previous: dict, out: list[Choice]) -> None:
+    """A relaunch on a run directory keeps the values its first launch resolved (a resume must not re-measure the
+    data, nor pick another size on another machine)."""
+    old = _flat(previous)
+    for key, value in _flat(cfg).items():
+        if is_auto(value) and key in old and not is_auto(old[key]):
+            section, leaf = key.rsplit(".", 1)
+            node = cfg
+            for part in section.split("."):
+                node = node[part]
+            node[leaf] = old[key]
+            out.append(Choice(key, old[key], "as the run's config.yaml resolved it"))
+
+
+def resolve_auto(cfg: dict, previous: dict | None = None) -> list[Choice]:
+    """Replace every ``auto`` value of ``cfg`` (in place) and return what was chosen and why. ``previous``: the
+    resolved config of the run being resumed, whose values are kept."""
     out: list[Choice] = []
+    if previous:
+        _from_previous(cfg, previous, out)
     d = cfg["data"]
     name = _resolve_name(d, out)
     median = None

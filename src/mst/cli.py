@@ -69,7 +69,14 @@ def _resolve(args, notes: list | None = None) -> dict:
         if config is not None and notes is not None:
             notes.append(Choice("--config", f"configs/{config.name}", "your own images and no --config: sized for "
                                                                        "this machine"))
-    return load_config(config, _data_overrides(getattr(args, "data", None), args.overrides), notes=notes)
+    previous = None
+    saved = Path(args.out) / "config.yaml" if getattr(args, "out", None) else None
+    if saved is not None and saved.is_file():  # a relaunch: the values its first launch took from the data stay
+        import yaml
+
+        previous = yaml.safe_load(saved.read_text())
+    return load_config(config, _data_overrides(getattr(args, "data", None), args.overrides), notes=notes,
+                       previous=previous)
 
 
 def _eval_data(args) -> dict | None:
@@ -189,6 +196,28 @@ def cmd_finetune(args) -> int:
         Path(args.json).write_text(json.dumps(res, indent=2))
     print(f"run directory {Path(out).resolve()} (finetune.json, checkpoint.pt, metrics.jsonl; export the "
           f"classifier with: mst export --ckpt {out} --out {out}/classifier.safetensors)")
+    return 0
+
+
+def cmd_finetune_search(args) -> int:
+    from mst.engine.distributed import cleanup
+    from mst.experiments.ftsearch import search, table
+    from mst.registry import ConfigError
+
+    shard = None
+    if args.shard:
+        try:
+            shard = tuple(int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard {args.shard!r} must look like I/N, e.g. 0/2") from None
+    try:
+        res = search(args.ckpt, args.out, random_init=args.random_init, train_subset=args.train_subset,
+                     epochs=args.epochs, val_share=args.val_share, seeds=args.seeds, preset=args.config,
+                     overrides=_data_overrides(args.data, args.overrides), shard=shard)
+    finally:
+        cleanup()
+    if shard is None:
+        print(table(res))
     return 0
 
 
@@ -318,6 +347,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", default=None, help="also write the results (with the per-epoch history) here")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("finetune-search", help="choose a fine-tuning recipe on held-out training labels, then "
+                                               "report it on the test split",
+                       description="The same small grid (lr x layer decay x augmentation) for every backbone: each "
+                                   "recipe trains on 1 - --val-share of the labelled subset and is scored on the "
+                                   "rest; the best by validation top-1 is trained on the whole subset for --seeds "
+                                   "seeds and reported on the test split. Resumes; --shard splits the grid.")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default=None, help="fine-tuning recipe the grid varies (default: the fine-tune's)")
+    p.add_argument("--data", default=None, help="labelled images (default: the checkpoint's data)")
+    p.add_argument("--random-init", action="store_true", help="search for the same ViT from scratch")
+    p.add_argument("--train-subset", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--val-share", type=float, default=0.2)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--shard", default=None, metavar="I/N", help="run every N-th recipe from the I-th (two lanes), "
+                   "then rerun without --shard for the choice and the seeds")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_finetune_search)
 
     p = sub.add_parser("dense", help="dense (segmentation) probe on frozen patch tokens")
     eval_common(p)

@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from mst.autoconfig import is_auto
 from mst.config_checks import AUTO, check_range, check_value, expected_type
 from mst.defaults import COMMON, RENAMED, SECTIONS  # every key and its default (re-exported)
+from mst.data.folders import ALPHA_POLICIES, SMALL_POLICIES
 from mst.registry import ConfigError
 
 # Keys that may be "auto" (derived from the data) besides a value of their type; range checks and the checks of
@@ -191,10 +193,10 @@ def _lay_over(base: dict, top: dict) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                notes: list | None = None) -> dict:
+                notes: list | None = None, previous: dict | None = None) -> dict:
     """Defaults of the method, then the YAML preset at ``path``, then each ``key=value`` override, then the values
-    still ``auto`` derived from the data (``mst.autoconfig``; what was chosen and why is appended to ``notes``),
-    validated.
+    still ``auto`` derived from the data (``mst.autoconfig``; what was chosen and why is appended to ``notes``; a
+    resumed run's ``previous`` resolved config keeps its values), validated.
 
     The method is the last ``method=`` override, else the preset's ``method``, else ``mst``."""
     data = _read_yaml(path) if path is not None else {}
@@ -213,7 +215,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     from mst.autoconfig import resolve_auto
 
     check_types(cfg)  # a bad value is named before anything reads the data
-    choices = resolve_auto(cfg)
+    choices = resolve_auto(cfg, previous)
     if notes is not None:
         notes.extend(choices)
     validate(cfg)
@@ -263,11 +265,6 @@ def check_types(cfg: dict) -> None:
         check_range(key, node[last])
 
 
-def _auto(*values: Any) -> bool:
-    """Whether any of ``values`` is still "auto" (to be derived from the data later)."""
-    return any(isinstance(v, str) and v == AUTO for v in values)
-
-
 def choice(cfg: dict, key: str, options) -> None:
     """``key`` (dotted) must hold one of ``options``."""
     node: Any = cfg
@@ -286,28 +283,31 @@ def validate(cfg: dict) -> None:
     check_types(cfg)
     d, a, m = cfg["data"], cfg["augment"], cfg["model"]
     choice(cfg, "data.bad_files", ("error", "skip"))
-    choice(cfg, "data.small_images", ("upscale", "skip", "error"))
-    choice(cfg, "data.alpha", ("black", "white", "drop"))
+    choice(cfg, "data.small_images", SMALL_POLICIES)
+    choice(cfg, "data.alpha", ALPHA_POLICIES)
     choice(cfg, "data.name", ("auto", "fashion_mnist", "folder", "image_folder"))
     choice(cfg, "optim.amp", ("auto", "bf16", "fp16", "none"))
     choice(cfg, "optim.clip_mode", ("param", "norm"))
     choice(cfg, "optim.lr_schedule", ("cosine", "multistep"))
     choice(cfg, "augment.backend", ("pil", "tensor"))
+    choice(cfg, "augment.crop", ("rrc", "pad"))
     choice(cfg, "model.pos_embed", ("learned", "sincos"))
-    if not _auto(m["arch"]):
-        BACKBONES.get(m["arch"])
-    if not _auto(d["channels"], d["mean"], d["std"]) and (len(d["mean"]) != d["channels"]
+    BACKBONES.get(m["arch"])
+    if not is_auto(d["channels"], d["mean"], d["std"]) and (len(d["mean"]) != d["channels"]
                                                           or len(d["std"]) != d["channels"]):
         raise ConfigError(f"data.mean / data.std need {d['channels']} values (data.channels), "
                           f"got {d['mean']} / {d['std']}")
     multicrop = method_class(cfg["method"]).views == "multicrop"
     for size_key in ("global_size", "local_size") if multicrop else ("global_size",):
-        if not _auto(a[size_key], m["patch_size"]) and a[size_key] % m["patch_size"]:
+        if not is_auto(a[size_key], m["patch_size"]) and a[size_key] % m["patch_size"]:
             raise ConfigError(f"augment.{size_key}={a[size_key]} is not divisible by model.patch_size={m['patch_size']}")
     if m["embed_dim"] and m["num_heads"] and m["embed_dim"] % m["num_heads"]:
         raise ConfigError(f"model.embed_dim={m['embed_dim']} is not divisible by model.num_heads={m['num_heads']}")
-    if not _auto(m["img_size"], m["patch_size"]) and m["img_size"] % m["patch_size"]:
+    if not is_auto(m["img_size"], m["patch_size"]) and m["img_size"] % m["patch_size"]:
         raise ConfigError(f"model.img_size={m['img_size']} is not divisible by model.patch_size={m['patch_size']}")
+    if a["crop"] == "pad" and method_class(cfg["method"]).views != "single":
+        raise ConfigError(f"augment.crop=pad is a single-view crop; method {cfg['method']!r} makes multi-crop views "
+                          "(augment.global_scale / local_scale)")
     if a["rand_augment"] and (a["backend"] != "pil" or method_class(cfg["method"]).views != "single"):
         raise ConfigError(f"augment.rand_augment={a['rand_augment']!r} runs on the single-view pil pipeline: set "
                           "augment.backend=pil (a method with one view per image)")

@@ -1,12 +1,12 @@
 """Type and range checks of config values: one ``ConfigError`` line naming the key, the value and what is allowed.
 
-* Types (:func:`check_types`): a key's value must have the type of its default in :mod:`mst.defaults` (or of a
+* Types (:func:`check_value`, called for every key by ``mst.config.check_types``): a key's value must have the type of its default in :mod:`mst.defaults` (or of a
   section registered with ``register_section``); :data:`TYPES` names the type where the default cannot (``None``,
   ``"auto"`` or an empty list). int keys take integers (an integral float such as 2.0 becomes 2), float keys
   numbers (ints become floats), bool keys true / false, str keys strings, list keys lists whose elements have the
   type of the default's. A key whose default is None (or listed in :data:`NULLABLE`) also takes null; a key in
   ``mst.config.AUTO_KEYS`` also takes ``"auto"``.
-* Ranges (:data:`RANGES`, checked by :func:`check_ranges` after the types): which values make sense for a key.
+* Ranges (:data:`RANGES`, checked by :func:`check_range` after the types): which values make sense for a key.
   None (where null is allowed) and ``"auto"`` are not range-checked.
 
 Keys in neither table are type-checked only. Choices (``optim.amp`` etc.) and registered names (``model.arch``,
@@ -261,6 +261,7 @@ RANGES: dict[str, Range | Each | Rule] = {
     "data.channels": AT_LEAST_1,
     "data.num_workers": NON_NEGATIVE,
     "data.holdout": Range(0, 1, lo_open=True, hi_open=True),
+    "data.val_share": Range(0, 1, hi_open=True),
     "data.std": Each(POSITIVE),
     # augment
     "augment.global_size": AT_LEAST_1,
@@ -328,6 +329,7 @@ RANGES: dict[str, Range | Each | Rule] = {
     "degrade.ring_weight": PROBABILITY,
     "degrade.zoom_out": Range(1, lo_open=True),
     "augment.eval_crop": Range(0, 1, lo_open=True),
+    "augment.pad": NON_NEGATIVE,
     "degrade.distort": Each(Range(0, 0.35, hi_open=True), n=2, ordered=True),
     "degrade.blur_kernel": Rule(lambda v: v >= 3 and v % 2 == 1, "be an odd size >= 3"),
     "degrade.blur_sigma": SIGMA,

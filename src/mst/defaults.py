@@ -19,8 +19,9 @@ COMMON: dict[str, Any] = {
         "channels": "auto",  # auto: the files' band count (grey 1, colour 3, multiband N); 1 <-> 3 convert, else error
         "bad_files": "error",  # error | skip
         "small_images": "upscale",  # images smaller than the crop: upscale (shorter side to it) | skip | error
-        "alpha": "black",
-        "holdout": 0.2,  # a labelled folder with no val/ or test/: this share of each class is its test split  # transparency: composite onto black | white | drop the alpha band
+        "alpha": "black",  # transparency: composite onto black | white | drop the alpha band
+        "holdout": 0.2,  # a labelled folder with no val/ or test/: this share of each class is its test split
+        "val_share": 0.0,  # > 0: this share of each class of the training (sub)set is held out to choose a recipe
         "num_workers": 0,
         "mean": "auto",  # auto: Fashion-MNIST's [0.2860]; a folder's measured on a seeded sample of 256 images
         "std": "auto",
@@ -39,10 +40,12 @@ COMMON: dict[str, Any] = {
         "blur_sigma": [0.1, 2.0],
         "solarize_p": 0.2,  # global 2 only
         "backend": "pil",  # pil (per image, DataLoader workers) | tensor (batched on the training device)
-        "rand_augment": None,
+        "rand_augment": None,  # single view, pil backend: a timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1
+        "crop": "rrc",  # single view: rrc (RandomResizedCrop, global_scale) | pad (zero-pad by `pad` px, random crop)
+        "pad": 2,  # crop=pad: pixels of zero padding on each side (the light shift of small-image fine-tuning)
         # evaluation: resize the shorter side to global_size / eval_crop, centre crop global_size (0.875: 256 -> 224,
         # DINO's and MAE's ImageNet protocol; 1: the whole image, e.g. Fashion-MNIST's 28 px)
-        "eval_crop": 1.0,  # single view, pil backend: a timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1
+        "eval_crop": 1.0,
     },
     "model": {
         "arch": "vit_tiny",  # a registered backbone: vit_tiny | vit_small | vit_base | vit_large | swin_tiny

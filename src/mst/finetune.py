@@ -25,7 +25,7 @@ Log = Callable[[str], None]
 DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist_finetune.yaml"
 FROM_CHECKPOINT = ("model.arch", "model.patch_size", "model.img_size", "model.depth", "model.embed_dim",
                    "model.num_heads", "data.name", "data.root", "data.channels", "data.mean", "data.std",
-                   "augment.global_size")
+                   "data.alpha", "data.holdout", "augment.global_size")
 
 
 def _get(cfg: dict, key: str):
@@ -37,7 +37,8 @@ def finetune_config(ckpt: str | Path, preset: str | Path | None = None, override
                     train_subset: int | None = None, random_init: bool = False, which: str | None = None) -> dict:
     """The resolved config of fine-tuning ``ckpt`` (see the module docstring for the order)."""
     pre = load_checkpoint(ckpt)["config"]
-    derived = [f"{k}={json.dumps(_get(pre, k))}" for k in FROM_CHECKPOINT]
+    derived = [f"{k}={json.dumps(_get(pre, k))}" for k in FROM_CHECKPOINT
+               if k.split(".")[1] in pre[k.split(".")[0]]]  # (a checkpoint of an older version lacks newer keys)
     init = "null" if random_init else str(resolve_checkpoint(ckpt).resolve())
     derived += ["method=finetune", f"finetune.init={init}", f"finetune.init_backbone={which or 'null'}"]
     if train_subset is not None:
@@ -71,17 +72,19 @@ def _split_counts(cfg: dict, test_source) -> dict:
     fine-tune), else None."""
     from mst.eval.knn import split_size
 
+    from mst.data.dataset import split_layout
+
     data = cfg["data"]
     test_split, val_images = "test", None
     if data["name"] in ("image_folder", "folder") and data.get("root"):
         root = Path(data["root"])
-        has_test, has_val = (root / "test").is_dir(), (root / "val").is_dir()
-        if has_val and not has_test:
-            test_split = "val"
-        elif has_val:
-            val_images = len(build_dataset(dict(data, subset=None), "val"))
-        elif not has_test and not (root / "train").is_dir():
+        test_dir = split_layout(root)[1]
+        if test_dir is None:
             test_split = "holdout"
+        elif test_dir.name == "val":
+            test_split = "val"
+        elif (root / "val").is_dir():
+            val_images = len(build_dataset(dict(data, subset=None), "val"))
     return {"val_images": val_images, "test_images": split_size(test_source), "test_split": test_split}
 
 
@@ -108,36 +111,46 @@ def _trainer_with_class_names(cfg: dict, out_dir, log: Log):
     return trainer
 
 
+def _scores(method, source, device) -> tuple[float, float]:
+    """(top-1, top-5) of ``method.predict`` on an (images, labels) pair or a dataset, in eval mode."""
+    from mst.eval.linear import topk_accuracy
+
+    was_training = method.training
+    method.eval()
+    logits, labels = [], []
+    try:
+        batches = ([(source[0][i:i + 512], source[1][i:i + 512]) for i in range(0, len(source[0]), 512)]
+                   if isinstance(source, tuple) else torch.utils.data.DataLoader(source, batch_size=512))
+        for x, y in batches:
+            logits.append(method.predict(x.to(device)).float().cpu())
+            labels.append(torch.as_tensor(y))
+    finally:
+        method.train(was_training)
+    return topk_accuracy(torch.cat(logits), torch.cat(labels).long())
+
+
 def test_evaluator(cfg: dict) -> Callable:
     """``evaluate(trainer) -> {"test_top1", "test_top5"}`` on the config's test split (``log.knn_test_subset``
-    images, seed 1; null: all), in eval mode."""
+    images, seed 1; null: all), in eval mode; with ``data.val_share`` > 0 also {"val_top1", "val_top5"} on the
+    training labels held out to choose a recipe."""
     from mst.eval.features import load_eval_split
-    from mst.eval.linear import topk_accuracy
 
     cache: dict = {}
 
     def test_split():
         """The (cached) test split the evaluation scores."""
-        if not cache:
+        if "test" not in cache:
             cache["test"] = load_eval_split(cfg, "test", cfg["log"]["knn_test_subset"], seed=1)
         return cache["test"]
 
     def evaluate(trainer) -> dict[str, float]:
-        method = trainer.method
-        was_training = method.training
-        method.eval()
-        logits, labels = [], []
-        try:
-            source = test_split()
-            batches = ([(source[0][i:i + 512], source[1][i:i + 512]) for i in range(0, len(source[0]), 512)]
-                       if isinstance(source, tuple) else torch.utils.data.DataLoader(source, batch_size=512))
-            for x, y in batches:
-                logits.append(method.predict(x.to(trainer.device)).float().cpu())
-                labels.append(torch.as_tensor(y))
-        finally:
-            method.train(was_training)
-        top1, top5 = topk_accuracy(torch.cat(logits), torch.cat(labels).long())
-        return {"test_top1": top1, "test_top5": top5}
+        top1, top5 = _scores(trainer.method, test_split(), trainer.device)
+        out = {"test_top1": top1, "test_top5": top5}
+        if float(cfg["data"].get("val_share") or 0) > 0:
+            if "val" not in cache:
+                cache["val"] = load_eval_split(cfg, "train_val")
+            out["val_top1"], out["val_top5"] = _scores(trainer.method, cache["val"], trainer.device)
+        return out
 
     evaluate.test_split = test_split  # type: ignore[attr-defined]
     return evaluate
@@ -152,12 +165,16 @@ def summarize(run_dir: Path) -> dict:
         except json.JSONDecodeError:
             continue
         if "test_top1" in rec:
-            history.append({"epoch": rec["epoch"], "top1": rec["test_top1"], "top5": rec["test_top5"]})
+            history.append({"epoch": rec["epoch"], "top1": rec["test_top1"], "top5": rec["test_top5"],
+                            **({"val_top1": rec["val_top1"]} if "val_top1" in rec else {})})
     if not history:
         raise RuntimeError(f"{run_dir} holds no test evaluation (log.knn_every=0?)")
     best = max(history, key=lambda r: r["top1"])
-    return {"top1": history[-1]["top1"], "top5": history[-1]["top5"], "best_top1": best["top1"],
-            "best_epoch": best["epoch"], "history": history}
+    out = {"top1": history[-1]["top1"], "top5": history[-1]["top5"], "best_top1": best["top1"],
+           "best_epoch": best["epoch"], "history": history}
+    if "val_top1" in history[-1]:  # the number a recipe search may look at (never the test top-1)
+        out["val_top1"] = history[-1]["val_top1"]
+    return out
 
 
 def run_finetune(ckpt: str | Path, out_dir: str | Path, preset: str | Path | None = None,

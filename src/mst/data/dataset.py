@@ -64,24 +64,51 @@ def balanced_subset_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.
     return np.sort(np.concatenate(chosen))
 
 
-def _folder_root(root: str | Path | None, name: str, split: str) -> Path:
-    """``root/split`` when that folder exists (``val`` stands in for ``test``); otherwise ``root`` itself, which
-    only counts as the train split."""
-    if root is None:
-        raise DataError(f"data.root must be set for data.name={name} (or pass --data DIR)")
+def _apply_small_policy(ds, keep: np.ndarray, min_size: int, small: str) -> np.ndarray:
+    """The small-image policy on the chosen items of a held-out split (the split itself is drawn from every file,
+    so training and evaluation, which crop at different sizes, hold out the same images)."""
+    from .folders import BadFileWarning, _check_size
+    from .readers import read_header
+
+    if small == "upscale" or not min_size:
+        return keep
+    kept, dropped = [], []
+    for i in keep:
+        path = ds.samples[int(i)][0]
+        h = read_header(path)
+        if min(h.width, h.height) >= min_size:
+            kept.append(int(i))
+        elif small == "error":
+            _check_size(path, (h.width, h.height), min_size)
+        else:
+            dropped.append(str(path))
+    if dropped:
+        import warnings
+
+        warnings.warn(f"skipped {len(dropped)} images smaller than {min_size} px (data.small_images=skip), e.g. "
+                      f"{dropped[0]}", BadFileWarning, stacklevel=3)
+    return np.asarray(kept, dtype=np.int64)
+
+
+SPLIT_DIRS = ("train", "val", "test")
+HOLDOUT_SEED = 0  # the held-out test split of a folder without one does not move with data.subset_seed
+
+
+def split_layout(root: str | Path) -> tuple[Path, Path | None, tuple[str, ...]]:
+    """Where a folder's splits are: (the train split's folder, the test split's folder or None, top-level names the
+    train split must skip). ``test/`` is the test split, else ``val/``; the train split is ``train/`` when it exists,
+    else the root itself without its ``val/`` and ``test/``. No test folder: a labelled folder holds out a share of
+    its train split (``data.holdout``)."""
     root = Path(root)
-    if (root / split).is_dir():
-        return root / split
-    if split == "test" and (root / "val").is_dir():  # ImageNet-style layout: train/ and val/
-        return root / "val"
-    if split == "train":
-        return root
-    raise DataError(f"data directory {root} has no '{split}' subfolder for split={split!r}")
+    test = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    if (root / "train").is_dir():
+        return root / "train", test, ()
+    return root, test, tuple(s for s in ("val", "test") if (root / s).is_dir())
 
 
-def has_splits(root: str | Path) -> bool:
-    """Whether ``root`` has a train/, val/ or test/ subfolder."""
-    return any((Path(root) / s).is_dir() for s in ("train", "val", "test"))
+def has_test_split(root: str | Path) -> bool:
+    """Whether a folder has its own test split (test/ or val/); without one a labelled folder holds one out."""
+    return split_layout(root)[1] is not None
 
 
 def holdout_indices(labels: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
@@ -105,27 +132,38 @@ def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
     split (and trains on the rest). ``subset: N``
     keeps a fixed random N images (numpy default_rng(0), sorted), identical across runs and processes.
     ``min_size`` (folders only) rejects images whose shorter side is below it, e.g. the global crop size.
+    ``val_share`` > 0 carves that share of each class out of the train split (after the subset): ``train`` is the
+    rest and ``train_val`` the carved images, where a recipe is chosen without touching the test split.
     """
     name = data_cfg["name"]
     split = split if split is not None else data_cfg.get("split", "train")
+    carved_split = split == "train_val"
+    split = "train" if carved_split else split
     channels = int(data_cfg.get("channels", 1))
     if name == "fashion_mnist":
         ds = FashionMNIST(data_cfg.get("root") or DEFAULT_ROOT, split=split, channels=channels)
     elif name in ("folder", "image_folder"):
-        held_out = name == "image_folder" and data_cfg.get("root") and not has_splits(data_cfg["root"])
+        if data_cfg.get("root") is None:
+            raise DataError(f"data.root must be set for data.name={name} (or pass --data DIR)")
+        train_dir, test_dir, skip = split_layout(data_cfg["root"])
+        held_out = name == "image_folder" and test_dir is None
+        if split in ("test", "val") and test_dir is None and not held_out:
+            raise DataError(f"data directory {data_cfg['root']} has no 'test' or 'val' subfolder for split={split!r}")
+        small = data_cfg.get("small_images", "error")
         ds = ImageFolderDataset(
-            Path(data_cfg["root"]) if held_out else _folder_root(data_cfg.get("root"), name, split),
+            train_dir if split == "train" or held_out else test_dir,
             labelled=(name == "image_folder"),
             channels=channels,
             bad_files=data_cfg.get("bad_files", "error"),
             min_size=min_size,
             alpha=data_cfg.get("alpha", "black"),
-            small=data_cfg.get("small_images", "error"),
+            small="upscale" if held_out else small,  # a held-out split applies the policy after it is drawn
+            exclude=skip if split == "train" else (),
         )
         if held_out:  # no val/ or test/: a fixed share of each class is the test split, the rest the train split
-            test = holdout_indices(ds.targets, float(data_cfg.get("holdout", 0.2)), int(data_cfg.get("subset_seed", 0)))
+            test = holdout_indices(ds.targets, float(data_cfg.get("holdout", 0.2)), HOLDOUT_SEED)
             keep = test if split in ("test", "val") else np.setdiff1d(np.arange(len(ds)), test)
-            ds = SubsetDataset(ds, keep.tolist())
+            ds = SubsetDataset(ds, _apply_small_policy(ds, keep, min_size, small).tolist())
     else:
         raise DataError(f"data.name={name!r} is not one of {', '.join(DATASET_NAMES)}")
     subset = data_cfg.get("subset")
@@ -140,7 +178,23 @@ def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
         else:
             idx = subset_indices(len(ds), int(subset), int(data_cfg.get("subset_seed", 0)))
         ds = SubsetDataset(ds, idx.tolist())
+    share = float(data_cfg.get("val_share") or 0.0)
+    if carved_split and share <= 0:
+        raise DataError("split 'train_val' needs data.val_share > 0 (the share of the training labels held out)")
+    if share > 0 and split == "train":
+        carved = holdout_indices(np.asarray(ds.targets), share, int(data_cfg.get("subset_seed", 0)))
+        keep = carved if carved_split else np.setdiff1d(np.arange(len(ds)), carved)
+        ds = SubsetDataset(ds, keep.tolist())
     return ds
+
+
+def absolute_indices(ds) -> np.ndarray:
+    """The positions in the innermost dataset of every item of (nested) subsets ``ds``."""
+    idx = np.arange(len(ds))
+    while isinstance(ds, torch.utils.data.Subset):
+        idx = np.asarray(ds.indices, dtype=np.int64)[idx]
+        ds = ds.dataset
+    return idx
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

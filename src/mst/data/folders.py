@@ -17,7 +17,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from .readers import _PIL_MODES, Header, is_dicom, is_tiff, read_dicom, read_header, read_tiff, to_unit_float
 
-EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
+EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 ALPHA_POLICIES = ("black", "white", "drop")  # data.alpha: composite onto black / white, or drop the alpha band
 SMALL_POLICIES = ("upscale", "skip", "error")  # data.small_images
 
@@ -257,7 +257,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, labelled: bool, channels: int, bad_files: str = "error",
-                 min_size: int = 0, verify: bool = True, alpha: str = "black", small: str = "error") -> None:
+                 min_size: int = 0, verify: bool = True, alpha: str = "black", small: str = "error",
+                 exclude: tuple[str, ...] = ()) -> None:
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if bad_files not in ("error", "skip"):
@@ -266,7 +267,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"small={small!r} / alpha={alpha!r} not in {SMALL_POLICIES} / {ALPHA_POLICIES}")
         self.root = Path(root)
         self.labelled, self.channels, self.bad_files, self.min_size = labelled, int(channels), bad_files, min_size
-        self.alpha, self.small = alpha, small
+        self.alpha, self.small, self.exclude = alpha, small, tuple(exclude)  # top-level folders to skip (val/ test/)
         if not self.root.exists():
             raise DataError(f"data directory {self.root} does not exist; check data.root / --data")
         if not self.root.is_dir():
@@ -280,6 +281,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def _scan_unlabelled(self) -> list[tuple[Path, int]]:
         files, suffixes = _walk(self.root)
+        files = [p for p in files if p.relative_to(self.root).parts[0] not in self.exclude]
         if not files:
             raise DataError(f"data directory {self.root} is empty")
         images = [p for p in files if _is_image(p.name)]
@@ -291,7 +293,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         entries = sorted(e for e in os.listdir(self.root) if not e.startswith("."))
         if not entries:
             raise DataError(f"data directory {self.root} is empty")
-        self.classes = [e for e in entries if (self.root / e).is_dir()]
+        self.classes = [e for e in entries if (self.root / e).is_dir() and e not in self.exclude]
         if not self.classes:
             raise DataError(
                 f"data directory {self.root} has no class subfolders (data.name=image_folder expects "

@@ -236,15 +236,30 @@ def prepare_images(images, channels: int) -> tuple[torch.Tensor, torch.Tensor, t
     return x, hs, ws
 
 
-def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, batch_index: torch.Tensor | None = None,
+                clamp: torch.Tensor | bool = True) -> torch.Tensor:
     """Crop boxes (n, 4) pixel (x0, y0, x1, y1) of images x (B, C, H, W) -> (n, C, size, size), bilinear with area
     averaging (an antialiased downscale); ``batch_index`` (n,) says which image each box is on (default: box i on
-    image i)."""
+    image i). ``clamp``: bring the crops of 8-bit images back into [0, 1] (a (B,) mask says which images are;
+    float data in their own range, e.g. DICOM units, are never clipped)."""
     if batch_index is None:
         batch_index = torch.arange(len(boxes), device=x.device)
     rois = torch.cat([batch_index.to(boxes.dtype)[:, None], boxes], dim=1)
     out = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    return out.clamp_(0, 1)
+    if isinstance(clamp, bool):
+        return out.clamp_(0, 1) if clamp else out
+    rows = clamp.to(out.device)[batch_index]
+    return torch.where(rows.view(-1, 1, 1, 1), out.clamp(0, 1), out)
+
+
+def eight_bit(images) -> torch.Tensor:
+    """(B,) bool: which images of a batch (a tensor or a list) are 8-bit (uint8): those get the photometric ops and
+    are clipped to [0, 1]; float images (multiband, 16-bit, DICOM) keep their values."""
+    items = [images] if isinstance(images, torch.Tensor) else list(images)
+    flags = [im.dtype == torch.uint8 for im in items]
+    if isinstance(images, torch.Tensor):
+        return torch.full((images.shape[0],), flags[0], dtype=torch.bool)
+    return torch.tensor(flags, dtype=torch.bool)
 
 
 def normalize(v: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -292,26 +307,27 @@ class GPUMultiCrop:
 
     # -- one group of views --------------------------------------------------------------------------------------
     def _views(self, x, hs, ws, n_views, size, scale, blur_p, solarize_p, generator,
-               photometric: bool = True) -> list[torch.Tensor]:
+               photometric: torch.Tensor) -> list[torch.Tensor]:
         b = x.shape[0]
         n = n_views * b
         dev = x.device
         boxes = sample_crop_boxes(hs.repeat(n_views), ws.repeat(n_views), scale, RATIO, generator)
-        v = crop_resize(x, boxes, size, torch.arange(b, device=dev).repeat(n_views))  # (n, C, S, S), view-major
+        v = crop_resize(x, boxes, size, torch.arange(b, device=dev).repeat(n_views), clamp=photometric)  # view-major
+        ph = photometric.to(dev).repeat(n_views)  # per crop: was its image 8-bit
 
         flip = torch.rand(n, generator=generator, device=dev) < self.flip_p
         v = torch.where(_col(flip, v), v.flip(-1), v)
 
-        if self.jitter_ops and self.jitter_p > 0 and photometric:
-            apply = torch.rand(n, generator=generator, device=dev) < self.jitter_p
+        if self.jitter_ops and self.jitter_p > 0:
+            apply = (torch.rand(n, generator=generator, device=dev) < self.jitter_p) & ph
             factors = torch.stack([_uniform(n, lo, hi, generator, dev) for _, lo, hi in self.jitter_ops], 1)
             order = _random_order(n, len(self.jitter_ops), generator, dev)
             for pos in range(len(self.jitter_ops)):
                 for k, (op, _, _) in enumerate(self.jitter_ops):
                     v = _apply_where(v, apply & (order[:, pos] == k), _OPS[op], factors[:, k])
 
-        if self.grayscale_p > 0 and photometric:
-            gray = torch.rand(n, generator=generator, device=dev) < self.grayscale_p
+        if self.grayscale_p > 0:
+            gray = (torch.rand(n, generator=generator, device=dev) < self.grayscale_p) & ph
             v = torch.where(_col(gray, v), to_gray(v).expand_as(v), v)
 
         if blur_p > 0:
@@ -319,8 +335,8 @@ class GPUMultiCrop:
             sigma = _uniform(n, self.blur_sigma[0], self.blur_sigma[1], generator, dev)
             v = _apply_where(v, blur, lambda t, s: gaussian_blur(t, s, blur_kernel_size(size)), sigma)
 
-        if solarize_p > 0 and photometric:
-            sol = torch.rand(n, generator=generator, device=dev) < solarize_p
+        if solarize_p > 0:
+            sol = (torch.rand(n, generator=generator, device=dev) < solarize_p) & ph
             v = torch.where(_col(sol, v) & (v >= SOLARIZE_THRESHOLD), 1.0 - v, v)
 
         v = normalize(v, self.mean, self.std)
@@ -330,8 +346,8 @@ class GPUMultiCrop:
     def __call__(self, images, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """``generator`` must live on the images' device (``torch.Generator(device)``); None: the global one."""
         # colour jitter, greyscale and solarisation assume 8-bit data; float images (multiband, DICOM in modality
-        # units) get the geometric ops and blur only, as in MultiCropTransform
-        ph = all(im.dtype == torch.uint8 for im in (images if isinstance(images, (list, tuple)) else [images]))
+        # units) get the geometric ops and blur only, as in MultiCropTransform (decided per image)
+        ph = eight_bit(images)
         x, hs, ws = prepare_images(images, self.channels)
         p1, p2, pl = self.blur_p
         g, s = self.global_size, self.global_scale
@@ -385,18 +401,19 @@ class RawImageDataset(torch.utils.data.Dataset):
 
 
 def collate_raw(batch):
-    """[(uint8 (C, H, W), label)] -> (uint8 (B, C, H, W) if all sizes match, else the list, labels (B,))."""
+    """[(uint8 or float (C, H, W), label)] -> ((B, C, H, W) if all sizes and dtypes match, else the list, labels
+    (B,)): a batch mixing 8-bit and float images stays a list, so each keeps its own scale."""
     if not batch:
         raise ValueError("collate_raw got an empty batch")
     images = [im for im, _ in batch]
     labels = torch.tensor([int(l) for _, l in batch], dtype=torch.int64)
-    if all(im.shape == images[0].shape for im in images):
+    if all(im.shape == images[0].shape and im.dtype == images[0].dtype for im in images):
         return torch.stack(images), labels
     return images, labels
 
 
 __all__ = [
     "GPUMultiCrop", "RawImageDataset", "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation",
-    "collate_raw", "crop_resize", "float_images", "gaussian_blur", "gaussian_kernels", "normalize", "pil_to_uint8",
+    "collate_raw", "crop_resize", "eight_bit", "float_images", "gaussian_blur", "gaussian_kernels", "normalize", "pil_to_uint8",
     "prepare_images", "sample_crop_boxes", "to_gray",
 ]

@@ -47,9 +47,11 @@ def detect_kind(root: str | Path) -> tuple[str, str]:
         raise DataError(f"data root {root} is not a directory")
     if has_idx_files(root):
         return "fashion_mnist", "Fashion-MNIST IDX files"
+    from .dataset import split_layout
+
     split_dirs = [s for s in SPLITS if (root / s).is_dir()]
-    where = root / "train" if "train" in split_dirs else root
-    classes, others, loose = _image_subdirs(where, exclude=() if where != root else SPLITS)
+    where, _, skip = split_layout(root)  # the train split as build_dataset reads it
+    classes, others, loose = _image_subdirs(where, exclude=skip)
     splits = f" (splits: {', '.join(split_dirs)})" if split_dirs else ""
     if len(classes) >= 2 and not loose and not others:
         shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
@@ -95,15 +97,16 @@ class FolderScan:
         return round(n * self.n_files / max(1, self.sampled))
 
 
-def image_files(root: Path) -> list[Path]:
+def image_files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     files, _ = _walk(root)
-    return [p for p in files if _is_image(p.name)]
+    return [p for p in files if _is_image(p.name) and p.relative_to(root).parts[0] not in exclude]
 
 
-def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0) -> FolderScan:
-    """Read the headers of up to ``max_files`` images under ``root`` (a seeded sample when there are more)."""
+def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude: tuple[str, ...] = ()) -> FolderScan:
+    """Read the headers of up to ``max_files`` images under ``root`` (a seeded sample when there are more), leaving
+    out the top-level folders ``exclude`` (a test split beside the train images)."""
     root = Path(root)
-    files = image_files(root)
+    files = image_files(root, exclude)
     if not files:
         raise DataError(f"data directory {root} holds no images (supported: .jpg .jpeg .png .bmp .tif .tiff .webp "
                         ".dcm)")
@@ -116,7 +119,7 @@ def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0) -> Folde
         try:
             h = read_header(path)
         except Exception as e:  # noqa: BLE001 - reported by the dataset's own check, with the file named
-            scan.unreadable.append(f"{path}: {type(e).__name__}")
+            scan.unreadable.append(f"{path}: {type(e).__name__}: {e}")
             continue
         scan.bands[h.bands] += 1
         scan.example.setdefault(h.bands, str(path))

@@ -104,7 +104,8 @@ def build_pipeline(kind: str, cfg: dict, base: Dataset, size: int | None = None)
                 images = images.to(device, non_blocking=True) if torch.is_tensor(images) else images
                 return Batch(aug(images, generator=gen), labels.to(device), index.to(device))
         else:
-            single = GPUSingleView(a["global_size"], a["global_scale"], a["flip_p"], mean, std, channels)
+            single = GPUSingleView(a["global_size"], a["global_scale"], a["flip_p"], mean, std, channels,
+                                   a.get("crop", "rrc"), int(a.get("pad", 0)))
 
             def to_batch(loaded, device, gen):
                 (images, labels), index = loaded
@@ -124,7 +125,8 @@ def build_pipeline(kind: str, cfg: dict, base: Dataset, size: int | None = None)
         return ViewPipeline(ds, collate_indexed_crops, to_batch)
 
     transform = SingleViewTransform(a["global_size"], a["global_scale"], a["flip_p"], mean, std, channels,
-                                    rand_augment=a.get("rand_augment"))
+                                    rand_augment=a.get("rand_augment"), crop=a.get("crop", "rrc"),
+                                    pad=int(a.get("pad", 0)))
     ds = AugmentedDataset(base, transform, seed=seed)
 
     def to_batch(loaded, device, gen):

@@ -1,5 +1,7 @@
 """One augmented view per image, for the MIM methods and fine-tuning: RandomResizedCrop + horizontal flip (MAE's
-and SimMIM's pretraining augmentation), nothing photometric.
+and SimMIM's pretraining augmentation), or (``augment.crop: pad``) a random crop of the image padded by
+``augment.pad`` pixels + flip (the light shift that suits small, centred images when fine-tuning); nothing
+photometric.
 
 Both backends also report *where* the view came from: the crop box as fractions (x0, y0, x1, y1) of the source
 image and whether it was flipped, so per-image data that lives on the source image (AMT's attention maps) can
@@ -10,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from .gpu_augment import RATIO, crop_resize, normalize, prepare_images, sample_crop_boxes
+from .gpu_augment import RATIO, crop_resize, eight_bit, normalize, prepare_images, sample_crop_boxes
 from .multicrop import _as_mode, _check_stats, _to_tensor
 
 
@@ -26,15 +29,18 @@ class SingleViewTransform:
 
     def __init__(self, size: int, scale: Sequence[float], flip_p: float, mean: Sequence[float],
                  std: Sequence[float], channels: int, ratio: Sequence[float] = RATIO,
-                 rand_augment: str | None = None) -> None:
+                 rand_augment: str | None = None, crop: str = "rrc", pad: int = 0) -> None:
         """``rand_augment``: a timm RandAugment spec (e.g. "rand-m9-mstd0.5-inc1", MAE's fine-tuning), applied to
         the crop. It may rotate, shear or translate the crop, which the box then no longer describes: it is meant
         for fine-tuning, where nothing per image follows the view (AMT's maps do; the config refuses it there)."""
         self.mean, self.std = _check_stats(mean, std, channels)
         self.size, self.channels = int(size), int(channels)
         self.scale, self.ratio, self.flip_p = tuple(float(s) for s in scale), tuple(ratio), float(flip_p)
+        if crop not in ("rrc", "pad"):
+            raise ValueError(f"augment.crop={crop!r} is not one of rrc, pad")
+        self.crop, self.pad = crop, int(pad)
         self.to_tensor = T.Compose(_to_tensor(self.mean, self.std))
-        self.rand_augment = None
+        self.rand_augment, self.rand_augment_spec = None, rand_augment
         if rand_augment:
             from timm.data.auto_augment import rand_augment_transform
 
@@ -44,19 +50,41 @@ class SingleViewTransform:
     def __call__(self, img) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         img = _as_mode(img, self.channels)
         h, w = TF.get_size(img)
-        top, left, ch, cw = RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
-        view = TF.resized_crop(img, top, left, ch, cw, [self.size, self.size],
-                               interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if self.crop == "pad":
+            view, (top, left, ch, cw) = self._pad_crop(img, h, w)
+        else:
+            top, left, ch, cw = RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
+            view = TF.resized_crop(img, top, left, ch, cw, [self.size, self.size],
+                                   interpolation=InterpolationMode.BICUBIC, antialias=True)
         flip = bool(torch.rand(1) < self.flip_p)
         if flip:
             view = TF.horizontal_flip(view)
         if self.rand_augment is not None:
+            if torch.is_tensor(view):
+                from .folders import DataError
+
+                raise DataError(f"augment.rand_augment={self.rand_augment_spec!r} works on 8-bit grey / RGB images; "
+                                "these are float (multiband, 16-bit or DICOM): set augment.rand_augment=null")
             view = self.rand_augment(view)
         box = torch.tensor([left / w, top / h, (left + cw) / w, (top + ch) / h], dtype=torch.float32)
         return self.to_tensor(view).as_subclass(torch.Tensor), box, torch.tensor(flip)
 
+    def _pad_crop(self, img, h: int, w: int):
+        """Shorter side -> size (when it is not), zero padding of ``pad`` px, a random size x size crop: the view and
+        its box (top, left, height, width) in the source image's pixels."""
+        k = 1.0
+        if min(h, w) != self.size:
+            k = self.size / min(h, w)
+            img = TF.resize(img, [self.size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        hh, ww = TF.get_size(img)
+        p = self.pad
+        top = int(torch.randint(0, hh + 2 * p - self.size + 1, (1,)))
+        left = int(torch.randint(0, ww + 2 * p - self.size + 1, (1,)))
+        view = TF.crop(TF.pad(img, [p], fill=0), top, left, self.size, self.size)
+        return view, ((top - p) / k, (left - p) / k, self.size / k, self.size / k)
+
     def __repr__(self) -> str:
-        return f"SingleViewTransform(size={self.size}, scale={self.scale}, flip_p={self.flip_p})"
+        return f"SingleViewTransform(size={self.size}, crop={self.crop}, scale={self.scale}, flip_p={self.flip_p})"
 
 
 class GPUSingleView:
@@ -66,20 +94,51 @@ class GPUSingleView:
     averaging, as for :class:`~mst.data.gpu_augment.GPUMultiCrop`."""
 
     def __init__(self, size: int, scale: Sequence[float], flip_p: float, mean: Sequence[float],
-                 std: Sequence[float], channels: int) -> None:
+                 std: Sequence[float], channels: int, crop: str = "rrc", pad: int = 0) -> None:
         self.mean, self.std = _check_stats(mean, std, channels)
         self.size, self.channels = int(size), int(channels)
         self.scale, self.flip_p = tuple(float(s) for s in scale), float(flip_p)
+        if crop not in ("rrc", "pad"):
+            raise ValueError(f"augment.crop={crop!r} is not one of rrc, pad")
+        self.crop, self.pad = crop, int(pad)
 
     @torch.no_grad()
     def __call__(self, images, generator: torch.Generator | None = None):
+        unit = eight_bit(images)
         x, hs, ws = prepare_images(images, self.channels)
-        boxes = sample_crop_boxes(hs, ws, self.scale, RATIO, generator)
-        views = crop_resize(x, boxes, self.size)
+        if self.crop == "pad":
+            views, boxes = self._pad_crop(x, hs, ws, generator)
+        else:
+            boxes = sample_crop_boxes(hs, ws, self.scale, RATIO, generator)
+            views = crop_resize(x, boxes, self.size, clamp=unit)
         flips = torch.rand(len(views), generator=generator, device=x.device) < self.flip_p
         views = torch.where(flips.view(-1, 1, 1, 1), views.flip(-1), views)
         frac = boxes / torch.stack([ws, hs, ws, hs], dim=1).to(boxes.dtype)
         return normalize(views, self.mean, self.std), frac, flips
 
+    def _pad_crop(self, x, hs, ws, generator):
+        """A batch of one image size: shorter side -> size (when it is not), zero padding of ``pad`` px, a random
+        size x size crop per image. Returns the views and their boxes (x0, y0, x1, y1) in source pixels."""
+        h, w = x.shape[-2:]
+        if not (bool((hs == h).all()) and bool((ws == w).all())):
+            raise ValueError("augment.crop=pad on the tensor backend needs images of one size in a batch; use "
+                             "augment.backend=pil")
+        k = 1.0
+        if min(h, w) != self.size:
+            k = self.size / min(h, w)
+            x = F.interpolate(x, size=(round(h * k), round(w * k)), mode="bilinear", align_corners=False,
+                              antialias=True)
+        p, s = self.pad, self.size
+        xp = F.pad(x, (p, p, p, p))
+        dev = generator.device if generator is not None else x.device
+        tops = torch.randint(0, xp.shape[-2] - s + 1, (len(x),), generator=generator, device=dev).to(x.device)
+        lefts = torch.randint(0, xp.shape[-1] - s + 1, (len(x),), generator=generator, device=dev).to(x.device)
+        rows = (tops[:, None] + torch.arange(s, device=x.device))[:, None, :, None]
+        cols = (lefts[:, None] + torch.arange(s, device=x.device))[:, None, None, :]
+        views = xp[torch.arange(len(x), device=x.device)[:, None, None, None],
+                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+        y0, x0 = (tops.float() - p) / k, (lefts.float() - p) / k
+        return views, torch.stack([x0, y0, x0 + s / k, y0 + s / k], dim=1)
+
     def __repr__(self) -> str:
-        return f"GPUSingleView(size={self.size}, scale={self.scale}, flip_p={self.flip_p})"
+        return f"GPUSingleView(size={self.size}, crop={self.crop}, scale={self.scale}, flip_p={self.flip_p})"

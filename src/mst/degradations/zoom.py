@@ -19,22 +19,6 @@ import torch.nn.functional as F
 from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
 
 
-def resample(x: torch.Tensor, box: torch.Tensor, size: int) -> torch.Tensor:
-    """Boxes (B, 4) in pixels of x (B, C, H, W), each resampled to size x size (area-averaging bilinear, values not
-    clipped: x is a normalised image)."""
-    from torchvision.ops import roi_align
-
-    rois = torch.cat([torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None], box.to(x.dtype)], dim=1)
-    return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-
-
-def centre_box(n: int, size: int, zoom: float, device) -> torch.Tensor:
-    """(n, 4) the central box of side size / zoom, in pixels."""
-    side = size / zoom
-    lo = (size - side) / 2
-    return torch.tensor([lo, lo, lo + side, lo + side], device=device, dtype=torch.float32).expand(n, 4)
-
-
 class ZoomIn(Degradation):
     def __init__(self, zoom: float = 9 / 7, ring_weight: float = 0.2) -> None:
         if zoom <= 1:

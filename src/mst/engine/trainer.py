@@ -88,6 +88,8 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
         name = prefix + key
+        if key not in old:  # a key newer than the run's version: its default keeps the old behaviour
+            continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_changes(a, b, name + ".")

@@ -94,6 +94,12 @@ def _fit_item(img, size: int) -> np.ndarray:
     """A PIL image -> uint8 (size, size) or (size, size, 3): the largest centred square, resized (bicubic)."""
     from PIL import Image, ImageOps
 
+    if not isinstance(img, Image.Image):
+        from mst.data import DataError
+
+        raise DataError("the dense probe pastes 8-bit grey / RGB images; these are float (multiband, 16-bit or "
+                        "DICOM), which it does not support yet")
+
     return np.asarray(ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 

@@ -90,14 +90,20 @@ def load_eval_split(
     if data["name"] == "fashion_mnist":
         from mst.data.fashion_mnist import load_fashion_mnist
 
-        images, labels = load_fashion_mnist(data["root"], split)
-        idx = _subset(labels, subset, seed, balanced)
+        images, labels = load_fashion_mnist(data["root"], "train" if split == "train_val" else split)
+        if split == "train_val":  # the training labels held out to choose a recipe (data.val_share)
+            from mst.data.dataset import absolute_indices, build_dataset
+
+            idx = absolute_indices(build_dataset(data, "train_val"))
+        else:
+            idx = _subset(labels, subset, seed, balanced)
         x = normalize_images(images[idx], data["mean"], data["std"], data["channels"], size)
         return x, torch.as_tensor(labels[idx], dtype=torch.long)
     if data["name"] == "image_folder" or (data["name"] == "folder" and not require_labels):
         from mst.data import EvalTransform, build_dataset
 
-        data.update(split=split, subset=None)  # the pretraining subset never shrinks an evaluation split
+        if split != "train_val":  # the pretraining subset never shrinks an evaluation split (it defines train_val)
+            data.update(split=split, subset=None)
         base = build_dataset(data, split)
         idx = _subset(np.asarray(base.targets), subset, seed, balanced)
         crop = float(cfg["augment"].get("eval_crop", 1.0))  # a checkpoint of an older version has none: 1

@@ -168,7 +168,8 @@ class AttentionMaps(nn.Module):
         """Recompute every map with ``backbone`` (eval mode, no gradients) over ``dataset`` ((PIL, label) pairs),
         each image resized to ``size`` x ``size`` and normalised; ranks share the images and all-gather the maps.
         Returns its cost for the logs (seconds, buffer MB)."""
-        from mst.data.gpu_augment import RawImageDataset, collate_raw, crop_resize, normalize, prepare_images
+        from mst.data.gpu_augment import (RawImageDataset, collate_raw, crop_resize, eight_bit, normalize,
+                                          prepare_images)
 
         t0 = time.perf_counter()
         was_training = backbone.training
@@ -183,9 +184,10 @@ class AttentionMaps(nn.Module):
                 chunk = mine[start:start + batch_size]
                 images, _ = collate_raw(raw.__getitems__(chunk))
                 images = images.to(device) if torch.is_tensor(images) else [im.to(device) for im in images]
+                unit = eight_bit(images)
                 x, hs, ws = prepare_images(images, len(mean))
                 full = torch.stack([torch.zeros_like(ws), torch.zeros_like(hs), ws, hs], dim=1).float()
-                x = normalize(crop_resize(x, full, size), mean, std)  # the whole image, resized: no crop
+                x = normalize(crop_resize(x, full, size, clamp=unit), mean, std)  # the whole image, resized
                 att = backbone(x, return_attention=True, per_head=True).attention  # (B, heads, N)
                 maps = normalised_head_mean(att.float()).reshape(len(chunk), *self.grid)
                 out[start:start + len(chunk)] = torch.round(maps * 255).to(torch.uint8).cpu()

@@ -87,13 +87,20 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         """(online, averaged) pairs, updated after every optimizer step with the ``momentum`` schedule."""
         return []
 
+    def no_weight_decay_names(self) -> tuple[str, ...]:
+        """Name suffixes of parameters besides biases and 1-d ones that get no weight decay (SimMIM: pos_embed,
+        cls_token, as its reference)."""
+        return ()
+
     def param_groups(self) -> list[dict]:
-        """Optimizer groups: weight decay on weight matrices only (biases, norms, 1-d parameters get none)."""
+        """Optimizer groups: weight decay on weight matrices only (biases, norms, 1-d parameters and
+        :meth:`no_weight_decay_names` get none)."""
         decay, no_decay = [], []
+        skip = self.no_weight_decay_names()
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
+            (no_decay if name.endswith(".bias") or p.ndim <= 1 or (skip and name.endswith(skip)) else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_weight_decay": True}]
 
     def checkpoint_info(self) -> dict:

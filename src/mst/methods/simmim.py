@@ -51,15 +51,9 @@ class SimMIM(MIMMethod):
             raise ConfigError(f"simmim.decoder={name!r} decodes visible tokens only; SimMIM decodes every token: "
                               "choose an image decoder (linear)")
 
-    def param_groups(self) -> list[dict]:
-        """As every method (no decay on biases and 1-d parameters), and, as the reference's ``no_weight_decay``, none
-        on the position embedding and the CLS token (and the [MASK] token of Swin)."""
-        skip = (".pos_embed", ".cls_token") + ((".mask_token",) if self.cfg["model"]["arch"].startswith("swin") else ())
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                (no_decay if name.endswith(".bias") or p.ndim <= 1 or name.endswith(skip) else decay).append(p)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_weight_decay": True}]
+    def no_weight_decay_names(self) -> tuple[str, ...]:
+        """The reference's ``no_weight_decay``: the position embedding and the CLS token (and Swin's [MASK])."""
+        return (".pos_embed", ".cls_token") + ((".mask_token",) if self.cfg["model"]["arch"].startswith("swin") else ())
 
     def _predict(self, x: torch.Tensor, m):
         """Encoder + decoder -> (predicted patches, their positions (B, M) or None for all N). The sequence is every

@@ -1,0 +1,89 @@
+"""Fair fine-tuning comparisons: the small-image shift augmentation (zero padding + random crop), training labels
+held out to choose a recipe (never the test split), and the recipe search every backbone gets."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mst.config import load_config
+from mst.data import build_dataset
+from mst.data.dataset import absolute_indices
+from mst.data.single_view import GPUSingleView, SingleViewTransform
+from mst.eval.features import load_eval_split
+from mst.experiments.ftsearch import recipe_overrides, recipes, search
+from mst.methods import build_method
+from mst.registry import ConfigError
+from tests.conftest import TINY_MAE, save_method
+
+FT = ["optim.batch_size=8", "optim.warmup_epochs=1", "log.knn_test_subset=40", "augment.backend=tensor"]
+
+
+def _padded_crop(arr: np.ndarray, top: int, left: int, pad: int, size: int) -> np.ndarray:
+    """By hand: zero padding of ``pad`` px around (H, W), then rows top.., cols left.. of the padded image."""
+    padded = np.zeros((arr.shape[0] + 2 * pad, arr.shape[1] + 2 * pad), arr.dtype)
+    padded[pad:pad + arr.shape[0], pad:pad + arr.shape[1]] = arr
+    return padded[top:top + size, left:left + size]
+
+
+def test_pad_crop_is_a_shift_of_the_zero_padded_image():
+    arr = np.arange(28 * 28, dtype=np.float64).reshape(28, 28) % 251
+    img = Image.fromarray(arr.astype(np.uint8))
+    t = SingleViewTransform(28, (0.5, 1.0), 0.0, [0.0], [1.0], 1, crop="pad", pad=2)
+    seen = set()
+    for s in range(40):
+        torch.manual_seed(s)
+        view, box, flip = t(img)
+        left, top = int(round(float(box[0]) * 28)) + 2, int(round(float(box[1]) * 28)) + 2  # padded-frame offsets
+        seen.add((top, left))
+        assert 0 <= top <= 4 and 0 <= left <= 4 and not bool(flip)
+        np.testing.assert_allclose(view[0].numpy() * 255, _padded_crop(arr, top, left, 2, 28), atol=1e-3)
+    assert len(seen) > 10  # the shift varies
+
+
+def test_tensor_pad_crop_matches_the_hand_computation():
+    x = (torch.arange(3 * 28 * 28) % 251).reshape(3, 1, 28, 28).to(torch.uint8)
+    t = GPUSingleView(28, (0.5, 1.0), 0.0, [0.0], [1.0], 1, crop="pad", pad=2)
+    views, boxes, flips = t(x, generator=torch.Generator().manual_seed(0))
+    for i in range(3):
+        left, top = int(round(float(boxes[i, 0]) * 28)) + 2, int(round(float(boxes[i, 1]) * 28)) + 2
+        ref = _padded_crop(x[i, 0].numpy().astype(np.float64), top, left, 2, 28) / 255
+        np.testing.assert_allclose(views[i, 0].numpy(), ref, atol=1e-6)
+    with pytest.raises(ConfigError, match="augment.crop=pad is a single-view crop"):
+        load_config(overrides=["method=mst", "augment.crop=pad"])
+
+
+def test_val_share_carves_held_out_training_labels():
+    data = {"name": "fashion_mnist", "root": None, "channels": 1, "subset": 1000, "balanced": True, "val_share": 0.2}
+    train, val = build_dataset(data, "train"), build_dataset(data, "train_val")
+    whole = build_dataset(dict(data, val_share=0.0), "train")
+    assert len(train) == 800 and len(val) == 200 and np.bincount(val.targets).tolist() == [20] * 10
+    a, b, w = (set(absolute_indices(d).tolist()) for d in (train, val, whole))
+    assert not a & b and a | b == w  # the 1000 labels, split; the test split is not involved
+    cfg = load_config(overrides=["method=finetune", "data.subset=1000", "data.balanced=true", "data.val_share=0.2"])
+    images, labels = load_eval_split(cfg, "train_val")
+    assert len(images) == 200 and torch.equal(labels, torch.as_tensor(val.targets))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_method(build_method(load_config(overrides=TINY_MAE)), tmp_path_factory.mktemp("p") / "checkpoint.pt")
+
+
+def test_search_chooses_on_validation_and_reports_test(tmp_path, pretrained):
+    grid = {"optim.base_lr": [1e-4, 4e-3], "finetune.layer_decay": [1.0], "augmentation": ["shift"]}
+    assert len(recipes(grid)) == 2 and "augment.crop=pad" in recipe_overrides(recipes(grid)[0])
+    res = search(pretrained, tmp_path, train_subset=50, epochs=2, val_share=0.2, seeds=2, overrides=FT, grid=grid,
+                 log=lambda s: None)
+    vals = {r["optim.base_lr"]: r["val_top1"] for r in res["search"]}
+    assert res["chosen"]["optim.base_lr"] == max(vals, key=vals.get)  # by validation top-1 only
+    assert len(res["final"]["top1"]) == 2 and res["final"]["mean"] == pytest.approx(np.mean(res["final"]["top1"]))
+    one = json.loads(next((tmp_path / "search").glob("*/finetune.json")).read_text())
+    assert one["train_images"] == 40 and "val_top1" in one  # 50 labels: 40 to train, 10 to choose
+    final = json.loads((tmp_path / "final" / "seed0" / "finetune.json").read_text())
+    assert final["train_images"] == 50 and "val_top1" not in final  # the chosen recipe on all of them
+    assert json.loads((tmp_path / "search.json").read_text())["chosen"] == res["chosen"]
