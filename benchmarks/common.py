@@ -234,6 +234,10 @@ def view_shapes(cfg: dict, batch: int | None = None) -> list[tuple[int, int, int
     c = int(cfg["data"]["channels"])
     g, l = int(a["global_size"]), int(a["local_size"])
     if method_class(cfg["method"]).views == "single":
+        if cfg.get("mim", {}).get("degradation", "none") != "none":  # zoom-in crops a view wider than its input
+            from mst.degradations import build_degradation
+
+            g = build_degradation(cfg["mim"]["degradation"], cfg["degrade"]).view_size(g)
         return [(b, c, g, g)]
     return [(b, c, g, g)] * 2 + [(b, c, l, l)] * int(a["n_local"])
 

@@ -87,3 +87,17 @@ def test_search_chooses_on_validation_and_reports_test(tmp_path, pretrained):
     final = json.loads((tmp_path / "final" / "seed0" / "finetune.json").read_text())
     assert final["train_images"] == 50 and "val_top1" not in final  # the chosen recipe on all of them
     assert json.loads((tmp_path / "search.json").read_text())["chosen"] == res["chosen"]
+
+
+def test_each_kind_of_backbone_gets_the_recipe_the_search_chose_for_it(pretrained):
+    from mst.finetune import CHOSEN_PRESETS, DEFAULT_PRESET, finetune_config
+
+    mae = finetune_config(pretrained, overrides=FT)
+    scratch = finetune_config(pretrained, overrides=FT, random_init=True)
+    mim = load_config(DEFAULT_PRESET)
+    assert (mae["optim"]["base_lr"], mae["finetune"]["layer_decay"], mae["augment"]["crop"]) == (
+        mim["optim"]["base_lr"], mim["finetune"]["layer_decay"], mim["augment"]["crop"])
+    chosen = load_config(CHOSEN_PRESETS["scratch"])
+    assert (scratch["optim"]["base_lr"], scratch["finetune"]["layer_decay"], scratch["augment"]["crop"]) == (
+        chosen["optim"]["base_lr"], chosen["finetune"]["layer_decay"], chosen["augment"]["crop"])
+    assert load_config(CHOSEN_PRESETS["mst"])["optim"]["base_lr"] == 8e-3

@@ -22,7 +22,19 @@ from mst.checkpoint import load_checkpoint, resolve_checkpoint
 from mst.registry import ConfigError
 
 Log = Callable[[str], None]
-DEFAULT_PRESET = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist_finetune.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_PRESET = CONFIGS / "fashion_mnist_finetune.yaml"
+# the recipe `mst finetune-search` chose for each kind of backbone (docs/results.md, "Fair fine-tuning"): every
+# comparison gives each backbone its own, chosen by the same search on held-out training labels
+CHOSEN_PRESETS = {"scratch": CONFIGS / "fashion_mnist_finetune_scratch.yaml",
+                  "mst": CONFIGS / "fashion_mnist_finetune_mst.yaml"}
+
+
+def default_preset(pre: dict, random_init: bool) -> Path:
+    """The fine-tuning recipe for a checkpoint whose config is ``pre`` when no --config is given: the one the search
+    chose for the same ViT from scratch, for an MST / DINO backbone, or for a MIM backbone (the default)."""
+    kind = "scratch" if random_init else pre.get("method")
+    return CHOSEN_PRESETS.get(kind, DEFAULT_PRESET)
 FROM_CHECKPOINT = ("model.arch", "model.patch_size", "model.img_size", "model.depth", "model.embed_dim",
                    "model.num_heads", "data.name", "data.root", "data.channels", "data.mean", "data.std",
                    "data.alpha", "data.holdout", "augment.global_size")
@@ -43,13 +55,14 @@ def finetune_config(ckpt: str | Path, preset: str | Path | None = None, override
     derived += ["method=finetune", f"finetune.init={init}", f"finetune.init_backbone={which or 'null'}"]
     if train_subset is not None:
         derived += [f"data.subset={int(train_subset)}", "data.balanced=true"]
-    cfg = load_config(preset or DEFAULT_PRESET, derived + list(overrides or []))
+    preset = preset or default_preset(pre, random_init)
+    cfg = load_config(preset, derived + list(overrides or []))
     if cfg["data"]["name"] == "folder":
         raise ConfigError("fine-tuning needs labels, but the data (data.name=folder) are unlabelled: pass a "
                           "labelled folder with --data DIR --set data.name=image_folder (class subfolders)")
     classes = dataset_classes(cfg)
     if classes and len(classes) != int(cfg["finetune"]["num_classes"]):
-        cfg = load_config(preset or DEFAULT_PRESET, derived + list(overrides or []) +
+        cfg = load_config(preset, derived + list(overrides or []) +
                           [f"finetune.num_classes={len(classes)}"])
     return cfg
 

@@ -154,12 +154,12 @@ PROTOCOLS: dict[str, Protocol] = {
         _NARROW_VIT + ("augment.backend=tensor", "log.knn_every=0", "log.tensorboard=false", "log.every=50"),
         knn={"train_subset": 10000, "test_subset": 2000},
         linear={"epochs": 100, "lr": 0.1, "batch_size": 256},
-        finetune={"preset": "fashion_mnist_finetune.yaml", "train_subset": 1000,
+        finetune={"preset": None, "train_subset": 1000,
                   "overrides": ("log.progress=false", "log.tensorboard=false")},
         description="2-core CPU, methods compared at equal backbone (the narrow ViT: width 96, 3 heads, 4 blocks, "
                     "patch 4), each on its own preset with about the same pretraining wall time; k-NN and linear "
                     "probe (100 epochs, precomputed CLS) on 10000/2000 images; a 1000-label (100 per class) "
-                    "fine-tune with configs/fashion_mnist_finetune.yaml, top-1 on the 10000 test images",
+                    "fine-tune with the recipe mst finetune-search chose for each kind of backbone (configs/fashion_mnist_finetune*.yaml), top-1 on the 10000 test images",
     ),
     "cpu_degradation": Protocol(
         "cpu_degradation", None,
@@ -167,7 +167,7 @@ PROTOCOLS: dict[str, Protocol] = {
                        "optim.epochs=2"),
         knn={"train_subset": 10000, "test_subset": 2000},
         linear={"epochs": 100, "lr": 0.1, "batch_size": 256},
-        finetune={"preset": "fashion_mnist_finetune.yaml", "train_subset": 1000,
+        finetune={"preset": None, "train_subset": 1000,
                   "overrides": ("log.progress=false", "log.tensorboard=false")},
         description="cpu_methods with every run at 2 epochs of 60000 images (equal work: a degradation alone "
                     "encodes every token, about 2.2x the time of masked MAE per step, benchmarks/step_time.py)",
