@@ -100,6 +100,8 @@ print("\n== Fashion-MNIST test set (10000 images), top-1 %")
 print(f"  {'features':24s} {'k-NN, 10000 labels':>19s} {'linear, 10000':>14s} {'k-NN, 1000 labels':>18s} {'fine-tune, 1000':>16s}")
 for name, a, b, c, d in rows:
     print(f"  {name:24s} {f(a):>19s} {f(b):>14s} {f(c):>18s} {f(d):>16s}")
+print("  (each fine-tune, the one from scratch too, uses the recipe mst finetune-search chose for its kind of")
+print("   backbone on held-out training labels: docs/results.md, 'Fair fine-tuning')")
 PY
 echo
 echo "run directories: $out/mst, $out/mae (checkpoint.pt, config.yaml, metrics.jsonl, tb/), fine-tunes in $out/finetune_*"

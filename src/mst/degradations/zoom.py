@@ -47,7 +47,7 @@ class ZoomIn(Degradation):
             raise ValueError(f"a {big} px view is not a zoom-in view (degrade.zoom_in={self.zoom}): the pipeline "
                              "crops view_size(model.img_size)")
         b = (big - size) // 2
-        centre = images[..., b : b + size, b : b + size]
+        centre = images[..., b : b + size, b : b + size].contiguous()  # the encoder reads it: one dense copy
         weight = self.ring_weight
 
         def loss(pred: torch.Tensor, mask: torch.Tensor, patch: int, norm_pix: bool) -> torch.Tensor:
