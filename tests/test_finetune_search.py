@@ -101,3 +101,13 @@ def test_each_kind_of_backbone_gets_the_recipe_the_search_chose_for_it(pretraine
     assert (scratch["optim"]["base_lr"], scratch["finetune"]["layer_decay"], scratch["augment"]["crop"]) == (
         chosen["optim"]["base_lr"], chosen["finetune"]["layer_decay"], chosen["augment"]["crop"])
     assert load_config(CHOSEN_PRESETS["mst"])["optim"]["base_lr"] == 8e-3
+
+
+def test_tensor_pad_crop_takes_images_of_different_sizes():
+    images = [torch.full((3, 40, 56), 100, dtype=torch.uint8), torch.full((3, 28, 28), 200, dtype=torch.uint8)]
+    t = GPUSingleView(28, (0.5, 1.0), 0.0, [0.0] * 3, [1.0] * 3, 3, crop="pad", pad=2)
+    views, boxes, _ = t(images, generator=torch.Generator().manual_seed(0))
+    assert views.shape == (2, 3, 28, 28)
+    inside = views[0, :, 2:-2, 2:-2]  # away from the padding: the (resized) image's own value
+    assert torch.allclose(inside, torch.full_like(inside, 100 / 255), atol=1e-5)
+    assert float(boxes[0, 2] - boxes[0, 0]) * 56 == pytest.approx(40.0)  # a 28 px crop of the 28-high resize: 40 source px

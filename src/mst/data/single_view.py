@@ -117,28 +117,26 @@ class GPUSingleView:
         return normalize(views, self.mean, self.std), frac, flips
 
     def _pad_crop(self, x, hs, ws, generator):
-        """A batch of one image size: shorter side -> size (when it is not), zero padding of ``pad`` px, a random
-        size x size crop per image. Returns the views and their boxes (x0, y0, x1, y1) in source pixels."""
-        h, w = x.shape[-2:]
-        if not (bool((hs == h).all()) and bool((ws == w).all())):
-            raise ValueError("augment.crop=pad on the tensor backend needs images of one size in a batch; use "
-                             "augment.backend=pil")
-        k = 1.0
-        if min(h, w) != self.size:
-            k = self.size / min(h, w)
-            x = F.interpolate(x, size=(round(h * k), round(w * k)), mode="bilinear", align_corners=False,
-                              antialias=True)
+        """Per image: shorter side -> size (when it is not), zero padding of ``pad`` px, a random size x size crop.
+        Returns the views and their boxes (x0, y0, x1, y1) in source pixels. Images of any sizes (a folder's)."""
         p, s = self.pad, self.size
-        xp = F.pad(x, (p, p, p, p))
         dev = generator.device if generator is not None else x.device
-        tops = torch.randint(0, xp.shape[-2] - s + 1, (len(x),), generator=generator, device=dev).to(x.device)
-        lefts = torch.randint(0, xp.shape[-1] - s + 1, (len(x),), generator=generator, device=dev).to(x.device)
-        rows = (tops[:, None] + torch.arange(s, device=x.device))[:, None, :, None]
-        cols = (lefts[:, None] + torch.arange(s, device=x.device))[:, None, None, :]
-        views = xp[torch.arange(len(x), device=x.device)[:, None, None, None],
-                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-        y0, x0 = (tops.float() - p) / k, (lefts.float() - p) / k
-        return views, torch.stack([x0, y0, x0 + s / k, y0 + s / k], dim=1)
+        draws = torch.rand(len(x), 2, generator=generator, device=dev).to(x.device)
+        views, boxes = [], []
+        for i in range(len(x)):
+            h, w = int(hs[i]), int(ws[i])
+            img, k = x[i:i + 1, :, :h, :w], 1.0
+            if min(h, w) != s:
+                k = s / min(h, w)
+                img = F.interpolate(img, size=(max(s, round(h * k)), max(s, round(w * k))), mode="bilinear",
+                                    align_corners=False, antialias=True)
+            hh, ww = img.shape[-2:]
+            top = min(int(draws[i, 0] * (hh + 2 * p - s + 1)), hh + 2 * p - s)
+            left = min(int(draws[i, 1] * (ww + 2 * p - s + 1)), ww + 2 * p - s)
+            views.append(F.pad(img, (p, p, p, p))[..., top:top + s, left:left + s])
+            x0, y0 = (left - p) / k, (top - p) / k
+            boxes.append([x0, y0, x0 + s / k, y0 + s / k])
+        return torch.cat(views), torch.tensor(boxes, dtype=torch.float32, device=x.device)
 
     def __repr__(self) -> str:
         return f"GPUSingleView(size={self.size}, crop={self.crop}, scale={self.scale}, flip_p={self.flip_p})"
