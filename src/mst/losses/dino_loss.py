@@ -8,6 +8,42 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def collapse_stats(teacher_probs: torch.Tensor, ce: float, center: torch.Tensor) -> dict[str, float]:
+    """Signs of DINO's two collapses, from one step: the teacher's mean entropy H and its ratio to ln K (-> 1: a
+    uniform teacher, the small-data drift), the KL between the teacher's and the student's terms (CE - H: -> 0 when
+    the student has nothing left to match) and the centre's norm (it grows when one dimension dominates)."""
+    q = teacher_probs.float()
+    entropy = float(-(q * torch.log(q.clamp_min(1e-12))).sum(-1).mean())
+    return {"teacher_entropy": entropy, "teacher_entropy_ratio": entropy / float(np.log(q.shape[-1])),
+            "kl": ce - entropy, "center_norm": float(center.norm())}
+
+
+class CollapseWarning(UserWarning):
+    """The DINO teacher is drifting towards a uniform output."""
+
+
+class CollapseMonitor:
+    """Warns once when the teacher's entropy stays above ``ratio`` x ln K for ``steps`` steps in a row: the drift
+    towards a uniform teacher that small data, small batches and few steps bring (docs/results.md)."""
+
+    def __init__(self, ratio: float = 0.95, steps: int = 100) -> None:
+        self.ratio, self.steps = float(ratio), int(steps)
+        self.run, self.warned = 0, False
+
+    def update(self, entropy_ratio: float, step: int) -> None:
+        self.run = self.run + 1 if entropy_ratio > self.ratio else 0
+        if self.run >= self.steps and not self.warned:
+            self.warned = True
+            import warnings
+
+            warnings.warn(
+                f"the DINO teacher's output entropy has stayed above {self.ratio:.0%} of ln K for {self.steps} steps "
+                f"(step {step}): it is drifting towards a uniform distribution and the features will be close to "
+                "random init. Try a smaller head (dino.out_dim), a lower dino.teacher_temp, a lower lr, more steps or "
+                "more data; at small budgets method=mae learns where DINO does not (docs/results.md)",
+                CollapseWarning, stacklevel=2)
+
+
 class DINOLoss(nn.Module):
     """Cross-entropy between the centred, sharpened teacher distribution on each global view and the student's
     distribution on every *other* view, averaged over those pairs.
@@ -54,8 +90,10 @@ class DINOLoss(nn.Module):
                     continue  # never match a view with itself
                 total = total + torch.sum(-q * logp, dim=-1).mean()
                 pairs += 1
+        loss = total / pairs
+        self.stats = collapse_stats(torch.cat(teacher_probs), float(loss.detach()), self.center)
         self.update_center(teacher_out)
-        return total / pairs
+        return loss
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ import torch
 from mst.data.batch import Batch
 from mst.schedules import cosine_schedule
 from mst.losses import DINOLoss, restore_loss
+from mst.losses.dino_loss import CollapseMonitor
 from mst.masking import MASKS, build_mask_strategy
 from mst.masking.replace import REPLACEMENTS
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
@@ -42,6 +43,7 @@ class MST(Method):
             int(d["warmup_teacher_temp_epochs"]), int(cfg["optim"]["epochs"]), float(d["center_momentum"]),
         )
         self.mask_strategy = build_mask_strategy(m["mask"], m, int(cfg["model"]["patch_size"]), "mst.mask")
+        self.collapse = CollapseMonitor()  # one warning when the teacher stays near uniform
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
@@ -97,6 +99,8 @@ class MST(Method):
         metrics["loss"] = loss.item()
         metrics["mask_ratio"] = mask.float().mean().item() if mask is not None else 0.0
         metrics["teacher_temp"] = self.dino_loss.teacher_temp(ctx.epoch)
+        metrics.update(self.dino_loss.stats)  # collapse monitors: teacher entropy / ln K, KL, centre norm
+        self.collapse.update(metrics["teacher_entropy_ratio"], ctx.step)
         return StepOutput(loss=loss, metrics=metrics, mask=mask)
 
     # -- engine hooks -----------------------------------------------------------------------------------------
