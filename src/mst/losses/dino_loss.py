@@ -24,9 +24,11 @@ class CollapseWarning(UserWarning):
 
 class CollapseMonitor:
     """Warns once when the teacher's entropy stays above ``ratio`` x ln K for ``steps`` steps in a row: the drift
-    towards a uniform teacher that small data, small batches and few steps bring (docs/results.md)."""
+    towards a uniform teacher that small data, small batches and few steps bring (docs/results.md). 0.85: the demo's
+    MST run (Fashion-MNIST, 1500 steps of 32, K = 1024), whose features end barely above random init, sits at
+    0.87-0.89 from step ~800 on, after 0.51-0.56 around step 200-400."""
 
-    def __init__(self, ratio: float = 0.95, steps: int = 100) -> None:
+    def __init__(self, ratio: float = 0.85, steps: int = 100) -> None:
         self.ratio, self.steps = float(ratio), int(steps)
         self.run, self.warned = 0, False
 
