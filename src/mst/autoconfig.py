@@ -133,7 +133,7 @@ def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
 def _folder_data(cfg: dict, out: list[Choice]) -> int:
     """Channels, statistics and the notes of a folder; returns the images' median shorter side."""
     from mst.data.dataset import split_layout
-    from mst.data.inspect import image_files, measure_stats, scan_folder
+    from mst.data.inspect import measure_stats, scan_folder
 
     d = cfg["data"]
     root, _, skip = split_layout(d["root"])  # the train split (statistics never see test images)
@@ -159,7 +159,7 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
                                                                     "65535, floats as stored); 16-bit PNGs are read "
                                                                     "in 8 bits"))
     if is_auto(d["mean"]) or is_auto(d["std"]):
-        mean, std, n = measure_stats(image_files(root, skip), c, seed=int(d.get("subset_seed", 0)), alpha=d["alpha"])
+        mean, std, n = measure_stats(scan.files, c, seed=int(d.get("subset_seed", 0)), alpha=d["alpha"])
         if is_auto(d["mean"]):
             d["mean"] = mean
         if is_auto(d["std"]):

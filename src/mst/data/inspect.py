@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .folders import BandMismatchError, DataError, _is_image, _walk, compatible, image_size, load_image
+from .fashion_mnist import _FILES
+from .folders import BandMismatchError, DataError, _is_image, _walk, load_image
 from .readers import read_header
 
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 SPLITS = ("train", "val", "test")
 
 
 def has_idx_files(root: Path) -> bool:
-    return all((root / f).is_file() or (root / f"{f}.gz").is_file() for f in IDX_FILES)
+    return all((root / f).is_file() or (root / f"{f}.gz").is_file() for f in _FILES["train"])
 
 
 def _holds_images(folder: Path) -> bool:
@@ -72,6 +72,7 @@ class FolderScan:
     short_sides: list[int] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     example: dict[int, str] = field(default_factory=dict)  # band count -> one file with it
+    files: list[Path] = field(default_factory=list)  # every image file found (the statistics sample from them)
 
     def median_side(self) -> int:
         return int(np.median(self.short_sides)) if self.short_sides else 0
@@ -114,7 +115,7 @@ def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude:
     if len(files) > max_files:
         idx = np.sort(np.random.default_rng(seed).choice(len(files), max_files, replace=False))
         chosen = [files[i] for i in idx]
-    scan = FolderScan(root, len(files), len(chosen))
+    scan = FolderScan(root, len(files), len(chosen), files=files)
     for path in chosen:
         try:
             h = read_header(path)
@@ -170,5 +171,5 @@ def _round(v: float) -> float:
     return float(f"{float(v):.4g}")
 
 
-__all__ = ["FolderScan", "compatible", "detect_kind", "has_idx_files", "image_files", "image_size", "measure_stats",
+__all__ = ["FolderScan", "detect_kind", "has_idx_files", "image_files", "measure_stats",
            "scan_folder"]

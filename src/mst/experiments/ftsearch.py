@@ -73,9 +73,8 @@ def search(ckpt: str | Path, out_dir: str | Path, random_init: bool = False, tra
     base = [f"optim.epochs={epochs}", "log.progress=false", "log.tensorboard=false", f"log.knn_every={epochs}",
             *(overrides or [])]
     grid_recipes = recipes(grid or GRID)
-    jobs = [("search", r, 0) for r in grid_recipes]
     rows = []
-    for k, (_, recipe, _) in enumerate(jobs):
+    for k, recipe in enumerate(grid_recipes):
         if shard is not None and k % shard[1] != shard[0]:
             continue
         res = _run(ckpt, out_dir / "search" / recipe_name(recipe),
