@@ -2,9 +2,12 @@
 timing, device names, tables and JSON output.
 
 The benchmarks never need real images for the model side: :func:`build_trainer` swaps the dataset the Trainer
-builds for a tiny in-memory array (just large enough for one batch), and :func:`make_batch` makes random views of
-the shapes the method's view pipeline would produce (multi-crop or one view). ``data_loading.py`` is the one
-script that reads real data.
+builds for a tiny in-memory array (just large enough for one batch), and :func:`make_batch` runs synthetic images
+through the method's own view pipeline (multi-crop or one view) once, so the timed steps get ready batches of
+exactly what training feeds them. ``data_loading.py`` is the one script that reads real data.
+
+Every script takes ``--tiny``: the same code path at the engine's smoke-test sizes (:func:`tiny_overrides`), a few
+seconds on a CPU, so the test suite (tests/test_benchmarks.py) catches a change to the engine that breaks a benchmark.
 """
 from __future__ import annotations
 
@@ -49,7 +52,38 @@ for _d in ("zoom_in", "zoom_out", "distort", "blur", "decolorize"):
     VARIANTS[f"{_d}_alone"] = ("mae", _extra + ["mim.mask=none"])
 
 
+# The engine's smoke-test protocol (PROTOCOLS["tiny"]: a 1-block ViT, small head and decoders) at batch 8, with two
+# epochs so build_trainer's steady state is past the frozen last layer.
+TINY_EXTRA = ["optim.batch_size=8", "optim.epochs=2", "optim.warmup_epochs=1"]
+TINY_HELP = ("seconds-long run of the same code at the engine's smoke-test sizes (a 1-block ViT, batch 8, 1-2 rounds) "
+             "on CPU; the test suite runs it")
+
+
 # -- CLI and config ---------------------------------------------------------------------------------------------
+def add_tiny_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--tiny", action="store_true", help=TINY_HELP)
+    return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None, tiny: dict[str, Any]) -> argparse.Namespace:
+    """Parse ``argv``; with --tiny the flags in ``tiny`` get these defaults instead (explicit flags still win)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--tiny" in argv:
+        p.set_defaults(**tiny)
+    return p.parse_args(argv)
+
+
+def tiny_overrides(path: Path | str, overrides: Iterable[str] = ()) -> list[str]:
+    """The engine's tiny protocol pins (mst.experiments.specs) plus :data:`TINY_EXTRA`, keeping only the sections
+    the method of ``path`` + ``overrides`` reads (MAE has no ``dino`` section), as the ablation runner does."""
+    from mst.config import load_config
+    from mst.experiments.specs import PROTOCOLS
+
+    sections = set(load_config(path, list(overrides)))  # the common sections and the method's
+    pins = list(PROTOCOLS["tiny"].overrides) + TINY_EXTRA
+    return [o for o in pins if o.split("=")[0].split(".")[0].strip() in sections]
+
+
 def add_common_args(p: argparse.ArgumentParser, config: Path | str = DEFAULT_CONFIG,
                     method_configs: dict[str, Path] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(config), help="MST preset YAML (default: %(default)s)")
@@ -64,7 +98,7 @@ def add_common_args(p: argparse.ArgumentParser, config: Path | str = DEFAULT_CON
                    help="torch.set_num_threads; default 1 on CPU (on a shared CPU, extra OpenMP threads that get "
                         "descheduled make step times 2-5x noisier), torch's choice on CUDA; 0 = torch's choice")
     p.add_argument("--json", default=None, metavar="PATH", help="write the measured numbers to this JSON file")
-    return p
+    return add_tiny_arg(p)
 
 
 def setup_threads(args: argparse.Namespace) -> int:
@@ -77,7 +111,8 @@ def setup_threads(args: argparse.Namespace) -> int:
 
 
 def load_cfg(args: argparse.Namespace, extra: Iterable[str] = (), preset: str | None = None) -> dict:
-    """The config of ``preset`` (None: --config; "mae": --mae-config, ...) with --set and ``extra`` applied."""
+    """The config of ``preset`` (None: --config; "mae": --mae-config, ...) with --set and ``extra`` applied
+    (after the tiny pins with --tiny, so they win)."""
     from mst.config import load_config
 
     overrides = list(args.overrides) + list(extra)
@@ -86,6 +121,8 @@ def load_cfg(args: argparse.Namespace, extra: Iterable[str] = (), preset: str | 
     # Benchmarks never log or evaluate; keep the Trainer from touching anything on disk.
     overrides += ["log.progress=false", "log.tensorboard=false", "log.knn_every=0"]
     path = args.config if preset is None else getattr(args, f"{preset}_config")
+    if getattr(args, "tiny", False):
+        overrides = tiny_overrides(path, overrides) + overrides
     return load_config(path, overrides)
 
 
@@ -165,15 +202,21 @@ def paired_ratios(times: dict[str, list[float]], num: str, den: str) -> list[flo
 
 # -- Trainer on synthetic data ----------------------------------------------------------------------------------
 def refresh_seconds_per_image(trainer, n: int = 256) -> float:
-    """AMT: seconds per image of a refresh of the attention maps (a no-grad pass over ``n`` synthetic images)."""
+    """AMT: seconds per image of a refresh of the attention maps, by the method's own epoch-start hook (a no-grad
+    pass) over ``n`` synthetic images, into a fresh buffer so the trainer's stays as it was."""
     from mst.masking import AttentionMaps
+    from mst.methods import EpochData
 
-    data = synthetic_base_dataset(trainer.cfg, n)
-    maps = AttentionMaps(trainer.method.masking.maps.grid)
-    maps.bind(n)
-    d = trainer.cfg["data"]
-    stats = maps.refresh(trainer.method.encoder, data, int(trainer.cfg["augment"]["global_size"]), d["mean"], d["std"],
-                         0, trainer.device, int(trainer.cfg["amt"]["batch_size"]))
+    masking = trainer.method.masking
+    kept = masking.maps
+    masking.maps = AttentionMaps(kept.grid)
+    data = EpochData(synthetic_base_dataset(trainer.cfg, n), trainer.device, log=lambda *a, **k: None)
+    try:
+        stats = trainer.method.on_epoch_start(int(trainer.cfg["amt"]["start"]), data)  # a refresh is due at start
+    finally:
+        masking.maps = kept
+    if "amt_refresh_s" not in stats:
+        raise RuntimeError(f"no AMT refresh ran at epoch amt.start ({stats})")
     return stats["amt_refresh_s"] / n
 
 
@@ -211,8 +254,7 @@ def build_trainer(cfg: dict, device: torch.device | str = "cpu", steady_state: b
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    out = Path(tempfile.mkdtemp(prefix="mst_bench_"))
-    with _synthetic_data(cfg):
+    with tempfile.TemporaryDirectory(prefix="mst_bench_") as out, _synthetic_data(cfg):  # never written to
         tr = Trainer(cfg, out, dist_info=DistInfo(device=device), log=lambda *a, **k: None)
     tr.method.train()  # the benchmarks feed ready batches to train_batch, whatever augment.backend says
     maps = getattr(getattr(tr.method, "masking", None), "maps", None)
@@ -225,33 +267,27 @@ def build_trainer(cfg: dict, device: torch.device | str = "cpu", steady_state: b
     return tr
 
 
-def view_shapes(cfg: dict, batch: int | None = None) -> list[tuple[int, int, int, int]]:
-    """Shapes of the views the method of ``cfg`` trains on: multi-crop (MST) or one view (MIM)."""
-    from mst.config import method_class
+def single_view_size(cfg: dict) -> int | None:
+    """The side of a MIM method's view when its degradation crops wider than the input (zoom-in), as the method
+    tells the Trainer (``view_size``); None otherwise."""
+    if cfg.get("mim", {}).get("degradation", "none") == "none":
+        return None
+    from mst.degradations import build_degradation
 
-    a = cfg["augment"]
-    b = int(batch or cfg["optim"]["batch_size"])
-    c = int(cfg["data"]["channels"])
-    g, l = int(a["global_size"]), int(a["local_size"])
-    if method_class(cfg["method"]).views == "single":
-        if cfg.get("mim", {}).get("degradation", "none") != "none":  # zoom-in crops a view wider than its input
-            from mst.degradations import build_degradation
-
-            g = build_degradation(cfg["mim"]["degradation"], cfg["degrade"]).view_size(g)
-        return [(b, c, g, g)]
-    return [(b, c, g, g)] * 2 + [(b, c, l, l)] * int(a["n_local"])
+    return build_degradation(cfg["mim"]["degradation"], cfg["degrade"]).view_size(int(cfg["augment"]["global_size"]))
 
 
 def make_batch(cfg: dict, device: torch.device | str = "cpu", batch: int | None = None, seed: int = 0):
-    """A :class:`~mst.data.Batch` of random normalised-looking views of the method's shapes, on ``device``."""
-    from mst.data import Batch
+    """A :class:`~mst.data.Batch` of ``batch`` synthetic images through the method's own view pipeline
+    (``mst.data.build_pipeline``, as the Trainer builds it): the views, boxes, flips and indices a step gets."""
+    from mst.config import method_class
+    from mst.data import build_pipeline
 
-    g = torch.Generator().manual_seed(seed)
-    views = [torch.randn(s, generator=g).to(device) for s in view_shapes(cfg, batch)]
-    b = views[0].shape[0]
-    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(b, 4).contiguous()
-    return Batch(views, torch.zeros(b, dtype=torch.long, device=device), torch.arange(b, device=device), boxes,
-                 torch.zeros(b, dtype=torch.bool, device=device))
+    b = int(batch or cfg["optim"]["batch_size"])
+    device = torch.device(device)
+    pipe = build_pipeline(method_class(cfg["method"]).views, cfg, synthetic_base_dataset(cfg, b), single_view_size(cfg))
+    loaded = pipe.collate([pipe.dataset[i] for i in range(b)])
+    return pipe.to_batch(loaded, device, torch.Generator(device).manual_seed(seed))
 
 
 def images_per_step(cfg: dict) -> int:

@@ -1,15 +1,18 @@
 """Images/s the multi-crop data pipeline supplies vs images/s the training step consumes.
 
-1. Supply, the preset's PIL pipeline: AugmentedDataset (Fashion-MNIST by default) with the preset's
-   MultiCropTransform, through a DataLoader with num_workers 0 / 1 / 2 (collate_crops), timed after the first
-   batch (worker start-up excluded). Also ms per sample in-process.
+Every pipeline here is the engine's own (``mst.data.build_pipeline``, the one the Trainer builds), with
+``augment.backend`` set to ``pil`` or ``tensor`` as the part says, so the numbers follow what training runs.
+
+1. Supply, the preset's multi-crop on the PIL backend (Fashion-MNIST by default) through a DataLoader with
+   num_workers 0 / 1 / 2 and the pipeline's collate, timed after the first batch (worker start-up excluded). Also
+   ms per sample in-process.
 2. Consumption: images/s of the MST ``Trainer.train_batch`` on synthetic views of the same shapes.
    -> ratio supply / consumption per worker count (> 1: the pipeline keeps up).
 3. The paper's setting (2 x 224 + 10 x 96 RGB crops, ImageNet-like 500x375 JPEGs generated into a temp dir):
    PIL pipeline images/s per worker (decode + crops), decode-only images/s per worker (what the DataLoader still
-   does for the tensor path), and mst.data.gpu_augment.GPUMultiCrop images/s on --device; then how many CPU
+   does for the tensor backend), and the tensor backend's device step (GPUMultiCrop) images/s on --device; then how many CPU
    workers one GPU at --gpu-rate images/s (default 1000, an H100 on ViT-S/16 multi-crop) needs with each path.
-4. GPUMultiCrop on the preset's setting (Fashion-MNIST 28 px) vs the PIL path, on --device.
+4. The tensor backend's device step on the preset's setting (Fashion-MNIST 28 px) vs the PIL path, on --device.
 5. Your own images (--own): a folder of 500x375 JPEGs and a folder of 13-band uint16 TIFFs, each through the
    configs/own_images_gpu.yaml pipeline at 224 px (MST multi-crop, its tensor backend: the DataLoader decodes, the
    device crops), with 0 and 2 workers: images/s the DataLoader supplies, and the data-wait share of real training
@@ -18,6 +21,7 @@
     python benchmarks/data_loading.py                      # CPU defaults (< 3 min)
     python benchmarks/data_loading.py --own-only           # part 5 alone (~2 min on 2 CPU cores)
     python benchmarks/data_loading.py --device cuda --workers 0,4,8,16 --batches 20
+    python benchmarks/data_loading.py --tiny --json /tmp/data_loading.json   # every part in seconds (see TINY)
 """
 from __future__ import annotations
 
@@ -36,10 +40,21 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from common import (  # noqa: E402
     REPO, add_common_args, alternate, build_trainer, device_name, environment, load_cfg, make_batch, variant_cfg,
-    median, print_table, setup_threads, sync, synthetic_base_dataset, timed2, write_json,
+    median, parse_args, print_table, setup_threads, sync, synthetic_base_dataset, timed2, tiny_overrides, write_json,
 )
 
 BIG_CONFIG = REPO / "configs" / "imagenet_deit_small_300ep.yaml"
+# --tiny: 32 Fashion-MNIST images at batch 8 (the engine's tiny sizes), 2 JPEGs at 224 px, and for your own images 8
+# small JPEGs / TIFFs at 64 px through a 1-block ViT, no worker processes but one loader with one worker
+TINY = {"workers": "0,1", "batches": 2, "steps": 2, "e2e_workers": "0", "e2e_steps": 2, "e2e_repeats": 1,
+        "big_images": 2, "own_workers": "0", "own_images": 8, "own_batch": 4, "own_steps": 1, "own_size": 64,
+        "own_depth": 1}
+
+
+def with_backend(cfg: dict, backend: str) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg["augment"]["backend"] = backend
+    return cfg
 
 
 # -- supply -----------------------------------------------------------------------------------------------------
@@ -51,8 +66,8 @@ def loader_rate(dataset, batch: int, workers: int, n_batches: int, collate) -> f
     it = iter(loader)
     next(it)
     t0, got = time.perf_counter(), 0
-    for _, labels in it:
-        got += len(labels)
+    for _, index in it:  # a view pipeline's collate yields (payload, dataset indices)
+        got += len(index)
     dt = time.perf_counter() - t0
     del it, loader
     return got / dt if dt > 0 else float("nan")
@@ -68,17 +83,15 @@ def per_sample_ms(dataset, n: int, use_cpu_time: bool = True) -> float:
     return 1e3 * median(ts)
 
 
-def fashion_dataset(cfg: dict):
-    """AugmentedDataset over the preset's data (Fashion-MNIST) with its multi-crop; synthetic if files are missing."""
-    from mst.data import AugmentedDataset, MultiCropTransform, build_pretrain_dataset
+def preset_base(cfg: dict):
+    """The preset's base dataset as the Trainer builds it (Fashion-MNIST); synthetic if the files are missing."""
+    from mst.data import build_dataset
 
     try:
-        return build_pretrain_dataset(cfg), "real"
+        return build_dataset(cfg["data"], min_size=int(cfg["augment"]["global_size"])), "real"
     except (FileNotFoundError, ValueError) as e:
         print(f"  (data not found: {e}; using synthetic images of the same size)")
-        d = cfg["data"]
-        t = MultiCropTransform(cfg["augment"], d["mean"], d["std"], int(d["channels"]))
-        return AugmentedDataset(synthetic_base_dataset(cfg, 4096), t, seed=0), "synthetic"
+        return synthetic_base_dataset(cfg, 4096), "synthetic"
 
 
 def make_jpeg_folder(root: Path, n: int, size=(500, 375), seed: int = 0) -> Path:
@@ -100,10 +113,10 @@ def end_to_end_rate(cfg: dict, workers: int, steps: int, device) -> float:
     from mst.engine.distributed import DistInfo
     from mst.engine.trainer import Trainer
 
-    tmp = tempfile.mkdtemp(prefix="mst_bench_e2e_")
     cfg = copy.deepcopy(cfg)
     cfg["data"]["num_workers"] = workers
-    tr = Trainer(cfg, tmp, dist_info=DistInfo(device=torch.device(device)), log=lambda *a, **k: None)
+    with tempfile.TemporaryDirectory(prefix="mst_bench_e2e_") as tmp:  # never written to: no fit, no save
+        tr = Trainer(cfg, tmp, dist_info=DistInfo(device=torch.device(device)), log=lambda *a, **k: None)
     tr.method.train()
     n, t0 = 0, None
     for k, loaded in enumerate(tr._loader()):
@@ -137,9 +150,10 @@ def make_tiff_folder(root: Path, n: int, bands: int = 13, size=(256, 256), seed:
     return root
 
 
-def own_data_rates(folder: Path, workers: list[int], batch: int, steps: int, device, n_batches: int) -> list[dict]:
+def own_data_rates(folder: Path, workers: list[int], batch: int, steps: int, device, n_batches: int,
+                   size: int = 224, depth: int = 4, tiny: bool = False) -> list[dict]:
     """Supply images/s (DataLoader of the pipeline's dataset) and the data-wait share of ``steps`` real training
-    steps, per worker count, for ``folder`` under configs/own_images_gpu.yaml at 224 px."""
+    steps, per worker count, for ``folder`` under configs/own_images_gpu.yaml at ``size`` px."""
     import json
 
     from mst.config import load_config
@@ -148,14 +162,19 @@ def own_data_rates(folder: Path, workers: list[int], batch: int, steps: int, dev
 
     rows = []
     for w in workers:
-        cfg = load_config(OWN_CONFIG, [f"data.root={folder}", "model.img_size=224", f"optim.batch_size={batch}",
-                                       f"data.num_workers={w}", "log.every=1", "log.progress=false",
-                                       "log.tensorboard=false", "optim.epochs=50", "model.depth=4"])
-        tmp = Path(tempfile.mkdtemp(prefix="mst_bench_own_"))
-        tr = Trainer(cfg, tmp, dist_info=DistInfo(device=torch.device(device)), log=lambda *a, **k: None)
-        supply = loader_rate(tr.pipeline.dataset, batch, w, n_batches, tr.pipeline.collate)
-        tr.fit(max_steps=steps + 1)
-        waits = [json.loads(line).get("data_wait") for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+        items = [f"data.root={folder}", f"model.img_size={size}", f"optim.batch_size={batch}",
+                 f"data.num_workers={w}", "log.every=1", "log.progress=false", "log.tensorboard=false",
+                 "optim.epochs=50", f"model.depth={depth}"]
+        if tiny:  # the engine's tiny head; the folder's own images (no subset), the decoder the patch size needs
+            items = [o for o in tiny_overrides(OWN_CONFIG, items)
+                     if not o.startswith(("data.subset=", "mst.decoder_channels="))] + items
+        cfg = load_config(OWN_CONFIG, items)
+        with tempfile.TemporaryDirectory(prefix="mst_bench_own_") as tmp:
+            tr = Trainer(cfg, tmp, dist_info=DistInfo(device=torch.device(device)), log=lambda *a, **k: None)
+            supply = loader_rate(tr.pipeline.dataset, batch, w, n_batches, tr.pipeline.collate)
+            tr.fit(max_steps=steps + 1)
+            lines = (Path(tmp) / "metrics.jsonl").read_text().splitlines()
+        waits = [json.loads(line).get("data_wait") for line in lines]
         waits = [v for v in waits[1:] if v is not None]  # the first step includes worker start-up
         rows.append({"num_workers": w, "supply img/s": supply, "data wait (share of step)": median(waits),
                      "channels": int(cfg["data"]["channels"])})
@@ -171,31 +190,28 @@ def own_data_part(args, device) -> dict:
         jpegs = make_jpeg_folder(Path(tmp) / "jpeg", args.own_images)
         tiffs = make_tiff_folder(Path(tmp) / "tiff", args.own_images)
         for name, folder in (("JPEG 500x375 RGB", jpegs), ("TIFF 256x256, 13 bands uint16", tiffs)):
-            rows = own_data_rates(folder, workers, args.own_batch, args.own_steps, device, args.batches)
-            print(f"\nyour own images: {name} -> configs/own_images_gpu.yaml at 224 px (MST, tensor backend, "
-                  f"batch {args.own_batch}, a 4-block ViT-S on {args.device}; data wait = the trainer's metric, "
-                  f"median of {args.own_steps} steps)")
+            rows = own_data_rates(folder, workers, args.own_batch, args.own_steps, device, args.batches,
+                                  args.own_size, args.own_depth, args.tiny)
+            print(f"\nyour own images: {name} -> configs/own_images_gpu.yaml at {args.own_size} px (MST, tensor "
+                  f"backend, batch {args.own_batch}, a {args.own_depth}-block ViT-S on {args.device}; data wait = "
+                  f"the trainer's metric, median of {args.own_steps} steps)")
             print_table(rows)
             out[name] = rows
     return out
 
 
-# -- gpu_augment ------------------------------------------------------------------------------------------------
-def gpu_aug_rate(cfg: dict, images, device, rounds: int, use_cpu_time: bool) -> float:
-    """Images/s of GPUMultiCrop on ``images`` (uint8 batch or list) on ``device``."""
-    from mst.data.gpu_augment import GPUMultiCrop
+# -- the tensor backend's device step (GPUMultiCrop) ---------------------------------------------------------------
+def gpu_aug_rate(cfg: dict, base, n: int, device, rounds: int, use_cpu_time: bool) -> float:
+    """Images/s of the tensor backend's ``to_batch`` (the crops, on ``device``) for the first ``n`` images of ``base``,
+    decoded and collated by the same pipeline as in training."""
+    from mst.data import build_pipeline
 
-    d = cfg["data"]
-    aug = GPUMultiCrop(cfg["augment"], d["mean"], d["std"], int(d["channels"]))
+    pipe = build_pipeline("multicrop", with_backend(cfg, "tensor"), base)
+    loaded = pipe.collate([pipe.dataset[i] for i in range(min(n, len(pipe.dataset)))])
+    b = len(loaded[1])
     gen = torch.Generator(device).manual_seed(0)
-    if isinstance(images, torch.Tensor):
-        images = images.to(device)
-        b = images.shape[0]
-    else:
-        images = [im.to(device) for im in images]
-        b = len(images)
-    aug(images, generator=gen)
-    samples = [timed2(lambda: aug(images, generator=gen), device) for _ in range(rounds)]
+    pipe.to_batch(loaded, device, gen)
+    samples = [timed2(lambda: pipe.to_batch(loaded, device, gen), device) for _ in range(rounds)]
     t = median(s[1] if use_cpu_time else s[0] for s in samples)
     return b / t
 
@@ -218,9 +234,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--own-images", type=int, default=48, help="images per folder in part 5 (default: %(default)s)")
     p.add_argument("--own-batch", type=int, default=16, help="batch of part 5 (default: %(default)s)")
     p.add_argument("--own-steps", type=int, default=3, help="timed training steps per run in part 5 (default: %(default)s)")
+    p.add_argument("--own-size", type=int, default=224, help="model.img_size of part 5 (default: %(default)s)")
+    p.add_argument("--own-depth", type=int, default=4, help="ViT blocks in part 5 (default: %(default)s)")
     p.add_argument("--gpu-rate", type=float, default=1000.0,
                    help="images/s one GPU trains at, for the workers-needed estimate (default: %(default)s)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, TINY)
     setup_threads(args)
     device = torch.device(args.device)
     use_cpu_time = device.type == "cpu" and torch.get_num_threads() == 1
@@ -233,19 +251,20 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(args.json, result)
         return result
 
-    # 1. supply: the preset's PIL pipeline
+    # 1. supply: the preset's multi-crop on the PIL backend, the engine's pipeline
+    from mst.data import build_pipeline
+
     cfg = load_cfg(args)
     batch = int(cfg["optim"]["batch_size"])
     a = cfg["augment"]
     desc = f"2 x {a['global_size']} + {a['n_local']} x {a['local_size']} px, {cfg['data']['channels']} ch"
-    from mst.data import collate_crops
-
-    ds, kind = fashion_dataset(cfg)
-    ms = per_sample_ms(ds, 2 * batch, use_cpu_time)
+    base, kind = preset_base(cfg)
+    pipe = build_pipeline("multicrop", with_backend(cfg, "pil"), base)
+    ms = per_sample_ms(pipe.dataset, 2 * batch, use_cpu_time)
     print(f"preset {args.config}: {desc}, batch {batch}, {kind} data; PIL pipeline {ms:.2f} ms / sample in-process")
     supply = {}
     for w in [int(x) for x in args.workers.split(",") if x != ""]:
-        supply[w] = loader_rate(ds, batch, w, args.batches, collate_crops)
+        supply[w] = loader_rate(pipe.dataset, batch, w, args.batches, pipe.collate)
 
     # 2. consumption: MST train steps on synthetic views of the same shapes
     tr = build_trainer(variant_cfg(args, "mst"), device)
@@ -280,11 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
                      for w, r in e2e.items()])
         result["preset"]["end_to_end_images_per_s"] = {str(w): r for w, r in e2e.items()}
 
-    # 4. GPUMultiCrop on the preset's setting
-    from mst.data.gpu_augment import pil_to_uint8
-
-    raw = torch.stack([pil_to_uint8(ds.base[i][0], int(cfg["data"]["channels"])) for i in range(batch)])
-    g_rate = gpu_aug_rate(cfg, raw, device, 5, use_cpu_time)
+    # 4. the tensor backend's crops on the preset's setting
+    g_rate = gpu_aug_rate(cfg, base, batch, device, 5, use_cpu_time)
     pil_rate = 1e3 / ms
     print(f"\nGPUMultiCrop on {args.device}, preset views: {g_rate:.0f} img/s vs PIL {pil_rate:.0f} img/s per core "
           f"(ratio {g_rate / pil_rate:.2f})")
@@ -294,8 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. the 224 px setting
     if not args.no_big:
         from mst.config import load_config
-        from mst.data import AugmentedDataset, MultiCropTransform, build_dataset
-        from mst.data.gpu_augment import RawImageDataset
+        from mst.data import build_dataset
 
         big = load_config(args.big_config)
         ab = big["augment"]
@@ -304,12 +319,11 @@ def main(argv: list[str] | None = None) -> dict:
             make_jpeg_folder(Path(tmp), args.big_images)
             data_cfg = dict(copy.deepcopy(big["data"]), name="folder", root=tmp, subset=None)
             base_big = build_dataset(data_cfg, split="train")
-            t = MultiCropTransform(ab, big["data"]["mean"], big["data"]["std"], 3)
-            pil_ms = per_sample_ms(AugmentedDataset(base_big, t, seed=0), args.big_images, use_cpu_time)
-            raw_ds = RawImageDataset(base_big, 3)
+            pil_pipe = build_pipeline("multicrop", with_backend(big, "pil"), base_big)
+            pil_ms = per_sample_ms(pil_pipe.dataset, args.big_images, use_cpu_time)
+            raw_ds = build_pipeline("multicrop", with_backend(big, "tensor"), base_big).dataset  # decode only
             decode_ms = per_sample_ms(raw_ds, args.big_images, use_cpu_time)
-            imgs = [raw_ds[i][0] for i in range(min(8, len(raw_ds)))]
-        g224 = gpu_aug_rate(big, imgs, device, 3, use_cpu_time)
+            g224 = gpu_aug_rate(big, base_big, 8, device, 3, use_cpu_time)
         pil224, dec224 = 1e3 / pil_ms, 1e3 / decode_ms
         need_pil, need_dec = args.gpu_rate / pil224, args.gpu_rate / dec224
         print(f"\n224 px setting ({big_desc}, 500x375 JPEGs), per CPU core:")

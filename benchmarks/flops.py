@@ -5,16 +5,18 @@ the measured effect of cheap speed-ups the trainer could adopt.
    ``torch.utils.flop_counter.FlopCounterMode``, for DINO and MST: the FLOP ratio MST / DINO is load-independent.
 2. Matmul peak: square fp32 matmuls (bf16 on CUDA with --amp bf16), median over repeats, best size.
 3. MST step time -> achieved FLOP/s and achieved / matmul peak.
-4. Speed-ups, each timed interleaved with the baseline MST step (paired per-round ratios, median):
-   - ``channels_last``: config optim.channels_last_decoder=true
-   - ``fused_adamw``:   torch.optim.AdamW(..., fused=True) instead of the default (for-loop on CPU)
-   - ``foreach_clip``:  DINO's per-parameter gradient clipping with torch._foreach_norm / _foreach_mul_ instead
-                        of one norm + mul per parameter
+4. Speed-ups, each timed interleaved with the baseline MST step (paired per-round ratios, median). Every step is the
+   engine's own ``Trainer.train_batch``; a speed-up is a config setting or a thread count, never a copy of engine code
+   (a copy drifts: the old ``foreach_clip`` copy crashed once the engine's clip_gradients took a mode).
+   - ``channels_last``: config optim.channels_last_decoder=true (now the default: a ratio of ~1)
    - ``threads=N``:     torch.set_num_threads(N) for the step (wall time; needs N cores free)
    - ``compile``:       config optim.compile=true (torch.compile of the student), in a subprocess capped by
                         --compile-timeout; compile time reported separately. Opt-in: --compile.
+   The engine adopted the former ``fused_adamw`` (fused AdamW in build_optimizer) and ``foreach_clip``
+   (_foreach_norm / _foreach_mul_ in clip_gradients) speed-ups, so the baseline step already has them.
 
     python benchmarks/flops.py                                       # CPU, Fashion-MNIST ViT-Tiny preset
+    python benchmarks/flops.py --tiny --json /tmp/flops.json         # seconds: a 1-block ViT, 2 rounds
     python benchmarks/flops.py --compile                             # + torch.compile (slow to compile)
     python benchmarks/flops.py --config configs/imagenet_deit_small_300ep.yaml --set optim.batch_size=64 \\
         --device cuda --amp bf16 --rounds 20 --compile
@@ -37,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from common import (  # noqa: E402
     add_common_args, alternate, build_trainer, device_name, environment, make_batch, median, paired_ratios,
-    print_table, setup_threads, sync, timed2, variant_cfg, write_json,
+    parse_args, print_table, setup_threads, sync, timed2, variant_cfg, write_json,
 )
 
 
@@ -68,28 +70,10 @@ def matmul_peak(sizes: list[int], repeats: int, device: torch.device, dtype: tor
 
 
 # -- speed-up variants ------------------------------------------------------------------------------------------
-def foreach_clip_gradients(model: torch.nn.Module, clip: float) -> None:
-    """Same result as mst.engine.optim.clip_gradients (per-parameter norm clipping), batched with _foreach ops."""
-    if clip <= 0:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    norms = torch.stack(torch._foreach_norm(grads, 2))
-    factors = torch.clamp(clip / (norms + 1e-6), max=1.0)
-    torch._foreach_mul_(grads, list(factors.unbind()))
-
-
-@contextlib.contextmanager
-def patched_clip():
-    import mst.engine.trainer as trainer_mod
-
-    original = trainer_mod.clip_gradients
-    trainer_mod.clip_gradients = foreach_clip_gradients
-    try:
-        yield
-    finally:
-        trainer_mod.clip_gradients = original
+TRIES = ("channels_last", "threads")
+ADOPTED = {"fused_adamw": "fused AdamW (mst.engine.optim.build_optimizer)",
+           "foreach_clip": "_foreach gradient clipping (mst.engine.optim.clip_gradients)"}
+TINY = {"rounds": 2, "matmul_sizes": "64,128", "matmul_repeats": 3, "try_threads": 2}
 
 
 @contextlib.contextmanager
@@ -100,25 +84,6 @@ def threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def fused_adamw(trainer) -> None:
-    trainer.optimizer = torch.optim.AdamW(trainer.method.param_groups(), lr=0.0, weight_decay=0.0, fused=True)
-
-
-def check_foreach_clip() -> float:
-    """Max abs difference between the two clipping implementations on random gradients (should be ~1e-7)."""
-    from mst.engine.optim import clip_gradients
-
-    torch.manual_seed(0)
-    m1 = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
-    m2 = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
-    for p1, p2 in zip(m1.parameters(), m2.parameters()):
-        p1.grad = torch.randn_like(p1) * 3
-        p2.grad = p1.grad.clone()
-    clip_gradients(m1, 1.0)
-    foreach_clip_gradients(m2, 1.0)
-    return max(float((p1.grad - p2.grad).abs().max()) for p1, p2 in zip(m1.parameters(), m2.parameters()))
 
 
 # -- torch.compile in a capped subprocess -----------------------------------------------------------------------
@@ -167,14 +132,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", "--steps", dest="rounds", type=int, default=6, help="timed rounds (default: %(default)s)")
     p.add_argument("--matmul-sizes", default="1024,2048", help="square matmul sizes (default: %(default)s)")
     p.add_argument("--matmul-repeats", type=int, default=7)
-    p.add_argument("--try", dest="tries", default="channels_last,fused_adamw,foreach_clip,threads",
+    p.add_argument("--try", dest="tries", default=",".join(TRIES),
                    help="speed-ups to time against the baseline (default: %(default)s; empty: none)")
     p.add_argument("--try-threads", type=int, default=None,
                    help="thread count for the 'threads' speed-up (default: all cores, %d)" % (os.cpu_count() or 1))
     p.add_argument("--compile", action="store_true", help="also time torch.compile (optim.compile=true)")
     p.add_argument("--compile-timeout", type=float, default=900, help="cap on the compile subprocess, s")
     p.add_argument("--_compile-child", dest="compile_child", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, TINY)
+    tries = [t for t in args.tries.split(",") if t]
+    for t in tries:
+        if t in ADOPTED:
+            p.error(f"--try {t}: the engine adopted {ADOPTED[t]}; the baseline step already uses it")
+        if t not in TRIES:
+            p.error(f"--try {t}: not one of {', '.join(TRIES)}")
     setup_threads(args)
     if args.compile_child:
         compile_child(args)
@@ -210,24 +181,11 @@ def main(argv: list[str] | None = None) -> dict:
     print_table([{"matmul": f"{n}x{n} {str(mm_dtype).replace('torch.', '')}", "GFLOP/s": v / 1e9} for n, v in mm.items()])
 
     # 3 + 4. step time of the baseline and the speed-ups, interleaved
-    tries = [t for t in args.tries.split(",") if t]
     fns = {"baseline": lambda: base.train_batch(views)}
     notes = {}
     if "channels_last" in tries:
         cl = build_trainer(variant_cfg(args, "mst", ["optim.channels_last_decoder=true"]), device)
         fns["channels_last"] = lambda: cl.train_batch(views)
-    if "fused_adamw" in tries:
-        fu = build_trainer(cfg, device)
-        fused_adamw(fu)
-        fns["fused_adamw"] = lambda: fu.train_batch(views)
-    if "foreach_clip" in tries:
-        notes["foreach_clip"] = f"max |diff| vs per-parameter clip: {check_foreach_clip():.1e}"
-        fc = build_trainer(cfg, device)
-
-        def clip_step():
-            with patched_clip():
-                fc.train_batch(views)
-        fns["foreach_clip"] = clip_step
     n_thr = args.try_threads or (os.cpu_count() or 1)
     if "threads" in tries and device.type == "cpu" and n_thr != torch.get_num_threads():
         th = build_trainer(cfg, device)

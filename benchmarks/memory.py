@@ -18,6 +18,7 @@ the whole decoder (a suggestion, applied by wrapping the module here; src/ is un
 
     python benchmarks/memory.py                                          # CPU, batches 1 and 2 (< 3 min)
     python benchmarks/memory.py --batches 2,4                            # CPU, batches 2 and 4 (~3.5 min)
+    python benchmarks/memory.py --tiny --json /tmp/memory.json           # seconds: Fashion-MNIST presets, 1 block
     python benchmarks/memory.py --device cuda --amp bf16 --batches 32,64
 """
 from __future__ import annotations
@@ -38,14 +39,18 @@ import torch  # noqa: E402
 import torch.utils.checkpoint  # noqa: E402
 
 from common import (  # noqa: E402
-    REPO, add_common_args, build_trainer, device_name, environment, human_bytes, load_cfg, make_batch, print_table,
-    setup_threads, sync, variant_cfg, write_json,
+    DEFAULT_CONFIG, METHOD_CONFIGS, REPO, add_common_args, build_trainer, device_name, environment, human_bytes,
+    load_cfg, make_batch, parse_args, print_table, setup_threads, sync, variant_cfg, write_json,
 )
 
 BIG_CONFIG = REPO / "configs" / "imagenet_deit_small_300ep.yaml"
 BIG_METHOD_CONFIGS = {"mae": REPO / "configs" / "imagenet_mae_vit_base_800ep.yaml",
                       "simmim": REPO / "configs" / "imagenet_simmim_vit_base_800ep.yaml"}
 MODES = {"dino": "dino", "mst": "mst", "mst+dec_ckpt": "mst", "mae": "mae", "simmim": "simmim"}  # -> VARIANTS
+# --tiny: the Fashion-MNIST presets at the engine's tiny sizes, DINO and MST with the decoder checkpointed too (the
+# part that reaches into the model), at two batches: 4 subprocesses of ~4 s each (mostly importing torch)
+TINY = {"config": str(DEFAULT_CONFIG), **{f"{k}_config": str(v) for k, v in METHOD_CONFIGS.items()},
+        "batches": "4,16", "modes": "dino,mst+dec_ckpt", "checkpointing": "1", "timeout": 120}
 
 
 class CheckpointedDecoder(torch.nn.Module):
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpointing", default="0,1", help="0 / 1 list (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=300, help="cap per subprocess, s")
     p.add_argument("--_child", dest="child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, TINY)
     setup_threads(args)
     if args.child:
         mode, ckpt, batch = args.child.split(",")
@@ -235,16 +240,19 @@ def main(argv: list[str] | None = None) -> dict:
     def key(s):  # the per-image measure used for ratios: the slope when available
         return s["slope_bytes"] if s["slope_bytes"] is not None else s["per_image_bytes"]
 
+    def ratio(a, b):  # a step too small to move the RSS has no meaningful ratio
+        return key(a) / key(b) if key(b) > 0 else float("nan")
+
     ratios = {}
     for mode in modes:
         if (mode, False) in summary and (mode, True) in summary:
-            ratios[f"{mode}: checkpointing / none"] = key(summary[(mode, True)]) / key(summary[(mode, False)])
+            ratios[f"{mode}: checkpointing / none"] = ratio(summary[(mode, True)], summary[(mode, False)])
     for ckpt in ckpts:
         for m in ("mst", "mst+dec_ckpt"):
             if (m, ckpt) in summary and ("dino", ckpt) in summary:
                 name = "MST" if m == "mst" else "MST with decoder checkpointed"
-                ratios[f"{name} / DINO (checkpointing {'on' if ckpt else 'off'})"] = (
-                    key(summary[(m, ckpt)]) / key(summary[("dino", ckpt)]))
+                ratios[f"{name} / DINO (checkpointing {'on' if ckpt else 'off'})"] = ratio(
+                    summary[(m, ckpt)], summary[("dino", ckpt)])
     print()
     for k, v in ratios.items():
         print(f"{k} = {v:.3f}")

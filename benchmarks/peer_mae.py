@@ -1,17 +1,21 @@
-"""MAE step time: ours (``configs/fashion_mnist_mae.yaml``) against MAE assembled from a peer library's modules
-(lightly: ``MaskedVisionTransformerTIMM`` + ``MAEDecoderTIMM`` + ``random_token_mask``, its documented MAE recipe)
-on the same narrow timm ViT, the same batch of synthetic 28 px images, the same optimizer, in one run.
+"""MAE step time: ours (``configs/fashion_mnist_mae.yaml``, the engine's own ``Trainer.train_batch``) against MAE
+assembled from a peer library's modules (lightly: ``MaskedVisionTransformerTIMM`` + ``MAEDecoderTIMM`` +
+``random_token_mask``, its documented MAE recipe) on the same narrow timm ViT, the same batch of synthetic 28 px
+images, in one run.
 
-Both steps are timed back to back in every round (order alternating), after warm-up, on the same threads; the
-ratio ours / peer is the median of per-round ratios. lightly is not a dependency of mst: install it first
-(``pip install --no-deps lightly``; the script says so if it is missing).
+Both steps are timed back to back in every round (order rotated), after warm-up, on the same threads; the ratio
+ours / peer is the median of per-round ratios. Ours is the trainer's whole step (schedules, loss, backward,
+clipping, AdamW), not a copy of it, so the comparison follows the engine. lightly is not a dependency of mst: install
+it first (``pip install --no-deps lightly``); without it the script times ours alone and says so.
 
     python benchmarks/peer_mae.py                 # 2 threads, batch 64
     python benchmarks/peer_mae.py --threads 1 --batch 64 --rounds 40
+    python benchmarks/peer_mae.py --tiny --json /tmp/peer_mae.json    # seconds: a 1-block ViT, batch 8
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,7 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import alternate, device_name, median, paired_ratios, print_table  # noqa: E402
+from common import (  # noqa: E402
+    METHOD_CONFIGS, add_common_args, alternate, build_trainer, device_name, environment, load_cfg, make_batch,
+    median, paired_ratios, parse_args, print_table, setup_threads, write_json,
+)
+
+TINY = {"threads": 1, "batch": 8, "rounds": 2, "warmup": 1}
+MISSING = "lightly is not installed: pip install --no-deps lightly (it is only needed for this comparison)"
 
 
 def peer_step_fn(vit, batch_images: torch.Tensor, cfg: dict):
@@ -35,6 +45,8 @@ def peer_step_fn(vit, batch_images: torch.Tensor, cfg: dict):
                              decoder_embed_dim=int(cfg["mae"]["decoder_dim"]),
                              decoder_depth=int(cfg["mae"]["decoder_depth"]),
                              decoder_num_heads=int(cfg["mae"]["decoder_heads"]))
+    backbone.to(batch_images.device)
+    decoder.to(batch_images.device)
     params = list(backbone.parameters()) + list(decoder.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
     ratio = float(cfg["mim"]["mask_ratio"])
@@ -60,52 +72,43 @@ def peer_step_fn(vit, batch_images: torch.Tensor, cfg: dict):
     return step
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_mae.yaml"))
-    p.add_argument("--threads", type=int, default=2)
+def main(argv: list[str] | None = None) -> dict:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter),
+                        config=METHOD_CONFIGS["mae"])
+    p.set_defaults(threads=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    import importlib.util
+    args = parse_args(p, argv, TINY)
+    setup_threads(args)
+    device = torch.device(args.device)
+    cfg = load_cfg(args, [f"optim.batch_size={args.batch}"])
+    trainer = build_trainer(cfg, device)
+    batch = make_batch(cfg, device, args.batch)
+    fns = {"mst mae": lambda: trainer.train_batch(batch)}
+    peer = importlib.util.find_spec("lightly") is not None
+    if peer:
+        import timm
 
-    if importlib.util.find_spec("lightly") is None:
-        print("lightly is not installed: pip install --no-deps lightly (it is only needed for this comparison)")
-        return {}
-    from mst.config import load_config
-    from mst.methods import StepContext, build_method
-    from mst.data import Batch
-    from mst.engine.optim import build_optimizer
+        from mst.models.backbones import timm_spec
 
-    cfg = load_config(args.config, [f"optim.batch_size={args.batch}"])
-    torch.manual_seed(0)
-    c, s = int(cfg["data"]["channels"]), int(cfg["augment"]["global_size"])
-    images = torch.randn(args.batch, c, s, s)
-    ours = build_method(cfg).train()
-    opt = build_optimizer(ours.param_groups(), cfg["optim"]["betas"])
-    batch = Batch([images], torch.zeros(args.batch, dtype=torch.long), torch.arange(args.batch))
-
-    def our_step():
-        out = ours(batch, StepContext(epoch=0, step=0))
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-
-    import timm
-    from mst.models.backbones import timm_spec
-
-    name, kwargs = timm_spec(cfg["model"], c)
-    peer_vit = timm.create_model(name, pretrained=False, **kwargs)
-    fns = {"mst mae": our_step, "lightly mae": peer_step_fn(peer_vit, images, cfg)}
-    wall, _ = alternate(fns, args.rounds, torch.device("cpu"), warmup=args.warmup)
+        torch.manual_seed(0)
+        name, kwargs = timm_spec(cfg["model"], int(cfg["data"]["channels"]))
+        fns["lightly mae"] = peer_step_fn(timm.create_model(name, pretrained=False, **kwargs), batch.views[0], cfg)
+    else:
+        print(MISSING)
+    wall, cpu = alternate(fns, args.rounds, device, warmup=args.warmup)
     rows = [{"step": n, "median (ms)": 1e3 * median(wall[n]), "images/s": args.batch / median(wall[n])} for n in fns]
-    print(f"device: {device_name('cpu')}, batch {args.batch}, {args.rounds} rounds")
+    print(f"device: {device_name(device)}, {args.config} {' '.join(args.overrides)}, batch {args.batch}, "
+          f"{args.rounds} rounds")
     print_table(rows)
-    r = median(paired_ratios(wall, "mst mae", "lightly mae"))
-    print(f"\nmst MAE / lightly MAE step time = {r:.3f}")
-    return {"rows": rows, "ratio": r}
+    r = median(paired_ratios(wall, "mst mae", "lightly mae")) if peer else None
+    if peer:
+        print(f"\nmst MAE / lightly MAE step time = {r:.3f}")
+    result = {"env": environment(device), "config": args.config, "overrides": args.overrides, "batch": args.batch,
+              "rows": rows, "ratio": r, "peer": "lightly" if peer else MISSING, "times": {"wall": wall, "cpu": cpu}}
+    write_json(args.json, result)
+    return result
 
 
 if __name__ == "__main__":

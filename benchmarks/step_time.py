@@ -13,6 +13,7 @@ On CPU with one torch thread (the default) the headline ratio uses process CPU t
 the process waited for a core on a shared machine; wall times are printed next to it. On CUDA: wall time.
 
     python benchmarks/step_time.py                                   # CPU, the Fashion-MNIST presets
+    python benchmarks/step_time.py --tiny --json /tmp/step_time.json # seconds: every variant, 1-block ViTs
     python benchmarks/step_time.py --config configs/imagenet_deit_small_300ep.yaml \\
         --mae-config configs/imagenet_mae_vit_base_800ep.yaml \\
         --simmim-config configs/imagenet_simmim_vit_base_800ep.yaml --device cuda --amp bf16 --batch 64
@@ -33,10 +34,11 @@ import torch  # noqa: E402
 
 from common import (  # noqa: E402
     VARIANTS, add_common_args, alternate, build_trainer, device_name, environment, make_batch, median,
-    paired_ratios, print_table, refresh_seconds_per_image, setup_threads, variant_cfg, write_json,
+    paired_ratios, parse_args, print_table, refresh_seconds_per_image, setup_threads, variant_cfg, write_json,
 )
 
 TARGET = 1.10  # MST / DINO
+TINY = {"rounds": 2, "warmup": 1, "refresh_images": 16}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,7 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of %(default)s")
     p.add_argument("--batch", type=int, default=None, help="images per step for every variant (default: DINO's)")
-    args = p.parse_args(argv)
+    p.add_argument("--refresh-images", type=int, default=256,
+                   help="synthetic images the AMT refresh is timed on (default: %(default)s)")
+    args = parse_args(p, argv, TINY)
     setup_threads(args)
     device = torch.device(args.device)
     names = [v for v in args.variants.split(",") if v]
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         amt = f"{plain}_amt"
         if plain in wall and amt in wall:
             step_ratio = median(paired_ratios(primary, amt, plain))
-            per_image = refresh_seconds_per_image(trainers[amt])
+            per_image = refresh_seconds_per_image(trainers[amt], args.refresh_images)
             interval = int(cfgs[amt]["amt"]["interval"])
             amortised = per_image * batch / interval
             total = step_ratio + amortised / median(primary[plain])  # the refresh's share of a plain step on top
