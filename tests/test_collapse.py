@@ -66,3 +66,84 @@ def test_monitor_needs_a_run_of_steps():
         assert not caught
         m.update(0.97, 6)
         assert len(caught) == 1
+
+
+# -- DINOv2's levers: Sinkhorn-Knopp centering and KoLeo; RankMe and the feature spread -----------------------------
+import numpy as np  # noqa: E402
+
+from mst.eval.online import _warn_if_rank_falls  # noqa: E402
+from mst.losses.dino_loss import feature_stats, sinkhorn_knopp  # noqa: E402
+from mst.losses.koleo import koleo_loss  # noqa: E402
+
+
+def _sinkhorn_reference(scores: np.ndarray, iters: int) -> np.ndarray:
+    """SwAV's algorithm in float64: Q = exp(S)^T, alternately give every prototype (row) 1/K and every image
+    (column) 1/B of the mass, then scale so each image's column sums to 1."""
+    q = np.exp(scores.astype(np.float64)).T
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iters):
+        q /= q.sum(axis=1, keepdims=True) * k
+        q /= q.sum(axis=0, keepdims=True) * b
+    return (q * b).T
+
+
+def test_sinkhorn_matches_the_reference_and_balances_prototypes():
+    torch.manual_seed(0)
+    scores = torch.randn(12, 5) * 3
+    got = sinkhorn_knopp(scores, iters=3)
+    np.testing.assert_allclose(got.numpy(), _sinkhorn_reference(scores.numpy(), 3), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(got.sum(-1), torch.ones(12), atol=1e-6)
+    # converged, every prototype gets the same share of the batch even when one score column dominates
+    skewed = scores.clone()
+    skewed[:, 0] += 5.0
+    many = sinkhorn_knopp(skewed, iters=200)
+    np.testing.assert_allclose(many.sum(0).numpy(), np.full(5, 12 / 5), rtol=1e-3)
+    assert float(torch.softmax(skewed, -1)[:, 0].mean()) > 0.8  # a softmax would have put most mass on it
+
+
+def test_koleo_matches_brute_force_nearest_neighbours():
+    torch.manual_seed(1)
+    x = torch.randn(9, 6)
+    z = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    nearest = [min(np.linalg.norm(z[i] - z[j]) for j in range(9) if j != i) for i in range(9)]
+    assert float(koleo_loss(x)) == pytest.approx(-np.mean(np.log(np.array(nearest) + 1e-8)), rel=1e-5)
+    with pytest.raises(ValueError, match="at least two"):
+        koleo_loss(x[:1])
+
+
+def test_feature_stats_rank_and_spread():
+    torch.manual_seed(2)
+    x = torch.randn(50, 8)
+    sv = np.linalg.svd(x.numpy(), compute_uv=False)
+    p = sv / sv.sum() + 1e-7
+    st = feature_stats(x)
+    assert st["rankme"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-4)
+    z = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    assert st["feature_std"] == pytest.approx(float(z.std(axis=0, ddof=1).mean()), rel=1e-4)
+    point = torch.ones(50, 8) + 1e-4 * torch.randn(50, 8)  # collapsed onto one direction
+    assert feature_stats(point)["rankme"] < 1.1 and feature_stats(point)["feature_std"] < 1e-3
+
+
+def test_rank_warning_fires_once_when_the_rank_halves():
+    state = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for r in (20.0, 30.0, 16.0, 14.0, 5.0):
+            _warn_if_rank_falls(state, r, step=0)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
+    assert len(msgs) == 1 and "fell to 14.0" in msgs[0] and "best 30.0" in msgs[0]
+
+
+def test_koleo_and_sinkhorn_in_the_mst_step():
+    cfg = make_tiny_cfg("dino.koleo_weight=0.1", "dino.centering=sinkhorn")
+    torch.manual_seed(0)
+    mst = build_method(cfg)
+    views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.randn(4, 1, 12, 12), torch.randn(4, 1, 12, 12)]
+    out = step(mst, views)
+    m = out.metrics
+    expected = m["loss_ce"] + 0.1 * m["loss_koleo"] + cfg["mst"]["restore_weight"] * m.get("loss_restore", 0.0)
+    assert m["loss"] == pytest.approx(expected, rel=1e-5) and m["loss_koleo"] != 0
+    assert float(mst.dino_loss.center.abs().sum()) == 0.0  # Sinkhorn replaces the centre: it never moves
+    with pytest.raises(Exception, match="dino.centering='mean' is not one of center, sinkhorn"):
+        build_method(make_tiny_cfg("dino.centering=mean"))

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from mst.config import load_config
-from mst.eval.visualize import attention_figure, per_head_attention, plot_training_curves, run_visualize
+from mst.eval.visualize import (attention_figure, per_head_attention, plot_collapse_curves, plot_training_curves,
+                                run_visualize)
 from mst.methods import build_method
 from tests.conftest import TINY_MAE, TINY_SIMMIM, save_method
 
@@ -95,6 +96,25 @@ def test_training_curves(tmp_path):
     with Image.open(out) as im:
         assert im.size == (3 * 400, 2 * 300)  # 5 numeric series -> 3 x 2 grid of 4x3-inch panels at 100 dpi
     assert len(notes) == 1 and "not valid JSON" in notes[0]
+
+
+def test_collapse_curves_overlay_runs_and_skip_without_monitors(tmp_path):
+    for name, ratio in (("healthy", 0.4), ("collapsed", 0.95)):
+        d = tmp_path / name
+        d.mkdir()
+        recs = [{"step": s, "loss_ce": 5.0, "teacher_entropy_ratio": ratio, "kl": 1.0, "center_norm": 2.0,
+                 "teacher_cls_std": 0.05} for s in (10, 20, 30)] + [{"step": 30, "knn_top1": 60.0, "rankme": 40.0}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    out = plot_collapse_curves({"healthy": tmp_path / "healthy", "collapsed": tmp_path / "collapsed"},
+                               tmp_path / "c.png")
+    with Image.open(out) as im:
+        assert im.size == (1200, 600)  # 3 x 2 panels of 4 x 3 inches at 100 dpi
+    mae = tmp_path / "mae"
+    mae.mkdir()
+    (mae / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    notes: list[str] = []
+    assert plot_collapse_curves({"mae": mae}, tmp_path / "m.png", notes.append) is None
+    assert "no run logged the DINO monitors" in notes[0] and not (tmp_path / "m.png").exists()
 
 
 def test_run_visualize(tmp_path):

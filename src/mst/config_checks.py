@@ -315,6 +315,8 @@ RANGES: dict[str, Range | Each | Rule] = {
     "dino.center_momentum": PROBABILITY,
     "dino.momentum_teacher": PROBABILITY,
     "dino.freeze_last_layer": NON_NEGATIVE,
+    "dino.sinkhorn_iters": AT_LEAST_1,
+    "dino.koleo_weight": NON_NEGATIVE,
     # mst
     "mst.mask_num": AT_LEAST_1,
     "mst.mask_p": PROBABILITY,

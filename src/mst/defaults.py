@@ -102,6 +102,9 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "warmup_teacher_temp_epochs": 0,
         "student_temp": 0.1,
         "center_momentum": 0.9,
+        "centering": "center",  # center (DINO: EMA of the teacher's mean output) | sinkhorn (DINOv2: Sinkhorn-Knopp)
+        "sinkhorn_iters": 3,  # DINOv2's number of normalisations
+        "koleo_weight": 0.0,  # KoLeo on the student's global-view CLS tokens (DINOv2: 0.1; 0: off)
         "momentum_teacher": 0.996,  # cosine to 1 over training
         "freeze_last_layer": 1,  # epochs during which the prototypes do not move
     },

@@ -6,10 +6,12 @@ from typing import Callable
 
 from mst.eval.features import extract_features, load_eval_split
 from mst.eval.knn import knn_accuracy
+from mst.losses.dino_loss import feature_stats
 
 
 def online_knn_evaluator(cfg: dict) -> Callable:
-    """Returns ``evaluate(trainer) -> {"knn_top1": %}``; the subsets (``log.knn_train_subset`` /
+    """Returns ``evaluate(trainer) -> {"knn_top1": %, "rankme", "feature_std"}`` (the last two: the CLS features'
+    effective rank and spread on the k-NN bank, :func:`feature_stats`); the subsets (``log.knn_train_subset`` /
     ``log.knn_test_subset``, fixed seeds) are loaded on first use, on the main process only."""
     log_cfg = cfg["log"]
     cache: dict = {}
@@ -23,6 +25,25 @@ def online_knn_evaluator(cfg: dict) -> Callable:
         test_f, test_y = extract_features(backbone, cache["test"], "cls", 256, trainer.device)
         k = int(log_cfg["knn_k"])
         acc = knn_accuracy(train_f, train_y, test_f, test_y, ks=(k,))
-        return {"knn_top1": acc[k]}
+        stats = feature_stats(train_f)
+        _warn_if_rank_falls(cache, stats["rankme"], trainer.global_step)
+        return {"knn_top1": acc[k], **stats}
 
     return evaluate
+
+
+def _warn_if_rank_falls(state: dict, rank: float, step: int, share: float = 0.5) -> None:
+    """One CollapseWarning when the features' effective rank drops below ``share`` of the best seen in this run:
+    the dimensional collapse that the entropy of a DINO teacher does not show (and that MIM can have too)."""
+    best = state.get("best_rank", 0.0)
+    state["best_rank"] = max(best, rank)
+    if rank < share * best and not state.get("rank_warned"):
+        import warnings
+
+        from mst.losses.dino_loss import CollapseWarning
+
+        state["rank_warned"] = True
+        warnings.warn(f"the effective rank (RankMe) of the CLS features fell to {rank:.1f} at step {step}, below "
+                      f"{share:.0%} of this run's best {best:.1f}: the features are collapsing onto fewer "
+                      "directions. For DINO/MST try dino.koleo_weight=0.1 or dino.centering=sinkhorn, a smaller "
+                      "dino.out_dim or a lower lr (docs/results.md)", CollapseWarning, stacklevel=2)

@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 from mst.eval.features import Log, default_device  # noqa: E402
 from mst.figures import Panel, to_display  # noqa: E402
 
-__all__ = ["per_head_attention", "attention_figure", "plot_training_curves", "run_visualize"]
+__all__ = ["per_head_attention", "attention_figure", "plot_training_curves", "plot_collapse_curves", "run_visualize"]
 
 DPI = 100
 PanelsFn = Callable[[torch.Tensor, torch.Generator], list[list[Panel]]]
@@ -148,6 +148,48 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None
     return out
 
 
+COLLAPSE_PANELS = (  # metric, title, reference lines
+    ("teacher_entropy_ratio", "teacher entropy / ln K (1: uniform)", (0.85, 1.0)),
+    ("kl", "KL(teacher || student) = CE - H", ()),
+    ("center_norm", "centre norm", ()),
+    ("teacher_cls_std", "teacher CLS std per dim (batch)", ()),
+    ("rankme", "RankMe of CLS (k-NN bank)", ()),
+    ("knn_top1", "online k-NN top-1 (%)", ()),
+)
+
+
+def plot_collapse_curves(runs: dict[str, str | Path], out_path: str | Path, log: Log = print) -> Path | None:
+    """The DINO-family collapse monitors of one or more runs (``{label: run_dir}``), one panel per monitor with
+    every run overlaid: the teacher's entropy against ln K (dashed: the warning's 0.85, and uniform), the KL
+    between teacher and student terms, the centre's norm, the spread of the teacher's CLS tokens, and, at each
+    online evaluation, RankMe and the k-NN accuracy. None (with a line saying why) when no run logged them."""
+    curves = {label: read_metrics(Path(d) / "metrics.jsonl", log) for label, d in runs.items()
+              if (Path(d) / "metrics.jsonl").is_file()}
+    if not any("teacher_entropy_ratio" in r for recs in curves.values() for r in recs):
+        log("collapse curves skipped: no run logged the DINO monitors (teacher_entropy_ratio)")
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6), dpi=DPI)
+    for ax, (key, title, refs) in zip(axes.ravel(), COLLAPSE_PANELS):
+        for label, recs in curves.items():
+            pts = [(r["step"], r[key]) for r in recs if key in r and "step" in r and math.isfinite(r[key])]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 20 else None, markersize=3, linewidth=1, label=label)
+        for y in refs:
+            ax.axhline(y, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
 def load_image_tensor(path: str | Path, cfg: dict) -> torch.Tensor:
     """An image file as the checkpoint saw its views: its channels, shorter side resized to global_size and a
     centre crop, normalised with data.mean/std. Returns (C, S, S)."""
@@ -206,6 +248,10 @@ def run_visualize(
     if curves is not None:
         written.append(curves)
         log(f"wrote {curves}")
+        collapse = plot_collapse_curves({run_dir.name: run_dir}, out_dir / "collapse_monitors.png", lambda s: None)
+        if collapse is not None:
+            written.append(collapse)
+            log(f"wrote {collapse}")
     return written
 
 

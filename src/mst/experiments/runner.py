@@ -114,8 +114,13 @@ def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
     wall = {}
     t0 = time.perf_counter()
     backbone, cfg = load_eval_backbone(run_dir, None, dev, random_init=random_init, seed=0)
-    train = load_eval_split(cfg, "train", proto.knn.get("train_subset"), seed=0)
-    test = load_eval_split(cfg, "test", proto.knn.get("test_subset"), seed=1)
+    if proto.knn.get("split") == "val":  # choosing a recipe: bank and queries are disjoint training images
+        n_bank, n_query = int(proto.knn["train_subset"]), int(proto.knn["test_subset"])
+        x, y = load_eval_split(cfg, "train", n_bank + n_query, seed=0)
+        train, test = (x[:n_bank], y[:n_bank]), (x[n_bank:], y[n_bank:])
+    else:
+        train = load_eval_split(cfg, "train", proto.knn.get("train_subset"), seed=0)
+        test = load_eval_split(cfg, "test", proto.knn.get("test_subset"), seed=1)
     train_f, train_y = extract_features(backbone, train, "cls", 256, dev)
     test_f, test_y = extract_features(backbone, test, "cls", 256, dev)
     acc = knn_accuracy(train_f.to(dev), train_y.to(dev), test_f.to(dev), test_y.to(dev), ks=(10, 20))

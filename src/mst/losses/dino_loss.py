@@ -18,6 +18,17 @@ def collapse_stats(teacher_probs: torch.Tensor, ce: float, center: torch.Tensor)
             "kl": ce - entropy, "center_norm": float(center.norm())}
 
 
+def feature_stats(features: torch.Tensor, eps: float = 1e-7) -> dict[str, float]:
+    """Dimensional collapse of (N, D) features: RankMe (Garrido et al., ICML 2023), exp of the entropy of the
+    normalised singular values (1 for one direction, up to min(N, D)), and the mean over dimensions of the std of
+    the L2-normalised features (0 when they collapse to one point, about 1/sqrt(D) when spread out)."""
+    f = features.float()
+    sv = torch.linalg.svdvals(f)
+    p = sv / sv.sum() + eps
+    z = F.normalize(f, dim=-1)
+    return {"rankme": float(torch.exp(-(p * torch.log(p)).sum())), "feature_std": float(z.std(dim=0).mean())}
+
+
 class CollapseWarning(UserWarning):
     """The DINO teacher is drifting towards a uniform output."""
 
@@ -46,6 +57,34 @@ class CollapseMonitor:
                 CollapseWarning, stacklevel=2)
 
 
+CENTERINGS = ("center", "sinkhorn")
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: torch.Tensor, iters: int = 3) -> torch.Tensor:
+    """Teacher targets by Sinkhorn-Knopp (SwAV; DINOv2's replacement for the centre): the (B, K) assignment
+    proportional to exp(scores) whose prototypes each get 1/K of the batch (rows, across all processes) and
+    whose images each carry 1/B (columns), after ``iters`` alternating normalisations. Rows sum to 1 on return.
+    A batch cannot put all its mass on one prototype, which is what keeps it from collapsing without a centre."""
+    q = torch.exp(scores - scores.max()).t()  # (K, B); the shift cancels in the normalisations
+    distributed = dist.is_available() and dist.is_initialized()
+    batch = torch.tensor([float(q.shape[1])], device=q.device)
+    if distributed:
+        dist.all_reduce(batch)
+    k = q.shape[0]
+    total = q.sum()
+    if distributed:
+        dist.all_reduce(total)
+    q = q / total
+    for _ in range(int(iters)):
+        rows = q.sum(dim=1, keepdim=True)
+        if distributed:
+            dist.all_reduce(rows)
+        q = q / rows / k
+        q = q / q.sum(dim=0, keepdim=True) / batch
+    return (q * batch).t()
+
+
 class DINOLoss(nn.Module):
     """Cross-entropy between the centred, sharpened teacher distribution on each global view and the student's
     distribution on every *other* view, averaged over those pairs.
@@ -64,11 +103,16 @@ class DINOLoss(nn.Module):
         warmup_teacher_temp_epochs: int = 0,
         epochs: int = 100,
         center_momentum: float = 0.9,
+        centering: str = "center",
+        sinkhorn_iters: int = 3,
     ) -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"dino.centering={centering!r} is not one of {', '.join(CENTERINGS)}")
         self.n_global = n_global
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering, self.sinkhorn_iters = centering, int(sinkhorn_iters)
         self.register_buffer("center", torch.zeros(1, out_dim))
         warm = int(min(warmup_teacher_temp_epochs, epochs))
         self.teacher_temps = np.concatenate(
@@ -82,7 +126,10 @@ class DINOLoss(nn.Module):
         """``student_out``: one (B, K) logit tensor per view, the global views first; ``teacher_out``: the
         teacher's (n_global * B, K) logits on the global views, view-major."""
         temp = self.teacher_temp(epoch)
-        teacher_probs = F.softmax((teacher_out.float() - self.center) / temp, dim=-1).detach()
+        if self.centering == "sinkhorn":
+            teacher_probs = sinkhorn_knopp(teacher_out.float().detach() / temp, self.sinkhorn_iters)
+        else:
+            teacher_probs = F.softmax((teacher_out.float() - self.center) / temp, dim=-1).detach()
         teacher_probs = teacher_probs.chunk(self.n_global)
         student_logp = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
         total, pairs = 0.0, 0
@@ -94,7 +141,8 @@ class DINOLoss(nn.Module):
                 pairs += 1
         loss = total / pairs
         self.stats = collapse_stats(torch.cat(teacher_probs), float(loss.detach()), self.center)
-        self.update_center(teacher_out)
+        if self.centering == "center":
+            self.update_center(teacher_out)
         return loss
 
     @torch.no_grad()

@@ -14,7 +14,8 @@ import torch
 from mst.data.batch import Batch
 from mst.schedules import cosine_schedule
 from mst.losses import DINOLoss, restore_loss
-from mst.losses.dino_loss import CollapseMonitor
+from mst.losses.dino_loss import CENTERINGS, CollapseMonitor, feature_stats
+from mst.losses.koleo import koleo_loss
 from mst.masking import MASKS, build_mask_strategy
 from mst.masking.replace import REPLACEMENTS
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
@@ -41,6 +42,7 @@ class MST(Method):
         self.dino_loss = DINOLoss(
             int(d["out_dim"]), 2, float(d["student_temp"]), float(d["teacher_temp"]), float(d["warmup_teacher_temp"]),
             int(d["warmup_teacher_temp_epochs"]), int(cfg["optim"]["epochs"]), float(d["center_momentum"]),
+            d["centering"], int(d["sinkhorn_iters"]),
         )
         self.mask_strategy = build_mask_strategy(m["mask"], m, int(cfg["model"]["patch_size"]), "mst.mask")
         self.collapse = CollapseMonitor()  # one warning when the teacher stays near uniform
@@ -51,6 +53,8 @@ class MST(Method):
         if MASKS.get(m["mask"], "mst.mask").throws:
             raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, which MST does not do (its student sees "
                               "every token); choose one of the strategies that only mask: none, random, attention")
+        if cfg["dino"]["centering"] not in CENTERINGS:
+            raise ConfigError(f"dino.centering={cfg['dino']['centering']!r} is not one of {', '.join(CENTERINGS)}")
         if m["replacement"] not in REPLACEMENTS:
             raise ConfigError(f"mst.replacement={m['replacement']!r} is not one of {', '.join(REPLACEMENTS)}")
         if m["restore_target"] not in ("image", "masked"):
@@ -91,6 +95,11 @@ class MST(Method):
         m = self.cfg["mst"]
         loss = float(m["ce_weight"]) * loss_ce
         metrics = {"loss_ce": loss_ce.item()}
+        koleo_weight = float(self.cfg["dino"]["koleo_weight"])
+        if koleo_weight > 0:  # DINOv2: spread the student's global CLS tokens, one view's batch at a time
+            loss_koleo = sum(koleo_loss(c) for c in s.global_cls.chunk(n_global))
+            loss = loss + koleo_weight * loss_koleo
+            metrics["loss_koleo"] = loss_koleo.item()
         if s.reconstruction is not None:
             loss_restore = restore_loss(s.reconstruction, global_views, mask, int(self.cfg["model"]["patch_size"]),
                                         m["restore_target"])
@@ -100,6 +109,7 @@ class MST(Method):
         metrics["mask_ratio"] = mask.float().mean().item() if mask is not None else 0.0
         metrics["teacher_temp"] = self.dino_loss.teacher_temp(ctx.epoch)
         metrics.update(self.dino_loss.stats)  # collapse monitors: teacher entropy / ln K, KL, centre norm
+        metrics["teacher_cls_std"] = feature_stats(t.cls)["feature_std"]  # spread of the teacher's CLS in the batch
         self.collapse.update(metrics["teacher_entropy_ratio"], ctx.step)
         return StepOutput(loss=loss, metrics=metrics, mask=mask)
 

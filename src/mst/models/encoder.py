@@ -17,6 +17,7 @@ class StudentOutput:
     logits: list[torch.Tensor]  # one (B, K) tensor per view: the global views first, then the local crops
     reconstruction: torch.Tensor | None  # (n_global * B, C, H, W) decoder output for the global views
     global_patches: torch.Tensor  # (n_global * B, N, D)
+    global_cls: torch.Tensor  # (n_global * B, D): the backbone's CLS on the global views (KoLeo)
 
 
 class Encoder(nn.Module):
@@ -70,7 +71,7 @@ class Encoder(nn.Module):
             with frozen_bn_stats(self.head):
                 logits += list(self.head(l_cls).chunk(n_local))
         recon = self.decoder(g.patches, g.grid) if self.decoder is not None else None
-        return StudentOutput(logits=logits, reconstruction=recon, global_patches=g.patches)
+        return StudentOutput(logits=logits, reconstruction=recon, global_patches=g.patches, global_cls=g.cls)
 
 
 def build_student_teacher(cfg: dict) -> tuple[Encoder, Encoder]:
