@@ -81,5 +81,6 @@ def test_amt_and_beyond_masking_presets_follow_their_references():
     o = simmim_amt["optim"]
     assert (o["epochs"], o["warmup_epochs"], o["lr_schedule"], simmim_amt["model"]["pos_embed"]) == (200, 10, "cosine",
                                                                                                   "learned")
+    assert simmim_amt["model"]["arch"] == "vit_base"  # AMT's reference: absolute positions, not the BEiT-style ViT
     bm = load_config(CONFIGS / "imagenet_mae_zoom_in_vit_base_300ep.yaml")
     assert (bm["optim"]["batch_size"] * 16, bm["optim"]["warmup_epochs"], bm["optim"]["epochs"]) == (2048, 20, 300)

@@ -48,7 +48,7 @@ COMMON: dict[str, Any] = {
         "eval_crop": 1.0,
     },
     "model": {
-        "arch": "vit_tiny",  # a registered backbone: vit_tiny | vit_small | vit_base | vit_large | swin_tiny
+        "arch": "vit_tiny",  # a registered backbone: vit_tiny | vit_small | vit_base | vit_large | beit_base | swin_tiny
         "patch_size": "auto",  # auto: 16 from 160 px, 8 from 48 px, else 4
         "img_size": "auto",  # auto: 28 for Fashion-MNIST; a folder's median shorter side, capped (CPU 64, GPU 224)
         "depth": None,  # override the arch's depth (e.g. a shallower ViT for CPU runs)

@@ -1,9 +1,10 @@
-"""The backbone registry: ``model.arch`` names an entry with ``timm_spec`` and ``build`` (ViT or Swin)."""
+"""The backbone registry: ``model.arch`` names an entry with ``timm_spec`` and ``build`` (ViT, BEiT or Swin)."""
 from __future__ import annotations
 
 from torch import nn
 
 from mst.models.backbone import ViTArch
+from mst.models.beit import BeitArch
 from mst.models.swin import SwinArch
 from mst.registry import Registry
 
@@ -12,6 +13,8 @@ BACKBONES.register("vit_tiny", ViTArch("vit_tiny_patch16_224", embed_dim=192, de
 BACKBONES.register("vit_small", ViTArch("vit_small_patch16_224", embed_dim=384, depth=12, num_heads=6))
 BACKBONES.register("vit_base", ViTArch("vit_base_patch16_224", embed_dim=768, depth=12, num_heads=12))
 BACKBONES.register("vit_large", ViTArch("vit_large_patch16_224", embed_dim=1024, depth=24, num_heads=16))
+# SimMIM's reference ViT-B: layer-scale 0.1, one shared relative position bias, no absolute positions
+BACKBONES.register("beit_base", BeitArch("beit_base_patch16_224", embed_dim=768, depth=12, num_heads=12))
 BACKBONES.register("swin_tiny", SwinArch("swin_tiny_patch4_window7_224"))
 
 
