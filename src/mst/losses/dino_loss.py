@@ -52,8 +52,8 @@ class CollapseMonitor:
             warnings.warn(
                 f"the DINO teacher's output entropy has stayed above {self.ratio:.0%} of ln K for {self.steps} steps "
                 f"(step {step}): it is drifting towards a uniform distribution and the features will be close to "
-                "random init. Try a smaller head (dino.out_dim), a lower dino.teacher_temp, a lower lr, more steps or "
-                "more data; at small budgets method=mae learns where DINO does not (docs/results.md)",
+                "random init. Try dino.koleo_weight=0.1 and a higher optim.base_lr (the CPU presets' recipe, found "
+                "by the search in docs/results.md), a lower dino.teacher_temp, more steps or more data",
                 CollapseWarning, stacklevel=2)
 
 
