@@ -169,11 +169,13 @@ def plot_collapse_curves(runs: dict[str, str | Path], out_path: str | Path, log:
         log("collapse curves skipped: no run logged the DINO monitors (teacher_entropy_ratio)")
         return None
     fig, axes = plt.subplots(2, 3, figsize=(12, 6), dpi=DPI)
+    colors = {label: f"C{i}" for i, label in enumerate(curves)}  # one colour per run in every panel
     for ax, (key, title, refs) in zip(axes.ravel(), COLLAPSE_PANELS):
         for label, recs in curves.items():
             pts = [(r["step"], r[key]) for r in recs if key in r and "step" in r and math.isfinite(r[key])]
             if pts:
-                ax.plot(*zip(*pts), marker="o" if len(pts) < 20 else None, markersize=3, linewidth=1, label=label)
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 20 else None, markersize=3, linewidth=1, label=label,
+                        color=colors[label])
         for y in refs:
             ax.axhline(y, color="grey", linestyle="--", linewidth=0.8)
         ax.set_title(title, fontsize=9)

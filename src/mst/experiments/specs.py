@@ -97,7 +97,6 @@ ABLATIONS: dict[str, Ablation] = {
         _v("lr2e-3_k256", "optim.base_lr=2e-3", "dino.out_dim=256", preset=_DINO),
         _v("lr1.6e-2", "optim.base_lr=1.6e-2", preset=_DINO),
         _v("lr3.2e-2", "optim.base_lr=3.2e-2", preset=_DINO),
-        _v("koleo", "dino.koleo_weight=0.1", preset=_DINO),
         _v("lr8e-3_koleo", "optim.base_lr=8e-3", "dino.koleo_weight=0.1", preset=_DINO),
         _v("lr8e-3_sinkhorn", "optim.base_lr=8e-3", "dino.centering=sinkhorn", preset=_DINO),
         _v("lr8e-3_koleo0.3", "optim.base_lr=8e-3", "dino.koleo_weight=0.3", preset=_DINO),
@@ -189,7 +188,8 @@ PROTOCOLS: dict[str, Protocol] = {
                        "log.every=50", "optim.base_lr=5e-4", "dino.koleo_weight=0.0"),  # the search's start
         knn={"train_subset": 10000, "test_subset": 2000, "split": "val"},
         linear={"epochs": 100, "lr": 0.1, "batch_size": 256},
-        description="cpu_methods for choosing a recipe: k-NN and linear probe with a bank of 10000 training "
+        description="cpu_methods at the old DINO settings (lr 5e-4 x 32/256, no KoLeo; each variant changes "
+                    "some) for choosing a recipe: k-NN and linear probe with a bank of 10000 training "
                     "images scored on 2000 other training images (the test split is not looked at), the online "
                     "k-NN (a monitor, not used to choose) every epoch, no fine-tune",
     ),
