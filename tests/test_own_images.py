@@ -412,3 +412,16 @@ def test_tensor_backend_keeps_each_image_on_its_own_scale():
     g1 = t(images, generator=torch.Generator().manual_seed(0))[0]
     assert torch.allclose(g1[0], torch.full_like(g1[0], 200 / 255), atol=1e-5)
     assert torch.allclose(g1[1], torch.full_like(g1[1], 7.0), atol=1e-4)  # not clipped to 1
+
+
+def test_auto_base_lr_is_each_methods_small_budget_lr():
+    from mst.methods import METHODS
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "own_images_cpu.yaml"
+    for method, lr in (("mae", 1.5e-3), ("simmim", 1e-3), ("mst", 8e-3)):
+        notes: list = []
+        cfg = load_config(preset, [f"method={method}", "data.name=fashion_mnist"], notes=notes)
+        assert cfg["optim"]["base_lr"] == lr == METHODS.get(method).small_budget_base_lr
+        assert any(c.key == "optim.base_lr" and c.value == lr for c in notes)
+    pinned = load_config(preset, ["method=mst", "data.name=fashion_mnist", "optim.base_lr=2e-3"])
+    assert pinned["optim"]["base_lr"] == 2e-3

@@ -29,7 +29,7 @@ from mst.registry import ConfigError
 # combinations skip "auto". Their type, for when the default is "auto" itself, is in mst.config_checks.TYPES.
 AUTO_KEYS: set[str] = {
     "data.channels", "data.mean", "data.std", "model.img_size", "model.patch_size", "augment.global_size",
-    "augment.local_size", "mst.decoder_channels", "optim.epochs", "optim.batch_size",
+    "augment.local_size", "mst.decoder_channels", "optim.epochs", "optim.batch_size", "optim.base_lr",
 }
 
 

@@ -63,6 +63,7 @@ TYPES: dict[str, type | ListOf] = {
     "mst.decoder_channels": ListOf(int),
     "optim.epochs": int,
     "optim.batch_size": int,
+    "optim.base_lr": float,
 }
 
 # keys whose default is not None that also take null

@@ -65,6 +65,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     needs_labels: ClassVar[bool] = False
     backbones: ClassVar[dict[str, str]] = {}  # name -> state_dict prefix of a backbone (its ``vit.`` inside)
     default_backbone: ClassVar[str] = ""
+    # optim.base_lr=auto (method-agnostic presets): the lr (x global batch / 256) measured to learn in ~1500 steps
+    small_budget_base_lr: ClassVar[float] = 1.5e-3
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()

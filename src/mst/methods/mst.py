@@ -32,6 +32,7 @@ class MST(Method):
     views = "multicrop"
     backbones = {"teacher": "teacher.backbone", "student": "student.backbone"}
     default_backbone = "teacher"  # DINO/MST report and release the teacher
+    small_budget_base_lr = 8e-3  # with dino.koleo_weight=0.1: the recipe search (docs/results.md)
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)

@@ -28,6 +28,7 @@ from mst.registry import ConfigError
 @METHODS.register("simmim")
 class SimMIM(MIMMethod):
     sections = ("mim", "simmim", "amt")
+    small_budget_base_lr = 1e-3  # configs/fashion_mnist_simmim.yaml
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
