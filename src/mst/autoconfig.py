@@ -191,9 +191,9 @@ def _schedule(cfg: dict, scan, out: list[Choice]) -> None:
         o["batch_size"] = BATCH[device]
         out.append(Choice("optim.batch_size", o["batch_size"], f"per process on a {device}"))
     if is_auto(o["base_lr"]):  # a method-agnostic preset: each method's own small-budget lr
-        from mst.config import method_class
+        from mst.methods import METHODS
 
-        o["base_lr"] = float(method_class(cfg["method"]).small_budget_base_lr)
+        o["base_lr"] = float(METHODS.get(cfg["method"], "method").small_budget_base_lr)
         out.append(Choice("optim.base_lr", o["base_lr"], f"{cfg['method']}'s lr (x batch / 256) for about "
                                                          f"{STEPS} steps, docs/results.md"))
     if is_auto(o["epochs"]):
