@@ -6,7 +6,7 @@ from typing import Callable
 
 from mst.eval.features import extract_features, load_eval_split
 from mst.eval.knn import knn_accuracy
-from mst.losses.dino_loss import feature_stats
+from mst.health import feature_stats
 
 
 def online_knn_evaluator(cfg: dict) -> Callable:
@@ -40,7 +40,7 @@ def _warn_if_rank_falls(state: dict, rank: float, step: int, share: float = 0.5)
     if rank < share * best and not state.get("rank_warned"):
         import warnings
 
-        from mst.losses.dino_loss import CollapseWarning
+        from mst.health import CollapseWarning
 
         state["rank_warned"] = True
         warnings.warn(f"the effective rank (RankMe) of the CLS features fell to {rank:.1f} at step {step}, below "

@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mst.health import CollapseWarning, feature_stats  # noqa: F401  (re-exported: the DINO family's monitors)
+
 
 def collapse_stats(teacher_probs: torch.Tensor, ce: float, center: torch.Tensor) -> dict[str, float]:
     """Signs of DINO's two collapses, from one step: the teacher's mean entropy H and its ratio to ln K (-> 1: a
@@ -16,21 +18,6 @@ def collapse_stats(teacher_probs: torch.Tensor, ce: float, center: torch.Tensor)
     entropy = float(-(q * torch.log(q.clamp_min(1e-12))).sum(-1).mean())
     return {"teacher_entropy": entropy, "teacher_entropy_ratio": entropy / float(np.log(q.shape[-1])),
             "kl": ce - entropy, "center_norm": float(center.norm())}
-
-
-def feature_stats(features: torch.Tensor, eps: float = 1e-7) -> dict[str, float]:
-    """Dimensional collapse of (N, D) features: RankMe (Garrido et al., ICML 2023), exp of the entropy of the
-    normalised singular values (1 for one direction, up to min(N, D)), and the mean over dimensions of the std of
-    the L2-normalised features (0 when they collapse to one point, about 1/sqrt(D) when spread out)."""
-    f = features.float()
-    sv = torch.linalg.svdvals(f)
-    p = sv / sv.sum() + eps
-    z = F.normalize(f, dim=-1)
-    return {"rankme": float(torch.exp(-(p * torch.log(p)).sum())), "feature_std": float(z.std(dim=0).mean())}
-
-
-class CollapseWarning(UserWarning):
-    """The DINO teacher is drifting towards a uniform output."""
 
 
 class CollapseMonitor:
