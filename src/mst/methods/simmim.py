@@ -28,6 +28,8 @@ from mst.registry import ConfigError
 @METHODS.register("simmim")
 class SimMIM(MIMMethod):
     sections = ("mim", "simmim", "amt")
+    # AMT's reference ratios (guijiejie/AMT): mask 44 %, throw 26 % of the mask units (amt.* null -> these)
+    amt_reference = (0.44, 0.26)
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
