@@ -36,6 +36,17 @@ TINY = [
 TINY_MIM = ["model.depth=2", "augment.global_size=28", *TINY_RUN]
 TINY_MAE = ["method=mae", *TINY_MIM, "mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]
 TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mim.mask=blocks", "mim.mask_ratio=0.6", "mim.norm_pix_loss=false"]
+TINY_FINETUNE = ["method=finetune", *TINY_MIM]
+# every registered method's tiny config: tests over all methods read it through tiny_overrides, which fails for a
+# method without one (a new method must add its entry here rather than be left out of those tests)
+TINY_BY_METHOD = {"mst": ["method=mst", *TINY], "mae": TINY_MAE, "simmim": TINY_SIMMIM, "finetune": TINY_FINETUNE}
+
+
+def tiny_overrides(method: str) -> list[str]:
+    """The overrides of ``method``'s tiny config; an error (not a skip) for a method that has none."""
+    if method not in TINY_BY_METHOD:
+        raise KeyError(f"method {method!r} has no tiny config: add one to TINY_BY_METHOD in tests/conftest.py")
+    return list(TINY_BY_METHOD[method])
 
 
 @pytest.fixture
@@ -67,6 +78,18 @@ def step(method, views, epoch: int = 0, generator=None):
     b = views[0].shape[0]
     batch = Batch(list(views), torch.zeros(b, dtype=torch.long), torch.arange(b))
     return method(batch, StepContext(epoch=epoch, step=0, generator=generator))
+
+
+def views_for(method, b=4, seed=0):
+    """Random views of the shapes ``method`` trains on (its global and local crops, or one view)."""
+    g = torch.Generator().manual_seed(seed)
+    c = int(method.cfg["data"]["channels"])
+    size = int(method.cfg["augment"]["global_size"])
+    if method.views == "multicrop":
+        local = int(method.cfg["augment"]["local_size"])
+        return [torch.randn(b, c, size, size, generator=g) for _ in range(2)] + \
+               [torch.randn(b, c, local, local, generator=g) for _ in range(int(method.cfg["augment"]["n_local"]))]
+    return [torch.randn(b, c, size, size, generator=g)]
 
 
 def save_method(method, path, epoch: int = 0):

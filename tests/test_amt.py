@@ -12,7 +12,7 @@ from mst.config import load_config
 from mst.data import ArrayDataset
 from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import Trainer
-from mst.masking import AMTMask, crop_maps
+from mst.masking import AMTMask, AMTSpec, crop_maps
 from mst.masking.amt import normalised_head_mean
 from mst.methods import build_method
 from mst.registry import ConfigError
@@ -209,3 +209,66 @@ def test_the_reported_box_and_flip_reproduce_the_view(backend):
     assert flips.any() and not flips.all()
     expect = crop_maps(ramp.expand(6, h0, w0), boxes, flips, (28, 28)).reshape(6, 28, 28)
     assert (views[:, 0] - expect).abs().max() < tol
+
+
+@pytest.mark.parametrize("fields, message", [
+    ((1.2, 0.1), r"^amt.mask_ratio=1.2 must lie in \[0, 1\)$"),
+    ((0.4, -0.1), r"^amt.throw_ratio=-0.1 must lie in \[0, 1\)$"),
+    ((0.6, 0.4), r"^amt.mask_ratio=0.6 and amt.throw_ratio=0.4 must sum to less than 1"),
+    ((0.4, 0.4, 1, "middle"), r"^amt.order='middle' is not one of mask_first, throw_first, throw_lowest$"),
+    ((0.4, 0.4, 1, "mask_first", "round"), r"^AMT rounding='round' is not one of floor, ceil$"),
+    ((0.4, 0.4, 0), r"^AMT mask unit=0 tokens must be a whole number >= 1"),
+])
+def test_spec_checks_each_value_once(fields, message):
+    """The spec is where AMT's settings are checked: a bad one is a one-line ConfigError naming it, also when
+    AMTMask is built directly."""
+    with pytest.raises(ConfigError, match=message):
+        AMTSpec(*fields)
+    with pytest.raises(ConfigError, match=message):
+        AMTMask(*fields)
+
+
+def test_null_ratios_are_the_methods_reference():
+    from mst.methods import MAE, SimMIM
+
+    assert MAE.amt_reference == (0.45, 0.40) and SimMIM.amt_reference == (0.44, 0.26)
+    assert AMTSpec.from_config(load_config(overrides=TINY_MAE + AMT)) == AMTSpec(0.45, 0.40, 1, "mask_first", "floor")
+    simmim = load_config(overrides=TINY_SIMMIM + AMT + ["augment.global_size=32", "model.img_size=32",
+                                                     "mim.mask_patch_size=8", "amt.order=throw_lowest"])
+    assert AMTSpec.from_config(simmim) == AMTSpec(0.44, 0.26, 2, "throw_lowest", "ceil")  # blocks: SimMIM's ceil
+    half = load_config(overrides=TINY_MAE + AMT + ["amt.throw_ratio=0.1"])  # only the null one is filled in
+    assert AMTSpec.from_config(half) == AMTSpec(0.45, 0.1, 1, "mask_first", "floor")
+
+
+def test_a_method_without_reference_ratios_must_set_them():
+    cfg = load_config(overrides=TINY_MAE + AMT)
+    for method in ("mst", "not_registered"):  # mst: registered, no amt_reference
+        with pytest.raises(ConfigError, match=rf"^amt.mask_ratio and amt.throw_ratio null: method='{method}' has no "
+                                              r"reference AMT ratios"):
+            AMTSpec.from_config({**cfg, "method": method})
+    half = {**cfg, "method": "mst", "amt": {**cfg["amt"], "mask_ratio": 0.3}}
+    with pytest.raises(ConfigError, match=r"^amt.throw_ratio null: method='mst'"):
+        AMTSpec.from_config(half)
+    both = {**cfg, "method": "mst", "amt": {**cfg["amt"], "mask_ratio": 0.3, "throw_ratio": 0.2}}
+    assert AMTSpec.from_config(both) == AMTSpec(0.3, 0.2)
+
+
+@pytest.mark.parametrize("tiny", [TINY_MAE, TINY_SIMMIM])
+def test_the_validator_and_the_step_resolve_the_same_spec(tiny, monkeypatch):
+    """Config validation and MIMMasking both go through AMTSpec.from_config, and the step draws with its result."""
+    seen = []
+    resolve = AMTSpec.from_config.__func__
+
+    def recording(cls, cfg):
+        seen.append(resolve(cls, cfg))
+        return seen[-1]
+
+    monkeypatch.setattr(AMTSpec, "from_config", classmethod(recording))
+    cfg = load_config(overrides=tiny + AMT + ["amt.order=throw_first"])
+    validated = len(seen)
+    method = build_method(cfg)
+    assert validated >= 1 and len(seen) > validated
+    assert all(s == method.masking.amt.spec for s in seen)
+    mask_ratio, throw_ratio = method.amt_reference
+    assert method.masking.amt.spec == AMTSpec(mask_ratio, throw_ratio, 1, "throw_first",
+                                              "ceil" if tiny is TINY_SIMMIM else "floor")

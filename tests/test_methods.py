@@ -1,5 +1,6 @@
-"""The method engine: every registered method keeps the contract; MAE and SimMIM match hand computations; a
-method or strategy registered here is usable by name; the engine imports no method's loss, head or step."""
+"""The method engine (the contract every method keeps is in test_contracts.py): MAE and SimMIM match hand
+computations; a method or strategy registered here is usable by name; the engine imports no method's loss, head or
+step."""
 from __future__ import annotations
 
 import ast
@@ -10,51 +11,14 @@ import pytest
 import torch
 
 from mst.config import load_config, register_section
-from mst.checkpoint import load_backbone, load_checkpoint
+from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import Trainer
 from mst.masking import MASKS, MaskResult, MaskStrategy, PatchRatioMask
 from mst.methods import METHODS, Method, StepOutput, build_method
 from mst.models.tokens import gather_tokens, keep_indices, patchify, scatter_tokens
-from tests.conftest import TINY, TINY_MAE, TINY_SIMMIM, save_method, step
+from tests.conftest import TINY, TINY_MAE, TINY_SIMMIM, step, views_for
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mst"
-TINY_BY_METHOD = {"mst": ["method=mst", *TINY], "mae": TINY_MAE, "simmim": TINY_SIMMIM}
-
-
-def views_for(method, b=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    c = int(method.cfg["data"]["channels"])
-    size = int(method.cfg["augment"]["global_size"])
-    if method.views == "multicrop":
-        local = int(method.cfg["augment"]["local_size"])
-        return [torch.randn(b, c, size, size, generator=g) for _ in range(2)] + \
-               [torch.randn(b, c, local, local, generator=g) for _ in range(int(method.cfg["augment"]["n_local"]))]
-    return [torch.randn(b, c, size, size, generator=g)]
-
-
-@pytest.mark.parametrize("name", [n for n in METHODS.names() if n in TINY_BY_METHOD])
-def test_every_method_keeps_the_engine_contract(name, tmp_path):
-    cfg = load_config(overrides=TINY_BY_METHOD[name])
-    torch.manual_seed(0)
-    method = build_method(cfg).train()
-    assert set(method.sections) <= set(cfg) and method.views in ("multicrop", "single")
-    out = step(method, views_for(method))
-    assert isinstance(out, StepOutput) and out.loss.ndim == 0 and torch.isfinite(out.loss)
-    assert out.metrics["loss"] == pytest.approx(out.loss.item())
-    out.loss.backward()
-    trained = [p for p in method.parameters() if p.requires_grad]
-    assert trained and all(p.grad is not None for p in trained), [n for n, p in method.named_parameters()
-                                                                  if p.requires_grad and p.grad is None]
-    # the evaluation backbone keeps the token contract and round-trips through a checkpoint
-    bb = method.eval_backbone()
-    x = views_for(method, b=2)[0]
-    feats = bb.eval()(x).cls
-    save_method(method, tmp_path / "checkpoint.pt")
-    loaded, _ = load_backbone(tmp_path, None)
-    assert loaded.which == method.default_backbone
-    assert torch.allclose(loaded(x).cls, feats, atol=1e-6)
-    panels = method.eval().panels(x, torch.Generator().manual_seed(0))
-    assert len(panels) == 2 and all(p.image.shape[:2] == x.shape[-2:] for row in panels for p in row)
 
 
 def test_mae_step_equals_a_hand_computation():

@@ -137,7 +137,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
     },
     "amt": {  # AMT: attention-driven masking and throwing, an option of MAE and SimMIM
         "enabled": False,
-        "mask_ratio": None,  # null: the reference's for the method (MAE 0.45, SimMIM 0.44 of the units)
+        "mask_ratio": None,  # null: the method's reference (its amt_reference: MAE 0.45, SimMIM 0.44 of the units)
         "throw_ratio": None,  # null: MAE 0.40, SimMIM 0.26
         "start": 40,  # epoch from which masks follow the maps (plain mim.mask before); the first refresh
         "interval": 40,  # epochs between refreshes of the maps

@@ -5,9 +5,9 @@ from mst.masking.bernoulli import NoMask, RandomMask
 from mst.masking.attention import AttentionGuidedMask, low_attention_candidates
 from mst.masking.ratio import BlockMask, PatchRatioMask
 from mst.masking.replace import replace_tokens
-from mst.masking.amt import AMTMask, AttentionMaps, crop_maps
+from mst.masking.amt import AMTMask, AMTSpec, AttentionMaps, crop_maps
 
 __all__ = [
-    "AMTMask", "AttentionMaps", "crop_maps", "MASKS", "AttentionGuidedMask", "BlockMask", "MaskResult", "MaskStrategy", "NoMask", "PatchRatioMask",
+    "AMTMask", "AMTSpec", "AttentionMaps", "crop_maps", "MASKS", "AttentionGuidedMask", "BlockMask", "MaskResult", "MaskStrategy", "NoMask", "PatchRatioMask",
     "RandomMask", "build_mask_strategy", "low_attention_candidates", "replace_tokens",
 ]

@@ -14,49 +14,108 @@ the model's own attention, from maps stored per training image.
   draw order the first ``mask_ratio`` share is masked, the next ``throw_ratio`` share thrown, the rest visible
   (``order: mask_first``, the reference code's). ``throw_first`` throws first; ``throw_lowest`` throws the
   lowest-weight tokens and draws the masked ones from the rest (the abstract's "redundant patch throwing").
+* :class:`AMTSpec`: the draw's settings (ratios, mask unit, order, rounding of the counts), resolved from a config
+  and checked once; a method's reference ratios are its class attribute ``amt_reference``.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from mst.masking.base import MASKS, MaskResult, MaskStrategy, gen_device
+from mst.registry import ConfigError
 
 ORDERS = ("mask_first", "throw_first", "throw_lowest")
+ROUNDINGS = {"floor": math.floor, "ceil": math.ceil}  # MAE's int(); SimMIM's mask generator (ceil)
+
+
+@dataclass(frozen=True)
+class AMTSpec:
+    """AMT's draw, resolved and checked once: the validator, the step and the figures all read this one object.
+
+    ``unit``: mask-unit side in tokens; ``rounding``: how the counts of units are rounded (see :meth:`counts`)."""
+
+    mask_ratio: float
+    throw_ratio: float
+    unit: int = 1
+    order: str = "mask_first"
+    rounding: str = "floor"
+
+    def __post_init__(self) -> None:
+        for key, value in (("amt.mask_ratio", self.mask_ratio), ("amt.throw_ratio", self.throw_ratio)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"{key}={value} must lie in [0, 1)")
+        if self.mask_ratio + self.throw_ratio >= 1:
+            raise ConfigError(f"amt.mask_ratio={self.mask_ratio} and amt.throw_ratio={self.throw_ratio} must sum to "
+                              "less than 1 (something must stay visible)")
+        if self.order not in ORDERS:
+            raise ConfigError(f"amt.order={self.order!r} is not one of {', '.join(ORDERS)}")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"AMT rounding={self.rounding!r} is not one of {', '.join(ROUNDINGS)}")
+        if not isinstance(self.unit, int) or self.unit < 1:
+            raise ConfigError(f"AMT mask unit={self.unit} tokens must be a whole number >= 1 (mim.mask_patch_size)")
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "AMTSpec":
+        """The spec of a resolved config: ``amt.mask_ratio`` / ``amt.throw_ratio``, where null the reference's of
+        the method (its class attribute ``amt_reference``: no guess for a method without one); units of
+        ``mim.mask_patch_size``; counts rounded up with ``mim.mask: blocks`` (SimMIM's reference), else down (MAE's)."""
+        from mst.masking.ratio import mask_unit_tokens
+        from mst.methods.base import METHODS
+
+        a, method = cfg["amt"], cfg["method"]
+        null = [f"amt.{k}" for k in ("mask_ratio", "throw_ratio") if a[k] is None]
+        reference = getattr(METHODS.get(method), "amt_reference", None) if method in METHODS else None
+        if null and reference is None:
+            raise ConfigError(f"{' and '.join(null)} null: method={method!r} has no reference AMT ratios "
+                              "(amt_reference) to fill in, so set them")
+        mask_ratio = float(reference[0] if a["mask_ratio"] is None else a["mask_ratio"])
+        throw_ratio = float(reference[1] if a["throw_ratio"] is None else a["throw_ratio"])
+        try:
+            unit = mask_unit_tokens(cfg["mim"], int(cfg["model"]["patch_size"]))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        rounding = "ceil" if cfg["mim"]["mask"] == "blocks" else "floor"
+        return cls(mask_ratio, throw_ratio, unit, a["order"], rounding)
+
+    def counts(self, n: int) -> tuple[int, int]:
+        """(masked, thrown) units of ``n``."""
+        round_ = ROUNDINGS[self.rounding]
+        n_mask = round_(n * self.mask_ratio)
+        return n_mask, round_(n * (self.mask_ratio + self.throw_ratio)) - n_mask
 
 
 class AMTMask(MaskStrategy):
+    """The draw of an :class:`AMTSpec` (built from one, or from its fields, which it checks)."""
+
     needs_importance = True
     throws = True
 
     def __init__(self, mask_ratio: float, throw_ratio: float, unit: int = 1, order: str = "mask_first",
                  rounding: str = "floor") -> None:
-        if not (0 <= mask_ratio < 1 and 0 <= throw_ratio < 1 and mask_ratio + throw_ratio < 1):
-            raise ValueError(f"AMT ratios mask {mask_ratio} + throw {throw_ratio} must each lie in [0, 1) and sum "
-                             "to less than 1 (something must stay visible)")
-        if order not in ORDERS:
-            raise ValueError(f"amt.order={order!r} is not one of {', '.join(ORDERS)}")
-        self.mask_ratio, self.throw_ratio, self.unit, self.order = float(mask_ratio), float(throw_ratio), int(unit), order
-        self.round = math.floor if rounding == "floor" else math.ceil  # MAE: int(); SimMIM (units): ceil
+        self.spec = AMTSpec(float(mask_ratio), float(throw_ratio), int(unit), order, rounding)
+
+    @classmethod
+    def from_spec(cls, spec: AMTSpec) -> "AMTMask":
+        return cls(spec.mask_ratio, spec.throw_ratio, spec.unit, spec.order, spec.rounding)
 
     @classmethod
     def from_config(cls, section, patch_size):
-        """From the ``amt`` section (mask_ratio, throw_ratio, order) plus ``mask_patch_size`` (mask units) and
-        ``rounding`` of the counts (floor as MAE's int(); ceil as SimMIM's mask generator; default: ceil for units)."""
+        """The registry's way, from a section holding resolved ratios (mask_ratio, throw_ratio; optional order,
+        rounding) and ``mask_patch_size``; a method's whole config goes through :meth:`AMTSpec.from_config`."""
         from mst.masking.ratio import mask_unit_tokens
 
-        unit = mask_unit_tokens(section, patch_size)
-        return cls(section["mask_ratio"], section["throw_ratio"], unit, section.get("order", "mask_first"),
-                   section.get("rounding", "ceil" if unit > 1 else "floor"))
+        optional = {k: section[k] for k in ("order", "rounding") if k in section}
+        return cls(section["mask_ratio"], section["throw_ratio"], mask_unit_tokens(section, patch_size), **optional)
 
     def counts(self, n: int) -> tuple[int, int]:
         """(masked, thrown) units of ``n``."""
-        n_mask = self.round(n * self.mask_ratio)
-        return n_mask, self.round(n * (self.mask_ratio + self.throw_ratio)) - n_mask
+        return self.spec.counts(n)
 
     def __call__(self, batch, grid, importance, generator):
         h, w = grid
@@ -64,7 +123,7 @@ class AMTMask(MaskStrategy):
             raise ValueError("AMT needs each image's (cropped) attention map as importance")
         if importance.shape != (batch, h * w):
             raise ValueError(f"importance shape {tuple(importance.shape)} != ({batch}, {h * w})")
-        u = self.unit
+        u = self.spec.unit
         if h % u or w % u:
             raise ValueError(f"the {h}x{w} token grid is not divisible by the mask unit of {u} tokens")
         weights = importance.float().reshape(batch, h // u, u, w // u, u).sum((2, 4)).flatten(1)  # per unit
@@ -72,10 +131,10 @@ class AMTMask(MaskStrategy):
         n_mask, n_throw = self.counts(n)
         order = self.draw_order(weights, generator)
         role = torch.zeros(batch, n, dtype=torch.int8, device=weights.device)  # 0 visible, 1 masked, 2 thrown
-        if self.order == "mask_first":
+        if self.spec.order == "mask_first":
             role.scatter_(1, order[:, :n_mask], 1)
             role.scatter_(1, order[:, n_mask:n_mask + n_throw], 2)
-        elif self.order == "throw_first":
+        elif self.spec.order == "throw_first":
             role.scatter_(1, order[:, :n_throw], 2)
             role.scatter_(1, order[:, n_throw:n_throw + n_mask], 1)
         else:  # throw_lowest: the n_throw lowest-weight units (ties at random), masked drawn among the rest
@@ -202,4 +261,4 @@ class AttentionMaps(nn.Module):
         return {"amt_refresh_s": time.perf_counter() - t0, "amt_buffer_mb": self.maps.numel() / 2**20}
 
 
-__all__ = ["AMTMask", "AttentionMaps", "ORDERS", "crop_maps", "normalised_head_mean"]
+__all__ = ["AMTMask", "AMTSpec", "AttentionMaps", "ORDERS", "crop_maps", "normalised_head_mean"]

@@ -46,6 +46,8 @@ def mae_init(vit: nn.Module) -> None:
 @METHODS.register("mae")
 class MAE(MIMMethod):
     sections = ("mim", "mae", "amt", "degrade")
+    # AMT's reference ratios (guijiejie/AMT): mask 45 %, throw 40 % of the patches (amt.* null -> these)
+    amt_reference = (0.45, 0.40)
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mst.masking import AMTMask, AttentionMaps, MaskResult, build_mask_strategy
-from mst.masking.amt import ORDERS
+from mst.masking import AMTMask, AMTSpec, AttentionMaps, MaskResult, build_mask_strategy
 from mst.methods.base import Method
 from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
@@ -54,30 +53,12 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
     build_mask_strategy(mim["mask"], mim, int(model["patch_size"]), "mim.mask")
     if cfg["amt"]["enabled"]:
         a = cfg["amt"]
-        mask_ratio, throw_ratio = amt_ratios(cfg)
-        if not (0 <= mask_ratio < 1 and 0 <= throw_ratio < 1 and mask_ratio + throw_ratio < 1):
-            raise ConfigError(f"amt.mask_ratio={mask_ratio} and amt.throw_ratio={throw_ratio} must each lie in [0, 1) "
-                              "and sum to less than 1 (something must stay visible)")
-        if a["order"] not in ORDERS:
-            raise ConfigError(f"amt.order={a['order']!r} is not one of {', '.join(ORDERS)}")
+        AMTSpec.from_config(cfg)  # ratios (null: the method's reference), order, units: checked there
         if cfg["augment"]["rand_augment"]:
             raise ConfigError("augment.rand_augment moves pixels within the crop, so AMT's maps would no longer "
                               "follow the view: leave it off for AMT")
         if int(a["start"]) < 0 or int(a["interval"]) < 1:
             raise ConfigError(f"amt.start={a['start']} must be >= 0 and amt.interval={a['interval']} >= 1")
-
-
-# the reference code's ratios (guijiejie/AMT): MAE masks 45 % and throws 40 % of the patches; SimMIM 44 % / 26 % of
-# its mask units
-AMT_RATIOS = {"mae": (0.45, 0.40), "simmim": (0.44, 0.26)}
-
-
-def amt_ratios(cfg: dict) -> tuple[float, float]:
-    """(mask, throw) ratios of AMT for this config: amt.* or, where null, the reference's for the method."""
-    default = AMT_RATIOS.get(cfg["method"], (0.45, 0.40))
-    a = cfg["amt"]
-    return (float(default[0] if a["mask_ratio"] is None else a["mask_ratio"]),
-            float(default[1] if a["throw_ratio"] is None else a["throw_ratio"]))
 
 
 class MIMMasking(nn.Module):
@@ -91,11 +72,7 @@ class MIMMasking(nn.Module):
         self.random = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
         self.amt = self.maps = None
         if cfg["amt"]["enabled"]:
-            mask_ratio, throw_ratio = amt_ratios(cfg)
-            section = {**cfg["amt"], "mask_ratio": mask_ratio, "throw_ratio": throw_ratio,
-                       "mask_patch_size": cfg["mim"]["mask_patch_size"],
-                       "rounding": "ceil" if cfg["mim"]["mask"] == "blocks" else "floor"}  # as each reference
-            self.amt = AMTMask.from_config(section, self.patch)
+            self.amt = AMTMask.from_spec(AMTSpec.from_config(cfg))
             self.maps = AttentionMaps((int(cfg["model"]["img_size"]) // self.patch,) * 2)
 
     def active(self, epoch: int) -> bool:

@@ -29,6 +29,8 @@ from mst.registry import ConfigError
 class SimMIM(MIMMethod):
     sections = ("mim", "simmim", "amt")
     small_budget_base_lr = 1e-3  # configs/fashion_mnist_simmim.yaml
+    # AMT's reference ratios (guijiejie/AMT): mask 44 %, throw 26 % of the mask units (amt.* null -> these)
+    amt_reference = (0.44, 0.26)
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
