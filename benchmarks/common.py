@@ -204,7 +204,7 @@ def paired_ratios(times: dict[str, list[float]], num: str, den: str) -> list[flo
 def refresh_seconds_per_image(trainer, n: int = 256) -> float:
     """AMT: seconds per image of a refresh of the attention maps, by the method's own epoch-start hook (a no-grad
     pass) over ``n`` synthetic images, into a fresh buffer so the trainer's stays as it was."""
-    from mst.masking import AttentionMaps
+    from mst.methods.importance import AttentionMaps
     from mst.methods import EpochData
 
     masking = trainer.method.masking

@@ -25,16 +25,12 @@ HIDES_NOTHING = {"none": "plain DINO: the student sees every token"}  # masks: "
 KEEPS_EVERY_TOKEN = {"swin_tiny": "its shifted windows need the whole token grid"}  # backbones: the keep contract
 LEAVES_RANGE = {"decolorize": "a sum of the channels each weighted U(0, 2/3): up to twice the brightest pixel"}
 DRAWS_NOTHING = {"none": "the identity", "zoom_in": "a fixed centre crop of the wider view"}  # "varies with the seed"
-NO_IMPORTANCE = {  # methods that cannot give a strategy with needs_importance its importance (yet)
-    "mae": "mim_common.draw_mask passes no importance (AMT's maps reach only AMTMask, special-cased)",
-    "simmim": "mim_common.draw_mask passes no importance (AMT's maps reach only AMTMask, special-cased)",
-}
 MODEL_SIZE = {"swin_tiny": {"img_size": 64, "depth": None, "embed_dim": None, "num_heads": None}}  # per stage: fixed
 DEGRADE_CHANNELS = {"decolorize": 3}  # refuses grey data
 
 NAMED = {"HIDES_NOTHING": (MASKS, HIDES_NOTHING), "KEEPS_EVERY_TOKEN": (BACKBONES, KEEPS_EVERY_TOKEN),
          "LEAVES_RANGE": (DEGRADATIONS, LEAVES_RANGE), "DRAWS_NOTHING": (DEGRADATIONS, DRAWS_NOTHING),
-         "NO_IMPORTANCE": (METHODS, NO_IMPORTANCE), "MODEL_SIZE": (BACKBONES, MODEL_SIZE),
+         "MODEL_SIZE": (BACKBONES, MODEL_SIZE),
          "DEGRADE_CHANNELS": (DEGRADATIONS, DEGRADE_CHANNELS)}
 
 
@@ -286,11 +282,16 @@ def strategy_keys(method: str) -> list[str]:
     return [f"{s}.mask" for s in METHODS.get(method).sections if "mask" in SECTIONS.get(s, {})]
 
 
+def importance_keys(method: str) -> list[str]:
+    """``key=source`` for each of ``method``'s sections with an ``importance`` key: its first importance source."""
+    cls = METHODS.get(method)
+    return [f"{s}.importance={cls.importance_sources[0]}" for s in cls.sections if "importance" in SECTIONS.get(s, {})]
+
+
 @pytest.mark.parametrize("strategy", [RandomQuarter, LowestQuarter])
 def test_a_strategy_registered_here_trains_with_every_method_that_takes_one(strategy):
-    """Registration is the only edit: every method with a strategy key trains one step with it. Where a method
-    cannot feed an importance-needing strategy (NO_IMPORTANCE), the step fails with the strategy's own error, so
-    the exclusion goes stale (and this test fails) once it can."""
+    """Registration is the only edit: every method with a strategy key trains one step with it, an importance-
+    needing one with the importance from the method's first source (MST: the teacher; MAE / SimMIM: the encoder)."""
     name = f"test_{strategy.__name__.lower()}"
     MASKS.register(name, strategy)
     try:
@@ -298,11 +299,9 @@ def test_a_strategy_registered_here_trains_with_every_method_that_takes_one(stra
         assert {"mst", "mae", "simmim"} <= set(methods)
         for method_name in methods:
             overrides = [f"{key}={name}" for key in strategy_keys(method_name)]
+            if strategy.needs_importance:
+                overrides += importance_keys(method_name)
             method = build_method(load_config(overrides=tiny_overrides(method_name) + overrides)).train()
-            if strategy.needs_importance and method_name in NO_IMPORTANCE:
-                with pytest.raises(ValueError, match="needs a per-token importance"):
-                    step(method, views_for(method, b=2), generator=gen(0))
-                continue
             out = step(method, views_for(method, b=2), generator=gen(0))
             assert torch.isfinite(out.loss) and out.mask is not None, method_name
             grid_n = out.mask.shape[1]

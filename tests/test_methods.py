@@ -121,11 +121,16 @@ def test_thrown_tokens_leave_the_encoder_and_the_loss(tiny, throw_half):
     assert again.loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
 
 
-def test_mst_refuses_a_throwing_strategy(throw_half):
+def test_mst_throws_only_without_its_decoder(throw_half):
+    """The decoder restores the whole view from every token, so MST throws only with mst.decoder=none (DINO)."""
     from mst.registry import ConfigError
 
-    with pytest.raises(ConfigError, match="mst.mask='throw_half' throws tokens away, which MST does not do"):
+    with pytest.raises(ConfigError, match=r"^mst.mask='throw_half' throws tokens away, but mst.decoder='cnn' restores "
+                                          r"the whole view from every token: set mst.decoder=none to throw$"):
         load_config(overrides=TINY + ["mst.mask=throw_half"])
+    method = build_method(load_config(overrides=TINY + ["mst.mask=throw_half", "mst.decoder=none"])).train()
+    out = step(method, views_for(method, b=2), generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out.loss) and out.metrics["thrown_ratio"] == pytest.approx(24 / 49)
 
 
 class _MeanColour(Method):

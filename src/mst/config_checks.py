@@ -45,6 +45,7 @@ TYPES: dict[str, type | ListOf] = {
     "model.embed_dim": int,
     "model.num_heads": int,
     "mim.mask_patch_size": int,
+    "mim.importance": str,
     "amt.mask_ratio": float,
     "amt.throw_ratio": float,
     "finetune.init": str,

@@ -109,9 +109,12 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "freeze_last_layer": 1,  # epochs during which the prototypes do not move
     },
     "mst": {  # MST's mask and decoder (eq. 5-11)
-        "mask": "attention",  # a registered strategy without throwing: none | random | attention
+        "mask": "attention",  # a registered strategy: none | random | attention | attmask | amt (throws: no decoder)
         "mask_num": 8,  # attention: the lowest 1/num tokens are candidates
         "mask_p": 0.1,  # probability of masking a candidate (random: any token)
+        "importance": "teacher",  # what importance-driven strategies read: teacher (its CLS attention) | none
+        "mask_ratio": 0.45,  # attmask: share of tokens masked; amt: share masked (AMT's MAE reference)
+        "throw_ratio": 0.40,  # amt: share of the global views' tokens thrown (needs mst.decoder=none; AMT's MAE ref.)
         "replacement": "learned",  # learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)
         "decoder": "cnn",  # an image decoder (cnn | linear) or none
         "decoder_channels": "auto",  # cnn widths, one per 2x upsampling (auto: log2(patch) of 256, 128, 64, ...)
@@ -120,10 +123,11 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "restore_weight": 0.6,  # lambda2 of eq. 11
     },
     "mim": {  # masked image modelling, shared by MAE and SimMIM
-        "mask": "patches",  # patches (MAE: a share of patches) | blocks (SimMIM: a share of mask units)
+        "mask": "patches",  # patches (MAE) | blocks (SimMIM) | random | attmask (needs mim.importance) | ...
         "mask_ratio": 0.75,  # share of tokens (patches) or mask units (blocks) masked, in [0, 1)
         "mask_patch_size": None,  # blocks: mask unit side in pixels, a multiple of model.patch_size (null: patch)
         "norm_pix_loss": True,  # target = per-patch normalised pixels
+        "importance": None,  # encoder (no-grad pass) | maps (AMT's, amt.enabled) | none; null: maps with AMT, else none
         "degradation": "none",  # Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | decolorize
     },
     "degrade": {  # the degradations' settings (Beyond Masking's reference values at 224 px)

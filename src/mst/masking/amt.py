@@ -1,12 +1,9 @@
 """AMT (Good helper is around you: Attention-driven Masked Image Modeling, AAAI 2023): masks and throws drawn by
 the model's own attention, from maps stored per training image.
 
-* :class:`AttentionMaps`: one (h, w) map per training image, the last block's CLS->patch attention of the model
-  being trained, min-max normalised per head, averaged over heads, computed without gradients in eval mode over
-  the whole un-cropped training set (each image resized to the input size). Stored as uint8 (value x 255,
-  rounded): the maps are in [0, 1] and only their relative size matters for sampling, so 1/255 steps lose
-  nothing that matters, and ImageNet's 1.28 M maps of 14 x 14 take 251 MB (float16: 502 MB; float32: 1 GB) on
-  every process. Saved with the checkpoint (as extra state: DDP does not broadcast it every step).
+* the per-image maps themselves (computing, storing, refreshing them) live beside the methods, in
+  :class:`mst.methods.importance.AttentionMaps`; this module stays tensor-to-mask code;
+* :func:`normalised_head_mean`: how a map is made from the per-head CLS attention;
 * :func:`crop_maps`: the crop box and flip of each image's view applied to its map (box scaled to the map grid,
   resized to the token grid with area averaging, the same flip), so weights sit on the tokens they belong to.
 * :class:`AMTMask`: per image, all tokens (or mask units) drawn without replacement with probability
@@ -20,12 +17,9 @@ the model's own attention, from maps stored per training image.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
 from mst.masking.base import MASKS, MaskResult, MaskStrategy, gen_device
 from mst.registry import ConfigError
@@ -183,82 +177,4 @@ def normalised_head_mean(per_head: torch.Tensor) -> torch.Tensor:
     return ((per_head - lo) / (hi - lo).clamp_min(1e-12)).mean(dim=1)
 
 
-class AttentionMaps(nn.Module):
-    """The per-image attention maps of AMT (see the module docstring). ``refreshed_epoch`` is the epoch of the
-    last refresh (-1: never; the maps are then ones, as the reference initialises them)."""
-
-    def __init__(self, grid: tuple[int, int]) -> None:
-        super().__init__()
-        self.grid = tuple(int(g) for g in grid)
-        self.maps = torch.zeros((0, *self.grid), dtype=torch.uint8)  # sized by bind() to the training set
-        self.refreshed_epoch = -1
-
-    def bind(self, n_images: int) -> None:
-        """Size the buffer for a training set of ``n_images`` (ones: uniform weights until the first refresh); a
-        buffer loaded from a checkpoint must already have that size."""
-        if len(self.maps) == 0:
-            self.maps = torch.full((int(n_images), *self.grid), 255, dtype=torch.uint8)
-        elif len(self.maps) != n_images:
-            from mst.registry import ConfigError
-
-            raise ConfigError(f"the checkpoint's AMT attention buffer holds maps of {len(self.maps)} images but the "
-                              f"training set has {n_images}: the data changed since the buffer was filled; resume on "
-                              "the same data (or start a new run)")
-
-    def get_extra_state(self) -> dict:
-        return {"maps": self.maps, "refreshed_epoch": self.refreshed_epoch}
-
-    def set_extra_state(self, state: dict) -> None:
-        maps = state["maps"]
-        if tuple(maps.shape[1:]) != self.grid:
-            raise ValueError(f"the checkpoint's AMT maps are {tuple(maps.shape[1:])}, not the {self.grid} token grid")
-        self.maps = maps.to(torch.uint8).cpu()
-        self.refreshed_epoch = int(state["refreshed_epoch"])
-
-    def weights(self, index: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None,
-                grid: tuple[int, int]) -> torch.Tensor:
-        """(B, N) weights on the token grid of a batch's views (``index``: dataset positions)."""
-        maps = self.maps[index.cpu()].to(boxes.device, torch.float32) / 255.0
-        return crop_maps(maps, boxes, flips, grid)
-
-    @torch.no_grad()
-    def refresh(self, backbone: nn.Module, dataset, size: int, mean, std, epoch: int, device: torch.device,
-                batch_size: int = 256, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-        """Recompute every map with ``backbone`` (eval mode, no gradients) over ``dataset`` ((PIL, label) pairs),
-        each image resized to ``size`` x ``size`` and normalised; ranks share the images and all-gather the maps.
-        Returns its cost for the logs (seconds, buffer MB)."""
-        from mst.data.gpu_augment import (RawImageDataset, collate_raw, crop_resize, eight_bit, normalize,
-                                          prepare_images)
-
-        t0 = time.perf_counter()
-        was_training = backbone.training
-        backbone.eval()
-        n = len(self.maps)
-        per_rank = math.ceil(n / world_size)
-        mine = list(range(rank * per_rank, min(n, (rank + 1) * per_rank)))
-        raw = RawImageDataset(dataset, len(mean))
-        out = torch.zeros((per_rank, *self.grid), dtype=torch.uint8)
-        try:
-            for start in range(0, len(mine), batch_size):
-                chunk = mine[start:start + batch_size]
-                images, _ = collate_raw(raw.__getitems__(chunk))
-                images = images.to(device) if torch.is_tensor(images) else [im.to(device) for im in images]
-                unit = eight_bit(images)
-                x, hs, ws = prepare_images(images, len(mean))
-                full = torch.stack([torch.zeros_like(ws), torch.zeros_like(hs), ws, hs], dim=1).float()
-                x = normalize(crop_resize(x, full, size, clamp=unit), mean, std)  # the whole image, resized
-                att = backbone(x, return_attention=True, per_head=True).attention  # (B, heads, N)
-                maps = normalised_head_mean(att.float()).reshape(len(chunk), *self.grid)
-                out[start:start + len(chunk)] = torch.round(maps * 255).to(torch.uint8).cpu()
-        finally:
-            backbone.train(was_training)
-        if world_size > 1 and dist.is_initialized():
-            gathered = [torch.zeros_like(out, device=device) for _ in range(world_size)]
-            dist.all_gather(gathered, out.to(device))
-            out = torch.cat([g.cpu() for g in gathered])
-        self.maps = out[:n].contiguous()
-        self.refreshed_epoch = int(epoch)
-        return {"amt_refresh_s": time.perf_counter() - t0, "amt_buffer_mb": self.maps.numel() / 2**20}
-
-
-__all__ = ["AMTMask", "AMTSpec", "AttentionMaps", "ORDERS", "crop_maps", "normalised_head_mean"]
+__all__ = ["AMTMask", "AMTSpec", "ORDERS", "crop_maps", "normalised_head_mean"]

@@ -12,7 +12,9 @@ A method says:
 * ``validate(cfg)``: its own config checks (raise :class:`~mst.registry.ConfigError` naming the key);
 * ``schedules``: per-iteration values it needs besides lr / wd (e.g. the teacher momentum);
 * ``ema_pairs``: (online, averaged) module pairs the engine updates with the ``momentum`` schedule;
-* ``backbones``: which backbone(s) evaluation and export use, as state-dict prefixes, and ``default_backbone``.
+* ``backbones``: which backbone(s) evaluation and export use, as state-dict prefixes, and ``default_backbone``;
+* ``importance_sources``: where it can take a mask strategy's per-token importance from (see
+  :mod:`mst.methods.importance`).
 
 Register with ``METHODS.register("name", cls)``.
 """
@@ -67,6 +69,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     default_backbone: ClassVar[str] = ""
     # optim.base_lr=auto (method-agnostic presets): the lr (x global batch / 256) measured to learn in ~1500 steps
     small_budget_base_lr: ClassVar[float] = 1.5e-3
+    # the importance sources (mst.methods.importance.IMPORTANCE) the method can feed a mask strategy
+    importance_sources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()

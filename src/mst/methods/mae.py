@@ -25,7 +25,8 @@ from mst.degradations import Degraded, build_degradation
 from mst.figures import Panel, to_display
 from mst.losses import normalize_patches, patch_mse
 from mst.methods.base import METHODS, StepContext, StepOutput
-from mst.methods.mim_common import MIMMasking, MIMMethod, figure_mask, reconstruction_panels, validate_mim
+from mst.methods.mim_common import (MIMMasking, MIMMethod, figure_mask, reconstruction_panels, uneven_counts,
+                                     validate_mim)
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.decoders.transformer import xavier_init
@@ -79,6 +80,11 @@ class MAE(MIMMethod):
             if cfg["amt"]["enabled"]:
                 raise ConfigError("mim.degradation and amt.enabled do not combine: a degradation compares the whole "
                                   "reconstructed view, which needs every token decoded, and AMT throws tokens away")
+        grid = (int(cfg["augment"]["global_size"]) // int(cfg["model"]["patch_size"]),) * 2
+        if uneven_counts(mim["mask"], mim, int(cfg["model"]["patch_size"]), grid):
+            raise ConfigError(f"mim.mask={mim['mask']!r} hides a different number of tokens in each image, but MAE's "
+                              "encoder batches the same number of visible tokens per image: choose patches, blocks "
+                              "or attmask")
         name = cfg["mae"]["decoder"]
         if decoder_kind(name, "mae.decoder") != "visible_tokens":
             raise ConfigError(f"mae.decoder={name!r} decodes a full token grid; MAE's encoder output holds only the "
@@ -92,7 +98,7 @@ class MAE(MIMMethod):
 
         # 1. Mask: per image, which tokens the encoder sees (keep) and which it must reconstruct (mask); with AMT
         #    (from amt.start) drawn by the stored attention maps, and the rest thrown away.
-        m = self.masking(replace(batch, views=[d.input]), ctx.epoch, ctx.generator)  # tokens of the input's grid
+        m = self.masking(replace(batch, views=[d.input]), ctx.epoch, ctx.generator, self.encoder)  # input's grid
         keep = m.keep if m.keep is not None else ~m.mask
 
         # 2. Encoder on the visible tokens only (position embeddings added before they are gathered).

@@ -1,12 +1,13 @@
 """What MAE and SimMIM share: config checks of the ``mim`` and ``amt`` sections, which tokens a step hides (and,
-with AMT, throws), and reconstruction panels."""
+with AMT, throws) with the importance from ``mim.importance``, and reconstruction panels."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from mst.masking import AMTMask, AMTSpec, AttentionMaps, MaskResult, build_mask_strategy
+from mst.masking import AMTMask, AMTSpec, MaskResult, build_mask_strategy
 from mst.methods.base import Method
+from mst.methods.importance import AttentionMaps, check_source, encoder_importance
 from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
 from mst.models.tokens import patchify, unpatchify
@@ -19,6 +20,7 @@ class MIMMethod(Method):
     views = "single"
     backbones = {"encoder": "encoder"}
     default_backbone = "encoder"
+    importance_sources = ("encoder", "maps")
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
@@ -51,43 +53,80 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
         raise ConfigError("mim.mask='amt' is not a masking of its own: set amt.enabled=true (AMT takes over from "
                           "mim.mask at amt.start, once the attention maps exist)")
     build_mask_strategy(mim["mask"], mim, int(model["patch_size"]), "mim.mask")
+    source = mim_source(cfg)
+    needs = [("mim.mask", mim["mask"])] + ([("amt.enabled", "amt")] if cfg["amt"]["enabled"] else [])
+    check_source(cfg["method"], MIMMethod.importance_sources, "mim.importance", source, needs)
+    if source == "maps" and not cfg["amt"]["enabled"]:
+        raise ConfigError("mim.importance='maps' reads AMT's stored per-image maps, which exist only with "
+                          "amt.enabled=true: set it, or take mim.importance=encoder")
     if cfg["amt"]["enabled"]:
         a = cfg["amt"]
         AMTSpec.from_config(cfg)  # ratios (null: the method's reference), order, units: checked there
-        if cfg["augment"]["rand_augment"]:
+        if cfg["augment"]["rand_augment"] and source == "maps":
             raise ConfigError("augment.rand_augment moves pixels within the crop, so AMT's maps would no longer "
                               "follow the view: leave it off for AMT")
         if int(a["start"]) < 0 or int(a["interval"]) < 1:
             raise ConfigError(f"amt.start={a['start']} must be >= 0 and amt.interval={a['interval']} >= 1")
 
 
+def mim_source(cfg: dict) -> str:
+    """``mim.importance``; null: AMT's stored maps when amt.enabled, else none (the settings before it existed)."""
+    source = cfg["mim"]["importance"]
+    if source is None:
+        return "maps" if cfg["amt"]["enabled"] else "none"
+    return source
+
+
+def uneven_counts(name: str, section: dict, patch_size: int, grid: tuple[int, int]) -> bool:
+    """Whether strategy ``name`` hides a different number of tokens in different images (a fixed probe draw of 8
+    images, random importance), which a method batching the visible tokens (MAE) cannot take."""
+    g = torch.Generator().manual_seed(0)
+    n = grid[0] * grid[1]
+    result = build_mask_strategy(name, section, patch_size)(8, grid, torch.rand(8, n, generator=g), g)
+    if result is None:
+        return False
+    keep = result.keep if result.keep is not None else ~result.mask
+    return bool((keep.sum(1) != keep.sum(1)[0]).any())
+
+
 class MIMMasking(nn.Module):
-    """Which tokens a MIM step hides: ``mim.mask`` at random; with ``amt.enabled``, from epoch ``amt.start`` on,
-    AMT's draw by the stored attention maps (which also throws tokens away). Owns the maps (saved with the
-    method) and refreshes them every ``amt.interval`` epochs from ``amt.start``."""
+    """Which tokens a MIM step hides: ``mim.mask``; with ``amt.enabled``, from epoch ``amt.start`` on, AMT's draw
+    (which also throws tokens away). A strategy that needs an importance reads it from ``mim.importance``: AMT's
+    stored maps (owned here, saved with the method, refreshed every ``amt.interval`` epochs from ``amt.start``) or
+    the encoder's attention in a no-grad pass."""
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
         self.cfg, self.patch = cfg, int(cfg["model"]["patch_size"])
         self.random = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
+        self.source = mim_source(cfg)
         self.amt = self.maps = None
         if cfg["amt"]["enabled"]:
             self.amt = AMTMask.from_spec(AMTSpec.from_config(cfg))
+        if self.source == "maps":
             self.maps = AttentionMaps((int(cfg["model"]["img_size"]) // self.patch,) * 2)
 
     def active(self, epoch: int) -> bool:
         return self.amt is not None and epoch >= int(self.cfg["amt"]["start"])
 
-    def forward(self, batch, epoch: int, generator=None) -> MaskResult:
+    def forward(self, batch, epoch: int, generator=None, encoder: nn.Module | None = None) -> MaskResult:
+        """The step's mask (and keep) for ``batch.views[0]``; ``encoder`` gives the importance of source encoder."""
         x = batch.views[0]
-        if not self.active(epoch):
-            return draw_mask(self.random, x, self.patch, generator)
+        strategy = self.amt if self.active(epoch) else self.random
+        importance = self.importance(batch, encoder) if strategy.needs_importance else None
+        return draw_mask(strategy, x, self.patch, generator, importance)
+
+    def importance(self, batch, encoder: nn.Module | None) -> torch.Tensor:
+        """(B, N) importance of the batch's view from ``mim.importance``."""
+        x = batch.views[0]
         b, _, h, w = x.shape
         grid = (h // self.patch, w // self.patch)
-        boxes = batch.boxes if batch.boxes is not None else x.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(b, 4)
-        weights = self.maps.weights(batch.index, boxes, batch.flips, grid)
-        result = self.amt(b, grid, weights, generator)
-        return MaskResult(mask=result.mask.to(x.device), keep=result.keep.to(x.device))
+        if self.source == "maps":
+            boxes = batch.boxes if batch.boxes is not None else x.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(b, 4)
+            return self.maps.weights(batch.index, boxes, batch.flips, grid)
+        if self.source == "encoder":
+            return encoder_importance(encoder, x)
+        raise ValueError(f"mim.importance={self.source!r} gives no per-token importance")
 
     def on_epoch_start(self, epoch: int, encoder: nn.Module, data) -> dict[str, float]:
         """Refresh the maps at amt.start, amt.start + interval, ... (once per epoch, also after a resume)."""
@@ -112,7 +151,7 @@ def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, gene
     box and flip (the preset's RandomResizedCrop) applied to the image *and* its map, and AMT's draw on the cropped
     map. Returns (cropped views, MaskResult, per image [map panel, cropped-map panel])."""
     from mst.data.gpu_augment import RATIO, crop_resize, sample_crop_boxes
-    from mst.masking.amt import crop_maps, normalised_head_mean
+    from mst.masking import crop_maps, normalised_head_mean
 
     b, c, h, w = images.shape
     patch, a = masking.patch, masking.cfg["augment"]
@@ -136,17 +175,20 @@ def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, gene
 
 def figure_mask(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, generator):
     """The views, mask and extra panels a method's figure shows: AMT's (:func:`amt_view`) when it is on, else
-    the images themselves with ``mim.mask``'s draw and no extra panel."""
+    the images themselves with ``mim.mask``'s draw (importance: the encoder's) and no extra panel."""
     if masking.amt is not None:
         return amt_view(masking, encoder, images, generator or torch.Generator())
-    return images, draw_mask(masking.random, images, masking.patch, generator), [[] for _ in images]
+    importance = encoder_importance(encoder, images) if masking.random.needs_importance else None
+    return images, draw_mask(masking.random, images, masking.patch, generator, importance), [[] for _ in images]
 
 
-def draw_mask(strategy, images: torch.Tensor, patch: int, generator) -> MaskResult:
-    """The strategy's mask for a batch of images (on the images' device); ``none`` -> nothing hidden."""
+def draw_mask(strategy, images: torch.Tensor, patch: int, generator,
+              importance: torch.Tensor | None = None) -> MaskResult:
+    """The strategy's mask for a batch of images (on the images' device), drawn with ``importance`` (B, N) where
+    the strategy needs one; ``none`` -> nothing hidden."""
     b, _, h, w = images.shape
     grid = (h // patch, w // patch)
-    result = strategy(b, grid, None, generator)
+    result = strategy(b, grid, importance, generator)
     if result is None:
         return MaskResult(mask=torch.zeros(b, grid[0] * grid[1], dtype=torch.bool, device=images.device))
     keep = None if result.keep is None else result.keep.to(images.device)
@@ -183,4 +225,4 @@ def reconstruction_panels(images: torch.Tensor, result: MaskResult, pred_patches
     return rows
 
 
-__all__ = ["draw_mask", "reconstruction_panels", "validate_mim"]
+__all__ = ["draw_mask", "mim_source", "reconstruction_panels", "uneven_counts", "validate_mim"]

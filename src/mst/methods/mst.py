@@ -4,7 +4,11 @@ One step, in the order of Algorithm 2:
 
     views -> teacher (DINO targets + CLS attention, one pass) -> mask -> student -> losses
 
-Plain DINO is this method with ``mst.mask: none`` and ``mst.decoder: none``.
+Plain DINO is this method with ``mst.mask: none`` and ``mst.decoder: none``. A strategy that needs an importance
+reads the teacher's CLS attention (``mst.importance: teacher``). A throwing strategy (``mst.mask: amt``, AMT's draw
+by the teacher's attention: ``mst.mask_ratio`` masked, ``mst.throw_ratio`` thrown) removes tokens from the
+student's global views after the position embeddings (local crops and the teacher see every token); it needs
+``mst.decoder: none``, as the decoder restores the whole view from every token.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.figures import Panel, masked_view, to_display
 from mst.models.decoders import decoder_kind
 from mst.models.encoder import build_student_teacher
+from mst.methods.importance import check_source
+from mst.models.backbones import BACKBONES
 from mst.models.head import cancel_last_layer_grads
 from mst.registry import ConfigError
 
@@ -32,6 +38,7 @@ class MST(Method):
     views = "multicrop"
     backbones = {"teacher": "teacher.backbone", "student": "student.backbone"}
     default_backbone = "teacher"  # DINO/MST report and release the teacher
+    importance_sources = ("teacher",)
     small_budget_base_lr = 8e-3  # with dino.koleo_weight=0.1: the recipe search (docs/results.md)
 
     def __init__(self, cfg: dict) -> None:
@@ -51,9 +58,14 @@ class MST(Method):
     @classmethod
     def validate(cls, cfg: dict) -> None:
         m = cfg["mst"]
+        check_source("mst", cls.importance_sources, "mst.importance", m["importance"], [("mst.mask", m["mask"])])
         if MASKS.get(m["mask"], "mst.mask").throws:
-            raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, which MST does not do (its student sees "
-                              "every token); choose one of the strategies that only mask: none, random, attention")
+            if m["decoder"] != "none":
+                raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, but mst.decoder={m['decoder']!r} "
+                                  "restores the whole view from every token: set mst.decoder=none to throw")
+            if not BACKBONES.get(cfg["model"]["arch"]).drops_tokens:
+                raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, which model.arch="
+                                  f"{cfg['model']['arch']!r} cannot (its windows need the whole grid): use a ViT")
         if cfg["dino"]["centering"] not in CENTERINGS:
             raise ConfigError(f"dino.centering={cfg['dino']['centering']!r} is not one of {', '.join(CENTERINGS)}")
         if m["replacement"] not in REPLACEMENTS:
@@ -79,16 +91,19 @@ class MST(Method):
         local_views = torch.cat(views[n_global:]) if n_local else None
 
         # 1. Teacher: the DINO targets and, from the *same* pass, the last block's CLS->patch attention (eq. 4).
+        needs = self.mask_strategy.needs_importance and self.cfg["mst"]["importance"] == "teacher"
         with torch.no_grad():
-            t = self.teacher.backbone(global_views, return_attention=self.mask_strategy.needs_importance)
+            t = self.teacher.backbone(global_views, return_attention=needs)
             teacher_logits = self.teacher.head(t.cls)
 
-        # 2. Mask: which of the student's global-view tokens become [MASK] (eq. 5; locals are never masked).
-        result = self.mask_strategy(global_views.shape[0], t.mask_grid, t.attention, ctx.generator)
+        # 2. Mask: which of the student's global-view tokens become [MASK] (eq. 5; locals are never masked), and
+        #    with a throwing strategy which leave its sequence (keep: the tokens that stay, [MASK] ones included).
+        result = self.mask_strategy(global_views.shape[0], t.mask_grid, t.attention if needs else None, ctx.generator)
         mask = None if result is None else result.mask.to(global_views.device)
+        keep = None if result is None or result.keep is None else (result.keep | result.mask).to(global_views.device)
 
         # 3. Student: masked global views + local crops through backbone and head; decoder on the global views.
-        s = self.student(global_views, local_views, mask=mask, replacement=self.cfg["mst"]["replacement"],
+        s = self.student(global_views, local_views, mask=mask, keep=keep, replacement=self.cfg["mst"]["replacement"],
                          n_global=n_global, n_local=n_local)
 
         # 4. Losses: self-distillation (eq. 2) and restoration of the whole augmented view (eq. 9), eq. 11.
@@ -108,6 +123,8 @@ class MST(Method):
             metrics["loss_restore"] = loss_restore.item()
         metrics["loss"] = loss.item()
         metrics["mask_ratio"] = mask.float().mean().item() if mask is not None else 0.0
+        if keep is not None:
+            metrics["thrown_ratio"] = 1.0 - keep.float().mean().item()
         metrics["teacher_temp"] = self.dino_loss.teacher_temp(ctx.epoch)
         metrics.update(self.dino_loss.stats)  # collapse monitors: teacher entropy / ln K, KL, centre norm
         metrics["teacher_cls_std"] = feature_stats(t.cls)["feature_std"]  # spread of the teacher's CLS in the batch

@@ -75,7 +75,7 @@ class SimMIM(MIMMethod):
 
         # 1. Mask: a share of mask units per image; with AMT (from amt.start) drawn by the stored attention maps,
         #    and further units thrown out of the sequence.
-        m = self.masking(batch, ctx.epoch, ctx.generator)
+        m = self.masking(batch, ctx.epoch, ctx.generator, self.encoder)
 
         # 2-3. Encoder ([MASK] before position embeddings; every kept token) and the per-token linear decoder.
         pred, where = self._predict(x, m)

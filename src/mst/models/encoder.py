@@ -56,15 +56,17 @@ class Encoder(nn.Module):
         global_views: torch.Tensor,
         local_views: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
         replacement: str = "learned",
         n_global: int = 2,
         n_local: int = 0,
     ) -> StudentOutput:
-        """The student's pass: masked global views (one batch of n_global * B), unmasked local crops, the head on
-        every CLS token, and the decoder on the global views' patch tokens.
+        """The student's pass: masked global views (one batch of n_global * B; ``keep``: only those tokens enter,
+        after the position embeddings), unmasked local crops, the head on every CLS token, and the decoder on the
+        global views' patch tokens.
 
         BatchNorm statistics (head with BN, decoder) are updated from the global views only (appendix C)."""
-        g = self.backbone(global_views, mask=mask, replacement=replacement)
+        g = self.backbone(global_views, mask=mask, keep=keep, replacement=replacement)
         logits = list(self.head(g.cls).chunk(n_global))
         if local_views is not None and n_local > 0:
             l_cls = self.backbone(local_views).cls
