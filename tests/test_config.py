@@ -87,8 +87,20 @@ def test_registries_name_the_valid_choices():
         load_config(overrides=["method=mae", "mae.decoder=cnn"])
     with pytest.raises(ConfigError, match=r"mst.decoder='transformer' decodes visible tokens only"):
         load_config(overrides=["mst.decoder=transformer"])
-    with pytest.raises(ConfigError, match=r"mask strategy 'patches' needs the config key 'mask_ratio'"):
-        load_config(overrides=["mst.mask=patches"])
+    from mst.masking import MASKS, RandomMask
+
+    class NeedsUnits(RandomMask):  # reads a key no section has (every built-in strategy's keys are in mst and mim)
+        @classmethod
+        def from_config(cls, section, patch_size):
+            return cls(section["units"])
+
+    MASKS.register("needs_units", NeedsUnits)
+    try:
+        with pytest.raises(ConfigError, match=r"mask strategy 'needs_units' needs the config key 'units', .*: choose "
+                                              r"another mst.mask$"):
+            load_config(overrides=["mst.mask=needs_units"])
+    finally:
+        MASKS.unregister("needs_units")
 
 
 def test_bad_values():

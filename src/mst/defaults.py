@@ -126,6 +126,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "mask": "patches",  # patches (MAE) | blocks (SimMIM) | random | attmask (needs mim.importance) | ...
         "mask_ratio": 0.75,  # share of tokens (patches) or mask units (blocks) masked, in [0, 1)
         "mask_patch_size": None,  # blocks: mask unit side in pixels, a multiple of model.patch_size (null: patch)
+        "mask_num": 8,  # attention (MST's, SimMIM only: varying counts): the lowest 1/num tokens are candidates
+        "mask_p": 0.1,  # attention: probability of masking a candidate; random: any token
         "norm_pix_loss": True,  # target = per-patch normalised pixels
         "importance": None,  # encoder (no-grad pass) | maps (AMT's, amt.enabled) | none; null: maps with AMT, else none
         "degradation": "none",  # Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | decolorize

@@ -69,4 +69,4 @@ def build_mask_strategy(name: str, section: dict, patch_size: int, key: str = "m
         return cls.from_config(section, patch_size)
     except KeyError as e:
         raise ConfigError(f"mask strategy {name!r} needs the config key {e.args[0]!r}, which this method's section "
-                          f"does not have ({', '.join(sorted(section))})") from None
+                          f"does not have ({', '.join(sorted(section))}): choose another {key}") from None
