@@ -38,6 +38,8 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "mask_only": (None, ["mst.decoder=none"]),
     "decoder_only": (None, ["mst.mask=none"]),
     "mst": (None, []),
+    # DINO whose student throws AMT's share of its global views' tokens (drawn by the teacher's attention)
+    "dino_throw": (None, ["mst.mask=amt", "mst.decoder=none"]),
     "mae": ("mae", []),
     "simmim": ("simmim", []),
     "mae_amt": ("mae", ["amt.enabled=true", "amt.start=0"]),  # AMT from the first step (steady state)

@@ -84,6 +84,7 @@ def test_step_time_tiny(tmp_path):
         assert r["ratio_vs_base_cpu"] == pytest.approx(paired(r["cpu_s"], v["dino"]["cpu_s"]))
         assert r["ratio_vs_base"] == r["ratio_vs_base_cpu"]  # one thread on CPU: CPU time is the measure
     assert res["mst_over_dino"] == v["mst"]["ratio_vs_base"]
+    assert res["dino_throw_over_dino"] == v["dino_throw"]["ratio_vs_base"]
     for plain in ("mae", "simmim"):
         amt = res[f"{plain}_amt_over_{plain}"]
         assert amt["step"] == pytest.approx(paired(v[f"{plain}_amt"]["cpu_s"], v[plain]["cpu_s"]))
