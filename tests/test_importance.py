@@ -91,7 +91,9 @@ def test_dino_throws_tokens_from_the_students_global_views():
     assert all(p.grad is None for p in method.teacher.parameters())
 
 
-# one step's loss of each default (seed 0, generator 0), recorded from the code before importance sources existed
+# A refactoring guard: one step's loss of each default (seed 0, generator 0) as commit 36e5646, before importance
+# sources existed, computed it on CPU. rel 1e-4 leaves room for another thread count's summation order; a change of
+# behaviour (another mask, another token order) moves these by far more.
 RECORDED = {"mst": 3.7142748832702637, "dino": 3.0971243381500244, "mae": 2.149582624435425,
             "simmim": 0.9347935318946838, "mae_amt": 2.231602430343628, "simmim_amt": 0.9383745789527893}
 
@@ -111,7 +113,7 @@ def test_default_steps_are_unchanged(name):
         m.masking.maps.maps = torch.randint(0, 256, m.masking.maps.maps.shape, generator=gen(3), dtype=torch.uint8)
         epoch = 1
     out = step(m, views_for(m), epoch=epoch, generator=gen(0))
-    assert out.loss.item() == pytest.approx(RECORDED[name], rel=1e-6, abs=0)
+    assert out.loss.item() == pytest.approx(RECORDED[name], rel=1e-4, abs=0)
 
 
 # -- every (method, strategy, importance source) from the registries --------------------------------------------
