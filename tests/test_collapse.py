@@ -108,8 +108,10 @@ def test_koleo_matches_brute_force_nearest_neighbours():
     z = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
     nearest = [min(np.linalg.norm(z[i] - z[j]) for j in range(9) if j != i) for i in range(9)]
     assert float(koleo_loss(x)) == pytest.approx(-np.mean(np.log(np.array(nearest) + 1e-8)), rel=1e-5)
-    with pytest.raises(ValueError, match="at least two"):
-        koleo_loss(x[:1])
+    single = koleo_loss(x[:1].requires_grad_())
+    assert float(single) == 0.0 and single.requires_grad  # no neighbour, no term (and backward still runs)
+    with pytest.raises(Exception, match="dino.koleo_weight=0.1 needs optim.batch_size >= 2"):
+        build_method(make_tiny_cfg("dino.koleo_weight=0.1", "optim.batch_size=1"))
 
 
 def test_feature_stats_rank_and_spread():
