@@ -19,7 +19,7 @@ from timm.layers import build_sincos2d_pos_embed
 from torch import nn
 
 from mst.models.contract import BackboneOutput, check_divisible, mask_grid_tokens, new_mask_token
-from mst.models.tokens import gather_tokens, keep_indices, scatter_tokens
+from mst.models.tokens import OutputCapture, gather_tokens, keep_indices, scatter_tokens
 
 POS_EMBEDS = ("learned", "sincos")
 
@@ -52,18 +52,6 @@ class ViTArch:
         return ViTBackbone(self, model_cfg, in_chans, drop_path, mask_token, classifier)
 
 
-class _QKVCapture:
-    """Forward hook storing the last block's qkv projection output (no attention matrix is formed)."""
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self.qkv: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if self.enabled:
-            self.qkv = output
-
-
 def cls_attention_from_qkv(attn: nn.Module, qkv: torch.Tensor, num_prefix: int, per_head: bool = False) -> torch.Tensor:
     """softmax(q_cls k^T / sqrt(d)) over all tokens, restricted to the patch tokens; mean over heads unless
     ``per_head``. ``attn`` is the timm Attention module that produced ``qkv`` (for heads, scale, q/k norms)."""
@@ -94,7 +82,7 @@ class ViTBackbone(nn.Module):
         self.mask_token = new_mask_token(self.embed_dim) if mask_token else None
         if model_cfg.get("pos_embed", "learned") == "sincos":
             self._fix_sincos_pos_embed()
-        self._capture = _QKVCapture()
+        self._capture = OutputCapture()
         self.vit.blocks[-1].attn.qkv.register_forward_hook(self._capture)
         if model_cfg.get("grad_checkpointing"):
             self.vit.set_grad_checkpointing(True)
@@ -145,7 +133,7 @@ class ViTBackbone(nn.Module):
             z = self.vit.norm(z)
             attention = None
             if return_attention:
-                attention = cls_attention_from_qkv(self.vit.blocks[-1].attn, self._capture.qkv, self.num_prefix,
+                attention = cls_attention_from_qkv(self.vit.blocks[-1].attn, self._capture.output, self.num_prefix,
                                                    per_head=True)
                 if idx is not None:  # back onto the whole grid
                     attention = scatter_tokens(attention.transpose(1, 2), idx, h * w).transpose(1, 2)
@@ -153,7 +141,7 @@ class ViTBackbone(nn.Module):
                     attention = attention.mean(dim=1)
         finally:
             self._capture.enabled = False
-            self._capture.qkv = None
+            self._capture.output = None
         return BackboneOutput(cls=z[:, 0], patches=z[:, self.num_prefix:], grid=(h, w), attention=attention,
                               keep_index=idx)
 

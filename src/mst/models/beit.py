@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mst.models.backbone import ViTArch
 from mst.models.contract import BackboneOutput, check_divisible, mask_grid_tokens
-from mst.models.tokens import gather_tokens, keep_indices, scatter_tokens
+from mst.models.tokens import OutputCapture, gather_tokens, keep_indices, scatter_tokens
 
 INIT_STD = 0.02
 
@@ -57,18 +57,6 @@ class BeitArch(ViTArch):
     def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
               classifier: tuple[int, str] | None = None) -> nn.Module:
         return BeitBackbone(self, model_cfg, in_chans, drop_path, mask_token, classifier)
-
-
-class _InputCapture:
-    """Forward hook on the last block's norm1: its output is that block's attention input."""
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self.x: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if self.enabled:
-            self.x = output
 
 
 def cls_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor, num_prefix: int = 1,
@@ -104,7 +92,7 @@ class BeitBackbone(nn.Module):
         self.mask_token = None
         if mask_token:
             self.mask_token = nn.Parameter(reference_trunc_normal_(torch.zeros(1, 1, self.embed_dim)))
-        self._capture = _InputCapture()
+        self._capture = OutputCapture()
         self.vit.blocks[-1].norm1.register_forward_hook(self._capture)
         if model_cfg.get("grad_checkpointing"):
             self.vit.set_grad_checkpointing(True)
@@ -174,7 +162,7 @@ class BeitBackbone(nn.Module):
             z = self.vit.norm(z)
             attention = None
             if return_attention:
-                attention = cls_attention(self.vit.blocks[-1].attn, self._capture.x, bias, self.num_prefix,
+                attention = cls_attention(self.vit.blocks[-1].attn, self._capture.output, bias, self.num_prefix,
                                           per_head=True)
                 if idx is not None:  # back onto the whole grid
                     attention = scatter_tokens(attention.transpose(1, 2), idx, h * w).transpose(1, 2)
@@ -182,7 +170,7 @@ class BeitBackbone(nn.Module):
                     attention = attention.mean(dim=1)
         finally:
             self._capture.enabled = False
-            self._capture.x = None
+            self._capture.output = None
         return BackboneOutput(cls=z[:, 0], patches=z[:, self.num_prefix:], grid=(h, w), attention=attention,
                               keep_index=idx)
 

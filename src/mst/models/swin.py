@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mst.models.contract import BackboneOutput, check_divisible, mask_grid_tokens, new_mask_token
+from mst.models.tokens import OutputCapture
 
 @dataclass(frozen=True)
 class SwinArch:
@@ -46,16 +47,6 @@ class SwinArch:
 
     def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
         return SwinBackbone(self, model_cfg, in_chans, drop_path, mask_token)
-
-
-class _InputCapture:
-    def __init__(self) -> None:
-        self.enabled = False
-        self.x: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if self.enabled:
-            self.x = output  # norm1 output: the attention block's input, (B, H, W, C), before windowing
 
 
 def pooled_query_attention(attn: nn.Module, x: torch.Tensor, per_head: bool = False) -> torch.Tensor:
@@ -83,7 +74,7 @@ class SwinBackbone(nn.Module):
         self.num_prefix = 0
         dim0 = self.vit.patch_embed.proj.out_channels
         self.mask_token = new_mask_token(dim0) if mask_token else None
-        self._capture = _InputCapture()
+        self._capture = OutputCapture()  # norm1 output: the attention input, (B, H, W, C), before windowing
         self._last_block = self.vit.layers[-1].blocks[-1]
         self._last_block.norm1.register_forward_hook(self._capture)
         if model_cfg.get("grad_checkpointing"):
@@ -113,7 +104,7 @@ class SwinBackbone(nn.Module):
             z = self.vit.norm(self.vit.layers(tokens))  # B, h, w, D
             attention = None
             if return_attention:
-                a = pooled_query_attention(self._last_block.attn, self._capture.x, per_head)
+                a = pooled_query_attention(self._last_block.attn, self._capture.output, per_head)
                 h, w = z.shape[1:3]
                 a = a.reshape(b, -1, h, w)
                 a = F.interpolate(a, size=(mh, mw), mode="bilinear", align_corners=False).flatten(2)
@@ -121,7 +112,7 @@ class SwinBackbone(nn.Module):
                 attention = a if per_head else a[:, 0]
         finally:
             self._capture.enabled = False
-            self._capture.x = None
+            self._capture.output = None
         h, w = z.shape[1:3]
         patches = z.reshape(b, h * w, -1)
         return BackboneOutput(cls=patches.mean(dim=1), patches=patches, grid=(h, w), attention=attention,

@@ -7,6 +7,7 @@ thrown away). :func:`keep_indices` turns it into sorted indices (B, K), which :f
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -65,3 +66,16 @@ def scatter_tokens(x: torch.Tensor, idx: torch.Tensor, n: int, fill: torch.Tenso
     else:
         out = x.new_full((b, n, d), float(fill))
     return out.scatter(1, idx.unsqueeze(-1).expand(-1, -1, d), x)
+
+
+class OutputCapture:
+    """A forward hook that keeps its module's output while ``enabled``: how a backbone reads the last block's
+    attention input (or qkv) from the same pass that makes its tokens, without forming an attention matrix."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if self.enabled:
+            self.output = output
