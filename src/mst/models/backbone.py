@@ -19,7 +19,7 @@ from timm.layers import build_sincos2d_pos_embed
 from torch import nn
 
 from mst.models.contract import BackboneOutput, check_divisible, mask_grid_tokens, new_mask_token
-from mst.models.tokens import OutputCapture, gather_tokens, keep_indices, scatter_tokens
+from mst.models.tokens import OutputCapture, attention_on_grid, keep_after_prefix
 
 POS_EMBEDS = ("learned", "sincos")
 
@@ -117,13 +117,7 @@ class ViTBackbone(nn.Module):
         b, h, w, _ = tokens.shape
         self._capture.enabled = return_attention
         try:
-            z = self.vit._pos_embed(tokens)
-            idx = None
-            if keep is not None:
-                if keep.shape != (b, h * w):
-                    raise ValueError(f"keep shape {tuple(keep.shape)} does not match {b} images of {h * w} tokens")
-                idx = keep_indices(keep.to(z.device))
-                z = torch.cat([z[:, : self.num_prefix], gather_tokens(z[:, self.num_prefix:], idx)], dim=1)
+            z, idx = keep_after_prefix(self.vit._pos_embed(tokens), keep, self.num_prefix, h * w)
             z = self.vit.patch_drop(z)
             z = self.vit.norm_pre(z)
             if self.vit.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -133,12 +127,8 @@ class ViTBackbone(nn.Module):
             z = self.vit.norm(z)
             attention = None
             if return_attention:
-                attention = cls_attention_from_qkv(self.vit.blocks[-1].attn, self._capture.output, self.num_prefix,
-                                                   per_head=True)
-                if idx is not None:  # back onto the whole grid
-                    attention = scatter_tokens(attention.transpose(1, 2), idx, h * w).transpose(1, 2)
-                if not per_head:
-                    attention = attention.mean(dim=1)
+                attention = attention_on_grid(cls_attention_from_qkv(
+                    self.vit.blocks[-1].attn, self._capture.output, self.num_prefix, per_head=True), idx, h * w, per_head)
         finally:
             self._capture.enabled = False
             self._capture.output = None

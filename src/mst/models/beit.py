@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mst.models.backbone import ViTArch
 from mst.models.contract import BackboneOutput, check_divisible, mask_grid_tokens
-from mst.models.tokens import OutputCapture, gather_tokens, keep_indices, scatter_tokens
+from mst.models.tokens import OutputCapture, attention_on_grid, keep_after_prefix
 
 INIT_STD = 0.02
 
@@ -146,12 +146,7 @@ class BeitBackbone(nn.Module):
         tokens = mask_grid_tokens(self.embed(x), mask, self.mask_token, replacement, generator)
         b, h, w, d = tokens.shape
         z = torch.cat([self.vit.cls_token.expand(b, -1, -1), tokens.reshape(b, h * w, d)], dim=1)
-        idx = None
-        if keep is not None:
-            if keep.shape != (b, h * w):
-                raise ValueError(f"keep shape {tuple(keep.shape)} does not match {b} images of {h * w} tokens")
-            idx = keep_indices(keep.to(z.device))
-            z = torch.cat([z[:, : self.num_prefix], gather_tokens(z[:, self.num_prefix:], idx)], dim=1)
+        z, idx = keep_after_prefix(z, keep, self.num_prefix, h * w)
         bias = self.relative_bias((h, w), idx)
         z = self.vit.pos_drop(z)
         self._capture.enabled = return_attention
@@ -162,12 +157,8 @@ class BeitBackbone(nn.Module):
             z = self.vit.norm(z)
             attention = None
             if return_attention:
-                attention = cls_attention(self.vit.blocks[-1].attn, self._capture.output, bias, self.num_prefix,
-                                          per_head=True)
-                if idx is not None:  # back onto the whole grid
-                    attention = scatter_tokens(attention.transpose(1, 2), idx, h * w).transpose(1, 2)
-                if not per_head:
-                    attention = attention.mean(dim=1)
+                attention = attention_on_grid(cls_attention(self.vit.blocks[-1].attn, self._capture.output, bias,
+                                                            self.num_prefix, per_head=True), idx, h * w, per_head)
         finally:
             self._capture.enabled = False
             self._capture.output = None

@@ -68,6 +68,26 @@ def scatter_tokens(x: torch.Tensor, idx: torch.Tensor, n: int, fill: torch.Tenso
     return out.scatter(1, idx.unsqueeze(-1).expand(-1, -1, d), x)
 
 
+def keep_after_prefix(z: torch.Tensor, keep: torch.Tensor | None, num_prefix: int,
+                      n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, prefix + N, D) tokens -> the prefix tokens and the kept patch tokens, and the kept indices (None: all
+    kept). A ViT-style backbone throws tokens this way after its position embeddings."""
+    if keep is None:
+        return z, None
+    if keep.shape != (z.shape[0], n):
+        raise ValueError(f"keep shape {tuple(keep.shape)} does not match {z.shape[0]} images of {n} tokens")
+    idx = keep_indices(keep.to(z.device))
+    return torch.cat([z[:, :num_prefix], gather_tokens(z[:, num_prefix:], idx)], dim=1), idx
+
+
+def attention_on_grid(attention: torch.Tensor, idx: torch.Tensor | None, n: int, per_head: bool) -> torch.Tensor:
+    """Per-head CLS attention (B, heads, K) over the kept tokens -> on the whole grid of ``n`` tokens (0 where
+    thrown), averaged over heads unless ``per_head``."""
+    if idx is not None:
+        attention = scatter_tokens(attention.transpose(1, 2), idx, n).transpose(1, 2)
+    return attention if per_head else attention.mean(dim=1)
+
+
 class OutputCapture:
     """A forward hook that keeps its module's output while ``enabled``: how a backbone reads the last block's
     attention input (or qkv) from the same pass that makes its tokens, without forming an attention matrix."""
