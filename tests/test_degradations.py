@@ -134,6 +134,23 @@ def test_zoom_in_loss_equals_the_reference_formula():
     assert alone.item() == pytest.approx(((pred - patchify(x[..., :28, :28], 4)) ** 2).mean().item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("n_in, n_out", [(28, 36), (36, 28), (7, 10), (10, 7), (12, 12)])
+def test_area_resize_is_torchs_area_interpolation(n_in, n_out):
+    """The zoom-in loss's fast resize: the values and the gradient of F.interpolate(mode="area")."""
+    import torch.nn.functional as F
+
+    from mst.degradations.zoom import area_resize
+
+    x = torch.randn(3, 2, n_in, n_in, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    w = torch.randn(3, 2, n_out, n_out, generator=torch.Generator().manual_seed(1))
+    ours = area_resize(x, n_out)
+    ref = F.interpolate(x, size=(n_out, n_out), mode="area")
+    assert torch.allclose(ours, ref, atol=1e-6)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.allclose(g_ours, g_ref, atol=1e-6)
+
+
 def test_zoom_out_normalises_the_target_in_the_clean_frame_then_places_it():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 1, 28, 28, generator=g)

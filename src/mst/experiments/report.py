@@ -29,9 +29,25 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def step_ms(run_dir: Path) -> float | None:
+    """Median pretraining step time (ms) of a run, from the per-step throughput its metrics.jsonl logged (every
+    log.every steps: the step's own time, so an AMT refresh or an evaluation between steps is not in it)."""
+    log, cfg = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "config.yaml"
+    if not (log.is_file() and cfg.is_file()):
+        return None
+    import yaml
+
+    batch = yaml.safe_load(cfg.read_text())["optim"]["batch_size"]
+    rates = [r["images_per_s"] for r in map(json.loads, log.read_text().splitlines())
+             if r.get("images_per_s") and "step" in r]
+    return 1000.0 * batch / statistics.median(rates) if rates else None
+
+
 def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: list[str],
-              failures: list[dict] | None = None, user_overrides: list[str] | None = None) -> dict:
-    """Read every out_dir/<variant>/seed<k>/results.json and summarise them per variant."""
+              failures: list[dict] | None = None, user_overrides: list[str] | None = None,
+              refused: dict[str, str] | None = None) -> dict:
+    """Read every out_dir/<variant>/seed<k>/results.json and summarise them per variant; ``refused``:
+    {variant: the config's reason} for variants that were not trained."""
     out_dir = Path(out_dir)
     rows = []
     for variant in variants:
@@ -39,16 +55,23 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
         for seed in range(seeds):
             p = out_dir / variant / f"seed{seed}" / "results.json"
             if p.is_file():
-                runs.append(json.loads(p.read_text()))
+                runs.append({**json.loads(p.read_text()), "step_ms": step_ms(p.parent)})
         stats = {}
         for m in METRICS + EXTRA_METRICS:
             vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]
             if vals:
                 mu, sd = mean_std(vals)
                 stats[m] = {"mean": mu, "std": sd, "n": len(vals), "values": vals}
+        steps = [r["step_ms"] for r in runs if r["step_ms"]]
+        if steps:
+            mu, sd = mean_std(steps)
+            stats["step_ms"] = {"mean": mu, "std": sd, "n": len(steps), "values": steps}
         wall = [r["wall_s"]["total_s"] for r in runs]
+        spec = ABLATIONS[name].variant(variant)
         rows.append({
             "variant": variant,
+            "cell": list(spec.cell) if spec.cell else None,
+            "refused": (refused or {}).get(variant),
             "overrides": list(ABLATIONS[name].variant(variant).overrides),
             "preset": ABLATIONS[name].variant(variant).preset,
             "paper": ABLATIONS[name].variant(variant).paper,
@@ -56,8 +79,8 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
             "seeds": [r["seed"] for r in runs],
             "stats": stats,
             "wall_s_per_run": {"mean": statistics.fmean(wall), "max": max(wall)} if wall else None,
-            "runs": [{"seed": r["seed"], "metrics": r["metrics"], "wall_s": r["wall_s"], "cpu_s": r.get("cpu_s")}
-                     for r in runs],
+            "runs": [{"seed": r["seed"], "metrics": r["metrics"], "wall_s": r["wall_s"], "cpu_s": r.get("cpu_s"),
+                      "step_ms": r["step_ms"]} for r in runs],
         })
     base = out_dir / "random_init" / "results.json"
     agg = {
@@ -137,8 +160,11 @@ def markdown_table(agg: dict) -> str:
     for r in agg["variants"]:
         paper = "–" if r.get("paper") is None else f"{r['paper']:.1f}"
         settings = ([f"configs/{r['preset']}"] if r.get("preset") else []) + list(r["overrides"])
-        cells = [r["variant"], "`" + " ".join(settings) + "`", *(_fmt(r["stats"].get(m)) for m in metrics),
-                 _minutes(r["runs"]), str(r["n_seeds"]), paper]
+        values = [_fmt(r["stats"].get(m)) for m in metrics]
+        if r.get("refused"):
+            values = [f"refused: {r['refused']}"] + ["–"] * (len(metrics) - 1)
+        cells = [r["variant"], "`" + " ".join(settings) + "`", *values, _minutes(r["runs"]), str(r["n_seeds"]),
+                 paper]
         lines.append("| " + " | ".join(cells) + " |")
     if agg.get("random_init"):
         ref = agg["random_init"]
@@ -159,9 +185,12 @@ def markdown_body(agg: dict) -> str:
         "on frozen CLS features, dense = per-patch linear probe mIoU on Fashion-MNIST collages). The paper column "
         "is ImageNet, for the direction of the effect only.",
         "",
-        markdown_table(agg),
-        "",
     ]
+    if any(r.get("cell") for r in agg["variants"]):
+        from mst.experiments.grid import grid_markdown
+
+        out += [grid_markdown(agg), "", "Every run:", ""]
+    out += [markdown_table(agg), ""]
     if agg.get("user_overrides"):
         out += [f"Extra overrides for every run: `{' '.join(agg['user_overrides'])}`.", ""]
     if max((r["n_seeds"] for r in agg["variants"]), default=0) < 2:
@@ -180,6 +209,10 @@ def markdown_body(agg: dict) -> str:
 
 
 def plot(agg: dict, path: Path) -> Path:
+    if any(r.get("cell") for r in agg["variants"]):
+        from mst.experiments.grid import grid_plot
+
+        return grid_plot(agg, path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,6 +279,8 @@ def update_results_doc(results_json: str | Path, doc_path: str | Path = "docs/re
            + "".join(f" --set {o}" for o in agg.get("user_overrides", [])))
     body = f"{start}\n_Generated by `{cmd}`; do not edit by hand._\n\n{markdown_body(agg)}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if text.count(start) > 1:
+        raise ValueError(f"{doc_path} has the marker {start} {text.count(start)} times: keep one section")
     if pattern.search(text):
         text = pattern.sub(lambda _: body, text, count=1)
     else:

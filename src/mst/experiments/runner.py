@@ -64,6 +64,29 @@ def build_run_config(name: str, variant: str, seed: int, protocol: str | Protoco
     return load_config(preset, items)
 
 
+def _run_configs(name: str, variants: list[str], seeds: int, proto: Protocol, data_root: str | None,
+                 overrides: list[str] | None) -> tuple[dict, dict]:
+    """The config of every (variant, seed) to train, and {variant: reason} for the variants the spec lists as
+    refused, whose config must then raise a ConfigError (its message is the reason). A listed refusal whose config
+    is accepted, or a ConfigError of any other variant, is an error: the table would otherwise say something the
+    code does not."""
+    cfgs, refusals = {}, {}
+    for variant in variants:
+        spec = ABLATIONS[name].variant(variant)
+        try:
+            for seed in range(seeds):
+                cfgs[variant, seed] = build_run_config(name, variant, seed, proto, data_root, overrides)
+        except ConfigError as e:
+            if not spec.refused:
+                raise
+            refusals[variant] = str(e)
+            continue
+        if spec.refused:
+            raise ConfigError(f"variant {variant!r} of ablation {name!r} is listed as refused, but its config "
+                              "is accepted: train it (drop refused=True) or fix the check that should refuse it")
+    return cfgs, refusals
+
+
 def _check_same_config(run_dir: Path, cfg: dict) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
@@ -206,8 +229,10 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
         if o.split("=")[0].strip() in var_keys:
             tee(f"note: --set {o} is overridden by the variants of ablation {name!r} that set the same key")
     # every config first: a bad override fails before hours of training
-    cfgs = {(v, s): build_run_config(name, v, s, proto, data_root, overrides) for v in chosen for s in range(seeds)}
+    cfgs, refusals = _run_configs(name, chosen, seeds, proto, data_root, overrides)
     tee(f"ablation {name}: {len(chosen)} variants x {seeds} seeds, protocol {protocol} ({proto.description})")
+    for variant, reason in refusals.items():
+        tee(f"[{variant}] refused by its config, not trained: {reason}")
     todo = [] if report_only else list(cfgs.items())
     if shard is not None:
         todo = todo[shard[0]::shard[1]]
@@ -261,7 +286,8 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
                 base_path.parent.mkdir(exist_ok=True)
                 base_path.write_text(json.dumps({"metrics": metrics, "wall_s": wall, "checkpoint_config": str(first)},
                                                 indent=2))
-        agg = aggregate(name, out, proto, seeds, chosen, failures=failures, user_overrides=overrides or [])
+        agg = aggregate(name, out, proto, seeds, chosen, failures=failures, user_overrides=overrides or [],
+                        refused=refusals)
         paths = write_reports(agg, out)
         tee(agg["summary"])
         tee("wrote " + ", ".join(str(p) for p in paths))

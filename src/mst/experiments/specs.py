@@ -14,6 +14,8 @@ class Variant:
     overrides: tuple[str, ...] = ()
     preset: str | None = None  # a file in configs/ replacing the protocol's preset (e.g. another method's)
     paper: float | None = None  # the paper's number for this variant (see Ablation.paper_label)
+    cell: tuple[str, str] | None = None  # (row, column) of a grid ablation's table, e.g. (method, strategy)
+    refused: bool = False  # the config must refuse it: the run records the one-line reason instead of training
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,56 @@ class Ablation:
         return [v.name for v in self.variants]
 
 
-def _v(name: str, *overrides: str, preset: str | None = None, paper: float | None = None) -> Variant:
-    return Variant(name, tuple(overrides), preset, paper)
+def _v(name: str, *overrides: str, preset: str | None = None, paper: float | None = None,
+       cell: tuple[str, str] | None = None, refused: bool = False) -> Variant:
+    return Variant(name, tuple(overrides), preset, paper, cell, refused)
+
+
+def _matrix() -> tuple[Variant, ...]:
+    """Methods x attention-guided strategies, each method on its own CPU preset (its budget: about the same wall
+    time as the MST demo), the strategy the only change. Column settings:
+
+    * random: each method's own random mask (MST/DINO: each token with p = 0.1, Table 4's; MAE: 75 % of the
+      patches; SimMIM: 60 % of the units);
+    * attention: MST's rule, the lowest-attention 1/num tokens each masked with p (MST/DINO: num 8, p 0.1, the
+      paper's; SimMIM: num 2, p 0.9, the closest the rule gets to SimMIM's share while still using attention);
+    * attmask: AttMask-High, the most attended tokens (MST/DINO: 10 %, random's expected share; MAE/SimMIM: their
+      own 75 % / 60 %);
+    * amt: AMT's sampled mask + throw (MAE/SimMIM: the AMT presets, maps refreshed each epoch; DINO: the teacher's
+      attention in the same step, mask 45 % and throw 40 % of the student's global views);
+    * none: no mask (the DINO preset; MST = DINO + the decoder).
+
+    MIM strategies that need attention read the encoder's (a no-grad pass per step); MST/DINO read the teacher's.
+    """
+    presets = {"mst": "fashion_mnist_vit_tiny.yaml", "dino": _DINO, "mae": "fashion_mnist_mae.yaml",
+               "simmim": "fashion_mnist_simmim.yaml"}
+    enc = "mim.importance=encoder"
+    cells = {
+        ("mst", "random"): ("mst.mask=random", "mst.mask_p=0.1"),
+        ("mst", "attention"): (),  # the preset: attention, num 8, p 0.1
+        ("mst", "attmask"): ("mst.mask=attmask", "mst.mask_ratio=0.1"),
+        ("mst", "amt"): ("mst.mask=amt",),  # refused: the CNN decoder restores the view from every token
+        ("mst", "none"): ("mst.mask=none",),
+        ("dino", "random"): ("mst.mask=random", "mst.mask_p=0.1"),
+        ("dino", "attention"): ("mst.mask=attention", "mst.mask_num=8", "mst.mask_p=0.1"),
+        ("dino", "attmask"): ("mst.mask=attmask", "mst.mask_ratio=0.1"),
+        ("dino", "amt"): ("mst.mask=amt",),
+        ("dino", "none"): (),  # the preset
+        ("mae", "random"): (),  # the preset: 75 % patches
+        ("mae", "attention"): ("mim.mask=attention", enc),  # refused: varying counts per image
+        ("mae", "attmask"): ("mim.mask=attmask", enc),
+        ("mae", "amt"): ("amt.enabled=true",),
+        ("mae", "none"): ("mim.mask=none",),  # refused: nothing to reconstruct
+        ("simmim", "random"): (),  # the preset: 60 % of the units
+        ("simmim", "attention"): ("mim.mask=attention", "mim.mask_num=2", "mim.mask_p=0.9", enc),
+        ("simmim", "attmask"): ("mim.mask=attmask", enc),
+        ("simmim", "amt"): ("amt.enabled=true",),
+        ("simmim", "none"): ("mim.mask=none",),  # refused: nothing to reconstruct
+    }
+    refused = {("mst", "amt"), ("mae", "attention"), ("mae", "none"), ("simmim", "none")}
+    return tuple(_v(f"{m}_{s}", *o, preset=presets[m], cell=(m, s), refused=(m, s) in refused)
+                 for (m, s), o in cells.items())
+
 
 
 # Table 4 compares mask strategies inside MST (decoder on in all rows) with "the same probability p" for all:
@@ -116,6 +166,9 @@ ABLATIONS: dict[str, Ablation] = {
         _v("blur", "mim.degradation=blur", "mim.mask=none", preset=_BM, paper=81.8),
         _v("masking_zoom_in", "mim.degradation=zoom_in", preset=_BM, paper=83.2),
     ), "Paper fine-tune top-1 (ImageNet ViT-B, 300 ep, %)", "Beyond Masking (arXiv 2203.14313)"),
+    # Attention as an axis: every method with every attention-guided strategy at its own preset's budget
+    # (protocol cpu_methods); cells the config refuses are recorded with its reason. See _matrix for the settings.
+    "matrix": Ablation(_matrix(), "Paper (none at this scale)", "MST (NeurIPS 2021), AMT (AAAI 2023), AttMask (ECCV 2022)"),
 }
 
 # ----------------------------------------------------------------------------------------------- protocols
