@@ -202,19 +202,36 @@ def test_decolorize_trains_on_colour_and_exports_with_three_channels(tmp_path):
 
 
 class _Invert(Degradation):
-    """A degradation registered by the test: the encoder sees the negative of the view."""
+    """A degradation registered by the test: the encoder sees the negative of the view, times its own setting."""
+
+    defaults = {"invert_gain": 1.0}  # a key of the shared degrade section, declared here only
+
+    def __init__(self, gain: float = 1.0) -> None:
+        self.gain = gain
+
+    @classmethod
+    def from_config(cls, section):
+        return cls(section["invert_gain"])
 
     def __call__(self, images, generator):
-        return Degraded(input=-images, target=images)
+        return Degraded(input=-self.gain * images, target=images)
 
 
 def test_a_degradation_registered_here_trains_by_name():
     DEGRADATIONS.register("invert", _Invert)
     try:
-        cfg = load_config(overrides=TINY_MAE + ["mim.degradation=invert"])
+        cfg = load_config(overrides=TINY_MAE + ["mim.degradation=invert", "degrade.invert_gain=2.5"])
+        assert cfg["degrade"]["invert_gain"] == 2.5 and cfg["degrade"]["zoom_in"] == 9 / 7
         mae = build_method(cfg)
-        out = step(mae, [torch.randn(4, 1, 28, 28)])
+        x = torch.randn(4, 1, 28, 28)
+        assert torch.equal(mae.degradation(x, None).input, -2.5 * x)
+        out = step(mae, [x])
         assert torch.isfinite(out.loss)
+        with pytest.raises(ConfigError, match="degrade.invert_gain"):
+            load_config(overrides=TINY_MAE + ["mim.degradation=invert", "degrade.invert_gain=strong"])
+        with pytest.raises(ValueError, match=r"config key degrade.zoom_in is declared by mst.degradations.zoom.ZoomIn"):
+            class Twice(_Invert):
+                defaults = {"zoom_in": 2.0}
         with pytest.raises(ConfigError, match=r"mim.degradation='inverted' is not a registered degradation"):
             load_config(overrides=TINY_MAE + ["mim.degradation=inverted"])
         with pytest.raises(ConfigError, match="built on MAE"):

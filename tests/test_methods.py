@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mst.config import load_config, register_section
+from mst.config import load_config, register_section, sections
 from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import Trainer
 from mst.masking import MASKS, MaskResult, MaskStrategy, PatchRatioMask
@@ -137,6 +137,7 @@ class _MeanColour(Method):
     """A test method: predict each image's mean intensity from the encoder's CLS token (a linear probe)."""
 
     sections = ("probe",)
+    defaults = {"probe": {"scale": 1.0}}  # its own section, declared here: no edit elsewhere
     backbones = {"encoder": "encoder"}
     default_backbone = "encoder"
 
@@ -155,12 +156,12 @@ class _MeanColour(Method):
 
 
 def test_a_method_registered_here_is_configured_and_trained_by_name(tmp_path):
-    register_section("probe", {"scale": 1.0})
     METHODS.register("mean_colour", _MeanColour)
     try:
         cfg = load_config(overrides=["method=mean_colour", *TINY_MAE[1:6], "log.progress=false",
                                      "log.tensorboard=false", "log.every=1", "probe.scale=2.0"])
         assert cfg["probe"] == {"scale": 2.0} and "mim" not in cfg
+        assert load_config(overrides=["method=mean_colour", *TINY_MAE[1:6]])["probe"] == {"scale": 1.0}
         tr = Trainer(cfg, tmp_path / "run")
         assert tr.fit(max_steps=2) == "max_steps"
         lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -169,6 +170,23 @@ def test_a_method_registered_here_is_configured_and_trained_by_name(tmp_path):
         assert ck["default_backbone"] == "encoder" and "head.weight" in ck["method"]
     finally:
         METHODS.unregister("mean_colour")
+
+
+def test_a_section_has_one_owner_and_one_default_per_key():
+    """A method declaring a section another owner declared with other defaults is refused when its class is
+    defined; re-declaring the same defaults (a subclass) is not; register_section still adds a section by hand."""
+    with pytest.raises(ValueError, match=r"config section 'mst' is declared by mst.methods.mst.MST and, with "
+                                         r"other defaults, by tests.test_methods.*Clash"):
+        class Clash(_MeanColour):
+            defaults = {"mst": {"mask": "random"}}
+    with pytest.raises(ValueError, match="'data', a common config section"):
+        class Common(_MeanColour):
+            defaults = {"data": {}}
+
+    class Same(_MeanColour):
+        defaults = {"probe": {"scale": 1.0}}
+    register_section("probe2", {"k": 3})
+    assert sections()["probe"] == {"scale": 1.0} and sections()["probe2"] == {"k": 3}
 
 
 def test_mae_resume_equals_the_uninterrupted_run(tmp_path):

@@ -33,6 +33,14 @@ AUTO_KEYS: set[str] = {
 }
 
 
+def sections() -> dict[str, dict[str, Any]]:
+    """Every method section with its defaults: the registry of mst.defaults, filled as the owners' classes are
+    defined (importing the methods defines them, and the degradations MAE reads)."""
+    import mst.methods  # noqa: F401  (registers the built-in methods' sections)
+
+    return SECTIONS
+
+
 def register_section(name: str, defaults: dict[str, Any]) -> None:
     """A new config section (for a method registered outside this package)."""
     if name in COMMON:
@@ -62,9 +70,9 @@ def defaults_for(method: str) -> dict[str, Any]:
     cfg = copy.deepcopy(COMMON)
     cfg["method"] = method
     for section in method_class(method).sections:
-        if section not in SECTIONS:
+        if section not in sections():
             raise ConfigError(f"method {method!r} reads config section {section!r}, which is not registered")
-        cfg[section] = copy.deepcopy(SECTIONS[section])
+        cfg[section] = copy.deepcopy(sections()[section])
     return cfg
 
 
@@ -73,14 +81,14 @@ def _unknown(key: str, where: str, cfg: dict) -> ConfigError:
     section = key.split(".")[0]
     if key in RENAMED:
         return ConfigError(f"config key '{key}' in {where} was renamed: use {RENAMED[key]}")
-    if section in SECTIONS and section not in cfg:
+    if section in sections() and section not in cfg:
         users = [m for m, cls in _method_items() if section in cls.sections]
         return ConfigError(f"config section '{section}' (key '{key}' in {where}) is not used by method "
                            f"'{cfg['method']}'; it belongs to {', '.join(users) or 'no registered method'}")
     valid = sorted(_flatten(cfg)) + sorted(k for k, v in cfg.items() if isinstance(v, dict))
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    sections = sorted(k for k, v in cfg.items() if isinstance(v, dict))
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid sections: {', '.join(sections)}"
+    names = sorted(k for k, v in cfg.items() if isinstance(v, dict))
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid sections: {', '.join(names)}"
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
@@ -207,7 +215,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             method = parse_value(text, key)
     cfg = defaults_for(str(method))
     if data.pop("any_method", False):  # a method-agnostic preset: the sections of the other methods are ignored
-        for section in [k for k in data if k in SECTIONS and k not in cfg]:
+        for section in [k for k in data if k in sections() and k not in cfg]:
             del data[section]
     _merge(cfg, data, str(path), cfg)
     for item in overrides or []:
@@ -235,7 +243,7 @@ def _section_defaults(cfg: dict) -> dict[str, Any]:
     SECTIONS, so a section registered at run time is checked by its own defaults)."""
     out: dict[str, Any] = {}
     for name in cfg:
-        default = COMMON[name] if name in COMMON else SECTIONS.get(name)
+        default = COMMON[name] if name in COMMON else sections().get(name)
         if isinstance(default, dict):
             out.update(_flatten(default, name + "."))
         elif name in COMMON:

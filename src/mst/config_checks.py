@@ -338,9 +338,7 @@ RANGES: dict[str, Range | Each | Rule] = {
     "degrade.blur_kernel": Rule(lambda v: v >= 3 and v % 2 == 1, "be an odd size >= 3"),
     "degrade.blur_sigma": SIGMA,
     "degrade.decolor_max": POSITIVE,
-    # amt
-    "amt.mask_ratio": RATIO,
-    "amt.throw_ratio": RATIO,
+    # amt (mask_ratio, throw_ratio, order: checked by mst.masking.AMTSpec, the one place that resolves them)
     "amt.start": NON_NEGATIVE,
     "amt.interval": AT_LEAST_1,
     "amt.batch_size": AT_LEAST_1,

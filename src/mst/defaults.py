@@ -1,8 +1,10 @@
-"""Every config key with its default: the common sections, and the sections methods read (``Method.sections``).
+"""Every config key with its default: the common sections here, and the registry of the sections methods read
+(``Method.sections``), which their owners declare beside their code (``Method.defaults``, ``Degradation.defaults``).
 
 ``mst.config`` merges them with presets and overrides and validates the result."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 COMMON: dict[str, Any] = {
@@ -88,91 +90,36 @@ COMMON: dict[str, Any] = {
     },
 }
 
-# Method sections: a method names the ones it reads (``Method.sections``); register more with register_section().
-SECTIONS: dict[str, dict[str, Any]] = {
-    "dino": {  # self-distillation (DINO; MST's eq. 1-2)
-        "out_dim": 4096,
-        "hidden_dim": 2048,
-        "bottleneck_dim": 256,
-        "nlayers": 3,
-        "norm_last_layer": True,
-        "use_bn": False,  # MST Table 6: BN in the projection head, statistics from the global views only
-        "teacher_temp": 0.04,
-        "warmup_teacher_temp": 0.04,
-        "warmup_teacher_temp_epochs": 0,
-        "student_temp": 0.1,
-        "center_momentum": 0.9,
-        "centering": "center",  # center (DINO: EMA of the teacher's mean output) | sinkhorn (DINOv2: Sinkhorn-Knopp)
-        "sinkhorn_iters": 3,  # DINOv2's number of normalisations
-        "koleo_weight": 0.0,  # KoLeo on the student's global-view CLS tokens (DINOv2: 0.1; 0: off)
-        "momentum_teacher": 0.996,  # cosine to 1 over training
-        "freeze_last_layer": 1,  # epochs during which the prototypes do not move
-    },
-    "mst": {  # MST's mask and decoder (eq. 5-11)
-        "mask": "attention",  # a registered strategy: none | random | attention | attmask | amt (throws: no decoder)
-        "mask_num": 8,  # attention: the lowest 1/num tokens are candidates
-        "mask_p": 0.1,  # probability of masking a candidate (random: any token)
-        "importance": "teacher",  # what importance-driven strategies read: teacher (its CLS attention) | none
-        "mask_ratio": 0.45,  # attmask: share of tokens masked; amt: share masked (AMT's MAE reference)
-        "throw_ratio": 0.40,  # amt: share of the global views' tokens thrown (needs mst.decoder=none; AMT's MAE ref.)
-        "replacement": "learned",  # learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)
-        "decoder": "cnn",  # an image decoder (cnn | linear) or none
-        "decoder_channels": "auto",  # cnn widths, one per 2x upsampling (auto: log2(patch) of 256, 128, 64, ...)
-        "restore_target": "image",  # image (whole view, eq. 9) | masked (masked tokens' pixels only)
-        "ce_weight": 1.0,  # lambda1 of eq. 11
-        "restore_weight": 0.6,  # lambda2 of eq. 11
-    },
-    "mim": {  # masked image modelling, shared by MAE and SimMIM
-        "mask": "patches",  # patches (MAE) | blocks (SimMIM) | random | attmask (needs mim.importance) | ...
-        "mask_ratio": 0.75,  # share of tokens (patches) or mask units (blocks) masked, in [0, 1)
-        "mask_patch_size": None,  # blocks: mask unit side in pixels, a multiple of model.patch_size (null: patch)
-        "mask_num": 8,  # attention (MST's, SimMIM only: varying counts): the lowest 1/num tokens are candidates
-        "mask_p": 0.1,  # attention: probability of masking a candidate; random: any token
-        "norm_pix_loss": True,  # target = per-patch normalised pixels
-        "importance": None,  # encoder (no-grad pass) | maps (AMT's, amt.enabled) | none; null: maps with AMT, else none
-        "degradation": "none",  # Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | decolorize
-    },
-    "degrade": {  # the degradations' settings (Beyond Masking's reference values at 224 px)
-        "zoom_in": 1.2857142857142858,  # 9/7: the input is the centre 224 of a 288 px field of view
-        "ring_weight": 0.2,  # zoom_in: share of the loss on the border ring the input does not show
-        "zoom_out": 1.4,  # 7/5: a 160 px image in a 224 px mirror-padded canvas
-        "distort": [0.15, 0.25],  # fisheye strength range
-        "blur_kernel": 7,
-        "blur_sigma": [0.5, 2.0],
-        "decolor_max": 0.6666666666666666,  # channel weights ~ U(0, 2/3)
-    },
-    "amt": {  # AMT: attention-driven masking and throwing, an option of MAE and SimMIM
-        "enabled": False,
-        "mask_ratio": None,  # null: the method's reference (its amt_reference: MAE 0.45, SimMIM 0.44 of the units)
-        "throw_ratio": None,  # null: MAE 0.40, SimMIM 0.26
-        "start": 40,  # epoch from which masks follow the maps (plain mim.mask before); the first refresh
-        "interval": 40,  # epochs between refreshes of the maps
-        "order": "mask_first",  # mask_first (reference) | throw_first | throw_lowest
-        "batch_size": 256,  # images per batch of the refresh pass
-    },
-    "mae": {  # MAE's decoder
-        "decoder": "transformer",
-        "decoder_dim": 512,
-        "decoder_depth": 8,
-        "decoder_heads": 16,
-    },
-    "simmim": {  # SimMIM's decoder
-        "decoder": "linear",
-    },
-    "finetune": {  # supervised fine-tuning of a pretrained backbone (or from scratch), MAE / BEiT recipe
-        "init": None,  # checkpoint (run directory or file) whose backbone starts the fine-tune; null = random init
-        "init_backbone": None,  # which of its backbones (null: its default: MST's teacher, MIM's encoder)
-        "num_classes": 10,
-        "pool": "cls",  # cls (CLS token after the final norm) | avg (mean of patch tokens + fc_norm, as MAE)
-        "layer_decay": 0.75,  # lr of block i (0-based) x decay^(depth - i); embeddings x decay^(depth + 1)
-        "label_smoothing": 0.1,
-        "mixup": 0.8,  # alpha (0: off)
-        "cutmix": 1.0,  # alpha (0: off)
-        "mixup_prob": 1.0,
-        "mixup_switch_prob": 0.5,
-        "reprob": 0.25,  # random erasing probability (timm, pixel mode)
-    },
-}
+# Method sections: each is declared by its owner, next to the code that reads it (``Method.defaults``: a method's
+# own sections, e.g. MST's ``dino`` and ``mst``; ``Degradation.defaults``: one degradation's keys of the shared
+# ``degrade`` section), and registered here when the owner's class is defined. A section (or a key of a shared
+# one) declared twice with different defaults is an error: one key, one default.
+SECTIONS: dict[str, dict[str, Any]] = {}
+_OWNERS: dict[str, str] = {}  # section or "section.key" -> who declared it
+
+
+def add_section(name: str, defaults: dict[str, Any], owner: str) -> None:
+    """Register ``owner``'s section ``name`` (every key with its default); the same section again from another
+    owner must carry the same defaults (a subclass re-declaring its parent's section is fine)."""
+    if name in COMMON:
+        raise ValueError(f"{owner} declares {name!r}, a common config section")
+    if name in SECTIONS and SECTIONS[name] != defaults:
+        raise ValueError(f"config section {name!r} is declared by {_OWNERS[name]} and, with other defaults, by {owner}")
+    SECTIONS[name] = copy.deepcopy(defaults)
+    _OWNERS.setdefault(name, owner)
+
+
+def add_section_keys(name: str, defaults: dict[str, Any], owner: str) -> None:
+    """Add ``owner``'s keys to the shared section ``name`` (created if new); a key another owner declared is an
+    error (two degradations reading one key would have to agree on its default)."""
+    section = SECTIONS.setdefault(name, {})
+    for key, value in defaults.items():
+        where = f"{name}.{key}"
+        if key in section and _OWNERS.get(where) != owner:
+            raise ValueError(f"config key {where} is declared by {_OWNERS.get(where)} and by {owner}")
+        section[key] = copy.deepcopy(value)
+        _OWNERS[where] = owner
+
 
 # keys that existed before methods had sections: an old preset gets told where its key went
 RENAMED = {

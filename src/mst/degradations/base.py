@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from mst.defaults import add_section_keys
 from mst.registry import Registry
 
 
@@ -28,7 +29,15 @@ class Degraded:
 
 
 class Degradation(abc.ABC):
-    """``input_channels(c)``: how many channels the encoder takes for c-channel data (de-colourise: 1)."""
+    """``input_channels(c)``: how many channels the encoder takes for c-channel data (de-colourise: 1).
+    ``defaults``: the keys this degradation reads from the shared ``degrade`` config section, with their defaults
+    (registered in mst.defaults.SECTIONS when the class is defined)."""
+
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        add_section_keys("degrade", cls.__dict__.get("defaults", {}), f"{cls.__module__}.{cls.__qualname__}")
 
     @classmethod
     def from_config(cls, section: dict) -> "Degradation":

@@ -9,6 +9,8 @@ from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
 
 
 class Blur(Degradation):
+    defaults = {"blur_kernel": 7, "blur_sigma": [0.5, 2.0]}
+
     def __init__(self, kernel: int = 7, sigma: tuple[float, float] = (0.5, 2.0)) -> None:
         if kernel < 3 or kernel % 2 == 0:
             raise ValueError(f"degrade.blur_kernel={kernel} must be an odd size >= 3")

@@ -12,6 +12,8 @@ from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
 
 
 class Decolorize(Degradation):
+    defaults = {"decolor_max": 2 / 3}  # channel weights ~ U(0, 2/3)
+
     def __init__(self, high: float = 2 / 3) -> None:
         if not high > 0:
             raise ValueError(f"degrade.decolor_max={high} must be > 0")

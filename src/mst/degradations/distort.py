@@ -24,6 +24,8 @@ def fisheye_grid(centres: torch.Tensor, strength: torch.Tensor, h: int, w: int) 
 
 
 class Distort(Degradation):
+    defaults = {"distort": [0.15, 0.25]}  # fisheye strength range
+
     def __init__(self, strength: tuple[float, float] = (0.15, 0.25)) -> None:
         lo, hi = (float(v) for v in strength)
         if not 0 <= lo <= hi < 0.35:

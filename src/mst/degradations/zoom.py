@@ -48,6 +48,11 @@ def strip_weights(big: int, b: int) -> torch.Tensor:
 
 
 class ZoomIn(Degradation):
+    defaults = {
+        "zoom_in": 9 / 7,  # the input is the centre 224 of a 288 px field of view
+        "ring_weight": 0.2,  # share of the loss on the border ring the input does not show
+    }
+
     def __init__(self, zoom: float = 9 / 7, ring_weight: float = 0.2) -> None:
         if zoom <= 1:
             raise ValueError(f"degrade.zoom_in={zoom} must be > 1 (the view is this much wider than the input)")
@@ -101,6 +106,8 @@ class ZoomIn(Degradation):
 
 
 class ZoomOut(Degradation):
+    defaults = {"zoom_out": 1.4}  # 7/5: a 160 px image in a 224 px mirror-padded canvas
+
     def __init__(self, zoom: float = 7 / 5) -> None:
         if zoom <= 1:
             raise ValueError(f"degrade.zoom_out={zoom} must be > 1 (the view shrinks by this factor)")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mst.data.batch import Batch
+from mst.defaults import add_section
 from mst.figures import Panel
 from mst.registry import Registry
 
@@ -71,6 +72,14 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     small_budget_base_lr: ClassVar[float] = 1.5e-3
     # the importance sources (mst.methods.importance.IMPORTANCE) the method can feed a mask strategy
     importance_sources: ClassVar[tuple[str, ...]] = ()
+    # the config sections this class introduces, every key with its default (registered in mst.defaults.SECTIONS
+    # when the class is defined; ``sections`` may also name sections other owners declare, e.g. "degrade")
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, section in cls.__dict__.get("defaults", {}).items():
+            add_section(name, section, f"{cls.__module__}.{cls.__qualname__}")
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()

@@ -14,6 +14,8 @@ encoder sees the degraded view and the decoder reconstructs the clean one (see :
 """
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import replace
 
 import torch
@@ -44,9 +46,18 @@ def mae_init(vit: nn.Module) -> None:
         nn.init.normal_(vit.cls_token, std=0.02)
 
 
+MAE_DEFAULTS: dict[str, Any] = {  # MAE's decoder
+    "decoder": "transformer",
+    "decoder_dim": 512,
+    "decoder_depth": 8,
+    "decoder_heads": 16,
+}
+
+
 @METHODS.register("mae")
 class MAE(MIMMethod):
     sections = ("mim", "mae", "amt", "degrade")
+    defaults = {"mae": MAE_DEFAULTS}  # "degrade": each degradation declares its keys (Degradation.defaults)
     # AMT's reference ratios (guijiejie/AMT): mask 45 %, throw 40 % of the patches (amt.* null -> these)
     amt_reference = (0.45, 0.40)
 

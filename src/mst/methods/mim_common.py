@@ -2,6 +2,8 @@
 with AMT, throws) with the importance from ``mim.importance``, and reconstruction panels."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -14,9 +16,32 @@ from mst.models.tokens import patchify, unpatchify
 from mst.registry import ConfigError
 
 
+MIM_DEFAULTS: dict[str, Any] = {  # masked image modelling, shared by MAE and SimMIM
+    "mask": "patches",  # patches (MAE) | blocks (SimMIM) | random | attmask (needs mim.importance) | ...
+    "mask_ratio": 0.75,  # share of tokens (patches) or mask units (blocks) masked, in [0, 1)
+    "mask_patch_size": None,  # blocks: mask unit side in pixels, a multiple of model.patch_size (null: patch)
+    "mask_num": 8,  # attention (MST's, SimMIM only: varying counts): the lowest 1/num tokens are candidates
+    "mask_p": 0.1,  # attention: probability of masking a candidate; random: any token
+    "norm_pix_loss": True,  # target = per-patch normalised pixels
+    "importance": None,  # encoder (no-grad pass) | maps (AMT's, amt.enabled) | none; null: maps with AMT, else none
+    "degradation": "none",  # Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | decolorize
+}
+
+AMT_DEFAULTS: dict[str, Any] = {  # AMT: attention-driven masking and throwing, an option of MAE and SimMIM
+    "enabled": False,
+    "mask_ratio": None,  # null: the method's reference (its amt_reference: MAE 0.45, SimMIM 0.44 of the units)
+    "throw_ratio": None,  # null: MAE 0.40, SimMIM 0.26
+    "start": 40,  # epoch from which masks follow the maps (plain mim.mask before); the first refresh
+    "interval": 40,  # epochs between refreshes of the maps
+    "order": "mask_first",  # mask_first (reference) | throw_first | throw_lowest
+    "batch_size": 256,  # images per batch of the refresh pass
+}
+
+
 class MIMMethod(Method):
     """What MAE and SimMIM have in common: one single-view encoder, which evaluation and export use, on a patch
     grid of img_size / patch_size."""
+    defaults = {"mim": MIM_DEFAULTS, "amt": AMT_DEFAULTS}  # shared by MAE and SimMIM
     views = "single"
     backbones = {"encoder": "encoder"}
     default_backbone = "encoder"
@@ -59,14 +84,13 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
     if source == "maps" and not cfg["amt"]["enabled"]:
         raise ConfigError("mim.importance='maps' reads AMT's stored per-image maps, which exist only with "
                           "amt.enabled=true: set it, or take mim.importance=encoder")
-    if cfg["amt"]["enabled"]:
-        a = cfg["amt"]
-        AMTSpec.from_config(cfg)  # ratios (null: the method's reference), order, units: checked there
-        if cfg["augment"]["rand_augment"] and source == "maps":
-            raise ConfigError("augment.rand_augment moves pixels within the crop, so AMT's maps would no longer "
-                              "follow the view: leave it off for AMT")
-        if int(a["start"]) < 0 or int(a["interval"]) < 1:
-            raise ConfigError(f"amt.start={a['start']} must be >= 0 and amt.interval={a['interval']} >= 1")
+    # AMT's ratios (null: the method's reference), order and units are checked there alone, also while AMT is off,
+    # so a bad value in a preset is named before someone turns AMT on
+    AMTSpec.from_config(cfg)
+    # amt.start, amt.interval, amt.batch_size: their ranges are in mst.config_checks.RANGES
+    if cfg["amt"]["enabled"] and cfg["augment"]["rand_augment"] and source == "maps":
+        raise ConfigError("augment.rand_augment moves pixels within the crop, so AMT's maps would no longer "
+                          "follow the view: leave it off for AMT")
 
 
 def mim_source(cfg: dict) -> str:

@@ -12,6 +12,8 @@ student's global views after the position embeddings (local crops and the teache
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -32,9 +34,45 @@ from mst.models.head import cancel_last_layer_grads
 from mst.registry import ConfigError
 
 
+DINO_DEFAULTS: dict[str, Any] = {  # self-distillation (DINO; MST's eq. 1-2)
+    "out_dim": 4096,
+    "hidden_dim": 2048,
+    "bottleneck_dim": 256,
+    "nlayers": 3,
+    "norm_last_layer": True,
+    "use_bn": False,  # MST Table 6: BN in the projection head, statistics from the global views only
+    "teacher_temp": 0.04,
+    "warmup_teacher_temp": 0.04,
+    "warmup_teacher_temp_epochs": 0,
+    "student_temp": 0.1,
+    "center_momentum": 0.9,
+    "centering": "center",  # center (DINO: EMA of the teacher's mean output) | sinkhorn (DINOv2: Sinkhorn-Knopp)
+    "sinkhorn_iters": 3,  # DINOv2's number of normalisations
+    "koleo_weight": 0.0,  # KoLeo on the student's global-view CLS tokens (DINOv2: 0.1; 0: off)
+    "momentum_teacher": 0.996,  # cosine to 1 over training
+    "freeze_last_layer": 1,  # epochs during which the prototypes do not move
+}
+
+MST_DEFAULTS: dict[str, Any] = {  # MST's mask and decoder (eq. 5-11)
+    "mask": "attention",  # a registered strategy: none | random | attention | attmask | amt (throws: no decoder)
+    "mask_num": 8,  # attention: the lowest 1/num tokens are candidates
+    "mask_p": 0.1,  # probability of masking a candidate (random: any token)
+    "importance": "teacher",  # what importance-driven strategies read: teacher (its CLS attention) | none
+    "mask_ratio": 0.45,  # attmask: share of tokens masked; amt: share masked (AMT's MAE reference)
+    "throw_ratio": 0.40,  # amt: share of the global views' tokens thrown (needs mst.decoder=none; AMT's MAE ref.)
+    "replacement": "learned",  # learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)
+    "decoder": "cnn",  # an image decoder (cnn | linear) or none
+    "decoder_channels": "auto",  # cnn widths, one per 2x upsampling (auto: log2(patch) of 256, 128, 64, ...)
+    "restore_target": "image",  # image (whole view, eq. 9) | masked (masked tokens' pixels only)
+    "ce_weight": 1.0,  # lambda1 of eq. 11
+    "restore_weight": 0.6,  # lambda2 of eq. 11
+}
+
+
 @METHODS.register("mst")
 class MST(Method):
     sections = ("dino", "mst")
+    defaults = {"dino": DINO_DEFAULTS, "mst": MST_DEFAULTS}  # every key of its sections, with its default
     views = "multicrop"
     backbones = {"teacher": "teacher.backbone", "student": "student.backbone"}
     default_backbone = "teacher"  # DINO/MST report and release the teacher

@@ -11,6 +11,8 @@ embeddings) and the loss; the decoder then maps the remaining tokens one by one.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mst.data.batch import Batch
@@ -25,9 +27,15 @@ from mst.models.tokens import gather_tokens, patchify, scatter_tokens
 from mst.registry import ConfigError
 
 
+SIMMIM_DEFAULTS: dict[str, Any] = {  # SimMIM's decoder
+    "decoder": "linear",
+}
+
+
 @METHODS.register("simmim")
 class SimMIM(MIMMethod):
     sections = ("mim", "simmim", "amt")
+    defaults = {"simmim": SIMMIM_DEFAULTS}
     small_budget_base_lr = 1e-3  # configs/fashion_mnist_simmim.yaml
     # AMT's reference ratios (guijiejie/AMT): mask 44 %, throw 26 % of the mask units (amt.* null -> these)
     amt_reference = (0.44, 0.26)

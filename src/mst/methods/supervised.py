@@ -11,6 +11,8 @@ patch tokens (``finetune.pool: avg`` uses timm's fc_norm instead of the final no
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
@@ -26,9 +28,25 @@ from mst.models.backbones import BACKBONES, create_backbone
 from mst.registry import ConfigError
 
 
+FINETUNE_DEFAULTS: dict[str, Any] = {  # supervised fine-tuning of a pretrained backbone (or from scratch), MAE / BEiT recipe
+    "init": None,  # checkpoint (run directory or file) whose backbone starts the fine-tune; null = random init
+    "init_backbone": None,  # which of its backbones (null: its default: MST's teacher, MIM's encoder)
+    "num_classes": 10,
+    "pool": "cls",  # cls (CLS token after the final norm) | avg (mean of patch tokens + fc_norm, as MAE)
+    "layer_decay": 0.75,  # lr of block i (0-based) x decay^(depth - i); embeddings x decay^(depth + 1)
+    "label_smoothing": 0.1,
+    "mixup": 0.8,  # alpha (0: off)
+    "cutmix": 1.0,  # alpha (0: off)
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "reprob": 0.25,  # random erasing probability (timm, pixel mode)
+}
+
+
 @METHODS.register("finetune")
 class Supervised(Method):
     sections = ("finetune",)
+    defaults = {"finetune": FINETUNE_DEFAULTS}
     views = "single"
     needs_labels = True
     backbones = {"finetuned": "backbone"}
