@@ -399,7 +399,7 @@ def test_held_out_split_does_not_move_with_the_crop_size(tmp_path):
 
 
 def test_tensor_backend_keeps_each_image_on_its_own_scale():
-    from mst.data.gpu_augment import GPUMultiCrop, collate_raw
+    from mst.data.tensor_multicrop import GPUMultiCrop, collate_raw
 
     from tests.conftest import aug
 

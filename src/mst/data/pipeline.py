@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from .batch import Batch
 from .dataset import AugmentedDataset, collate_crops
-from .gpu_augment import GPUMultiCrop, RawImageDataset, collate_raw
+from .tensor_multicrop import GPUMultiCrop, RawImageDataset, collate_raw
 from .multicrop import MultiCropTransform
 from .single_view import GPUSingleView, SingleViewTransform
 

@@ -19,7 +19,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from .gpu_augment import RATIO, crop_resize, eight_bit, normalize, prepare_images, sample_crop_boxes
+from .image_ops import RATIO, crop_resize, eight_bit, normalize, prepare_images, sample_crop_boxes
 from .multicrop import _as_mode, _check_stats, _to_tensor
 
 
@@ -90,8 +90,8 @@ class SingleViewTransform:
 class GPUSingleView:
     """Batched :class:`SingleViewTransform` on the training device: images (B, C, H, W) uint8 / float or a list of
     (C, H_i, W_i) -> (views (B, C, S, S) normalised, boxes (B, 4) fractions, flips (B,) bool). Crop boxes follow
-    torchvision's sampling (:func:`~mst.data.gpu_augment.sample_crop_boxes`); resampling is bilinear with area
-    averaging, as for :class:`~mst.data.gpu_augment.GPUMultiCrop`."""
+    torchvision's sampling (:func:`~mst.data.image_ops.sample_crop_boxes`); resampling is bilinear with area
+    averaging, as for :class:`~mst.data.tensor_multicrop.GPUMultiCrop`."""
 
     def __init__(self, size: int, scale: Sequence[float], flip_p: float, mean: Sequence[float],
                  std: Sequence[float], channels: int, crop: str = "rrc", pad: int = 0) -> None:

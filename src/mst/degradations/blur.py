@@ -4,7 +4,7 @@ pixels (7 in the reference) with sigma ~ U(blur_sigma), depthwise, reflect paddi
 mean of a constant image. Target: the sharp view."""
 from __future__ import annotations
 
-from mst.data.gpu_augment import gaussian_blur
+from mst.data.image_ops import gaussian_blur
 from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
 
 

@@ -108,8 +108,8 @@ class AttentionMaps(nn.Module):
         """Recompute every map with ``backbone`` (eval mode, no gradients) over ``dataset`` ((PIL, label) pairs),
         each image resized to ``size`` x ``size`` and normalised; ranks share the images and all-gather the maps.
         Returns its cost for the logs (seconds, buffer MB)."""
-        from mst.data.gpu_augment import (RawImageDataset, collate_raw, crop_resize, eight_bit, normalize,
-                                          prepare_images)
+        from mst.data.image_ops import crop_resize, eight_bit, normalize, prepare_images
+        from mst.data.tensor_multicrop import RawImageDataset, collate_raw
 
         t0 = time.perf_counter()
         was_training = backbone.training

@@ -174,7 +174,7 @@ def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, gene
     """For figures of an AMT run: each image's attention map (computed now, as a refresh would), a random crop
     box and flip (the preset's RandomResizedCrop) applied to the image *and* its map, and AMT's draw on the cropped
     map. Returns (cropped views, MaskResult, per image [map panel, cropped-map panel])."""
-    from mst.data.gpu_augment import RATIO, crop_resize, sample_crop_boxes
+    from mst.data.image_ops import RATIO, crop_resize, sample_crop_boxes
     from mst.masking import crop_maps, normalised_head_mean
 
     b, c, h, w = images.shape

@@ -1,5 +1,6 @@
-"""Batched tensor multi-crop (mst.data.gpu_augment): shapes, per-sample randomness, probabilities, ranges,
-determinism, and agreement of each op with torchvision's single-image functional ops."""
+"""Batched tensor multi-crop (mst.data.tensor_multicrop) and its image ops (mst.data.image_ops): shapes, per-sample
+randomness, probabilities, ranges, determinism, agreement of each op with torchvision's single-image functional ops,
+and the old import path (mst.data.gpu_augment)."""
 from __future__ import annotations
 
 import math
@@ -9,18 +10,16 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from mst.data import ArrayDataset, blur_kernel_size
-from mst.data.gpu_augment import (
-    GPUMultiCrop,
-    RawImageDataset,
+from mst.data.image_ops import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    collate_raw,
     gaussian_blur,
     sample_crop_boxes,
     to_gray,
 )
+from mst.data.tensor_multicrop import GPUMultiCrop, RawImageDataset, collate_raw
 
 from tests.conftest import MEAN1, MEAN3, STD1, STD3, aug  # noqa: E402
 
@@ -224,3 +223,14 @@ def test_raw_dataset_and_collate():
     assert batch.shape == (4, 1, 28, 28) and labels.tolist() == [0, 1, 2, 3]
     mixed, _ = collate_raw([(torch.zeros(1, 5, 5, dtype=torch.uint8), 0), (torch.zeros(1, 6, 5, dtype=torch.uint8), 1)])
     assert isinstance(mixed, list) and len(mixed) == 2
+
+
+def test_old_import_path_gives_the_same_objects():
+    import mst.data.gpu_augment as old
+    from mst.data import image_ops, tensor_multicrop
+
+    assert old.GPUMultiCrop is tensor_multicrop.GPUMultiCrop
+    assert old.collate_raw is tensor_multicrop.collate_raw
+    assert old.sample_crop_boxes is image_ops.sample_crop_boxes
+    assert old.RATIO is image_ops.RATIO
+    assert all(hasattr(old, name) for name in old.__all__)
