@@ -328,16 +328,9 @@ RANGES: dict[str, Range | Each | Rule] = {
     # mim
     "mim.mask_ratio": RATIO,
     "mim.mask_patch_size": AT_LEAST_1,
-    # degrade (as the degradations' constructors require)
-    "degrade.zoom_in": Range(1, lo_open=True),
-    "degrade.ring_weight": PROBABILITY,
-    "degrade.zoom_out": Range(1, lo_open=True),
+    # degrade.*: checked by each degradation's constructor (MAE.validate builds every registered one)
     "augment.eval_crop": Range(0, 1, lo_open=True),
     "augment.pad": NON_NEGATIVE,
-    "degrade.distort": Each(Range(0, 0.35, hi_open=True), n=2, ordered=True),
-    "degrade.blur_kernel": Rule(lambda v: v >= 3 and v % 2 == 1, "be an odd size >= 3"),
-    "degrade.blur_sigma": SIGMA,
-    "degrade.decolor_max": POSITIVE,
     # amt (mask_ratio, throw_ratio, order: checked by mst.masking.AMTSpec, the one place that resolves them)
     "amt.start": NON_NEGATIVE,
     "amt.interval": AT_LEAST_1,

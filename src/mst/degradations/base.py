@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from mst.defaults import add_section_keys
-from mst.registry import Registry
+from mst.registry import ConfigError, Registry
 
 
 @dataclass
@@ -72,9 +72,9 @@ def build_degradation(name: str, section: dict) -> Degradation:
     try:
         return cls.from_config(section)
     except KeyError as e:
-        from mst.registry import ConfigError
-
         raise ConfigError(f"degradation {name!r} needs the config key degrade.{e.args[0]}") from None
+    except ValueError as e:  # the constructor's check, which names the key
+        raise ConfigError(str(e)) from None
 
 
 def uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:

@@ -14,6 +14,8 @@ class Blur(Degradation):
     def __init__(self, kernel: int = 7, sigma: tuple[float, float] = (0.5, 2.0)) -> None:
         if kernel < 3 or kernel % 2 == 0:
             raise ValueError(f"degrade.blur_kernel={kernel} must be an odd size >= 3")
+        if len(sigma) != 2:
+            raise ValueError(f"degrade.blur_sigma={list(sigma)} must be [low, high]")
         lo, hi = (float(v) for v in sigma)
         if not 0 < lo <= hi:
             raise ValueError(f"degrade.blur_sigma={list(sigma)} must be [low, high] with 0 < low <= high")

@@ -27,6 +27,8 @@ class Distort(Degradation):
     defaults = {"distort": [0.15, 0.25]}  # fisheye strength range
 
     def __init__(self, strength: tuple[float, float] = (0.15, 0.25)) -> None:
+        if len(strength) != 2:
+            raise ValueError(f"degrade.distort={list(strength)} must be [low, high]")
         lo, hi = (float(v) for v in strength)
         if not 0 <= lo <= hi < 0.35:
             raise ValueError(f"degrade.distort={list(strength)} must be [low, high] with 0 <= low <= high < 0.35 "

@@ -56,6 +56,8 @@ class ZoomIn(Degradation):
     def __init__(self, zoom: float = 9 / 7, ring_weight: float = 0.2) -> None:
         if zoom <= 1:
             raise ValueError(f"degrade.zoom_in={zoom} must be > 1 (the view is this much wider than the input)")
+        if not 0 <= ring_weight <= 1:
+            raise ValueError(f"degrade.ring_weight={ring_weight} must lie in [0, 1] (the edge term's share)")
         self.zoom, self.ring_weight = float(zoom), float(ring_weight)
 
     @classmethod

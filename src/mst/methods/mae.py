@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mst.data.batch import Batch
-from mst.degradations import Degraded, build_degradation
+from mst.degradations import DEGRADATIONS, Degraded, build_degradation
 from mst.figures import Panel, to_display
 from mst.losses import normalize_patches, patch_mse
 from mst.methods.base import METHODS, StepContext, StepOutput
@@ -79,6 +79,8 @@ class MAE(MIMMethod):
         validate_mim(cfg, drops_tokens=True)
         mim = cfg["mim"]
         degraded = mim["degradation"] != "none"
+        for name in DEGRADATIONS.names():  # every degrade.* value, used or not, by the constructor that reads it
+            build_degradation(name, cfg["degrade"])
         if not degraded and (mim["mask"] == "none" or float(mim["mask_ratio"]) == 0.0):
             raise ConfigError(f"mim.mask={mim['mask']!r} with mim.mask_ratio={mim['mask_ratio']} hides nothing, so MAE "
                               "has nothing to reconstruct (unless mim.degradation degrades the view)")
