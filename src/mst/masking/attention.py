@@ -12,6 +12,9 @@ def low_attention_candidates(importance: torch.Tensor, num: int) -> torch.Tensor
 
     Ties are broken by a stable sort on position, so exactly floor(N / num) tokens are candidates and a token with
     higher attention than any non-candidate is never one.
+
+    >>> low_attention_candidates(torch.tensor([[0.4, 0.1, 0.3, 0.2]]), num=2)  # the lower half: 0.1 and 0.2
+    tensor([[False,  True, False,  True]])
     """
     b, n = importance.shape
     k = n // int(num)
