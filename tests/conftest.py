@@ -98,3 +98,19 @@ def save_method(method, path, epoch: int = 0):
 
     torch.save(method_checkpoint(method, epoch=epoch), path)
     return path
+
+
+@pytest.fixture
+def restore_sections():
+    """Config sections and keys a test declares (a method or degradation class defined in the test) are gone after
+    it, so no other test sees them."""
+    import mst.defaults as defaults
+    from mst.config import sections
+
+    sections()  # the built-in ones first
+    saved, owners = copy.deepcopy(defaults.SECTIONS), dict(defaults._OWNERS)
+    yield
+    defaults.SECTIONS.clear()
+    defaults.SECTIONS.update(saved)
+    defaults._OWNERS.clear()
+    defaults._OWNERS.update(owners)

@@ -259,8 +259,8 @@ def test_the_validator_and_the_step_resolve_the_same_spec(tiny, monkeypatch):
     seen = []
     resolve = AMTSpec.from_config.__func__
 
-    def recording(cls, cfg):
-        seen.append(resolve(cls, cfg))
+    def recording(cls, cfg, need_reference=True):
+        seen.append(resolve(cls, cfg, need_reference))
         return seen[-1]
 
     monkeypatch.setattr(AMTSpec, "from_config", classmethod(recording))
@@ -272,3 +272,23 @@ def test_the_validator_and_the_step_resolve_the_same_spec(tiny, monkeypatch):
     mask_ratio, throw_ratio = method.amt_reference
     assert method.masking.amt.spec == AMTSpec(mask_ratio, throw_ratio, 1, "throw_first",
                                               "ceil" if tiny is TINY_SIMMIM else "floor")
+
+
+def test_a_mim_method_without_amt_reference_works_while_amt_is_off(restore_sections):
+    """AMT's values are checked while AMT is off too, but a method with no reference ratios (a new MIM method)
+    needs them only when AMT is on."""
+    from mst.methods import METHODS, MAE
+
+    class NoReference(MAE):
+        amt_reference = None
+
+    METHODS.register("mae_noref", NoReference)
+    try:
+        base = ["method=mae_noref", *TINY_MAE[1:]]
+        assert load_config(overrides=base)["amt"]["mask_ratio"] is None
+        with pytest.raises(ConfigError, match=r"^amt.mask_ratio=1.5 must lie in \[0, 1\)$"):
+            load_config(overrides=base + ["amt.mask_ratio=1.5"])
+        with pytest.raises(ConfigError, match="method='mae_noref' has no reference AMT ratios"):
+            load_config(overrides=base + AMT)
+    finally:
+        METHODS.unregister("mae_noref")

@@ -201,23 +201,22 @@ def test_decolorize_trains_on_colour_and_exports_with_three_channels(tmp_path):
         assert torch.allclose(bb(x).cls, mae.encoder.eval()(grey).cls, atol=1e-5)
 
 
-class _Invert(Degradation):
-    """A degradation registered by the test: the encoder sees the negative of the view, times its own setting."""
+def test_a_degradation_registered_here_trains_by_name(restore_sections):
+    class _Invert(Degradation):
+        """A degradation registered by the test: the encoder sees the negative of the view, times its own setting."""
 
-    defaults = {"invert_gain": 1.0}  # a key of the shared degrade section, declared here only
+        defaults = {"invert_gain": 1.0}  # a key of the shared degrade section, declared here only
 
-    def __init__(self, gain: float = 1.0) -> None:
-        self.gain = gain
+        def __init__(self, gain: float = 1.0) -> None:
+            self.gain = gain
 
-    @classmethod
-    def from_config(cls, section):
-        return cls(section["invert_gain"])
+        @classmethod
+        def from_config(cls, section):
+            return cls(section["invert_gain"])
 
-    def __call__(self, images, generator):
-        return Degraded(input=-self.gain * images, target=images)
+        def __call__(self, images, generator):
+            return Degraded(input=-self.gain * images, target=images)
 
-
-def test_a_degradation_registered_here_trains_by_name():
     DEGRADATIONS.register("invert", _Invert)
     try:
         cfg = load_config(overrides=TINY_MAE + ["mim.degradation=invert", "degrade.invert_gain=2.5"])

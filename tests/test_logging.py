@@ -37,6 +37,8 @@ def test_first_and_last_step_logged_whatever_log_every(tmp_path):
     assert [r["step"] for r in recs] == [1, 3, 4, 8]  # the resumed launch: its first and the run's last step
     for r in recs:
         assert 0.0 <= r["data_wait"] <= 1.0 and r["images_per_s"] > 0 and r["loss"] == r["loss"]
+        # the step's time and its throughput are one measurement (global batch = per-rank batch on one process)
+        assert r["images_per_s"] * r["step_ms"] / 1000 == pytest.approx(cfg["optim"]["batch_size"])
 
 
 def test_data_wait_share_grows_with_a_slow_loader(tmp_path, monkeypatch):

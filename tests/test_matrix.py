@@ -25,7 +25,7 @@ def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
         if v.refused:
             with pytest.raises(ConfigError) as e:
                 build_run_config("matrix", v.name, 0, "cpu_methods")
-            assert "\n" not in str(e.value) and "=" in str(e.value)
+            assert "\n" not in str(e.value) and "=" in str(e.value) and v.refused in str(e.value)
             continue
         cfg = build_run_config("matrix", v.name, 0, "cpu_methods")
         method, decoder = methods[v.cell[0]]
@@ -51,9 +51,14 @@ def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
 def test_a_refusal_must_be_the_configs(monkeypatch, tmp_path):
     """A variant listed as refused whose config is accepted is an error, and so is an unlisted variant the config
     refuses: the table must say what the code does."""
-    spec = Ablation((Variant("ok", ("mst.mask=random",)), Variant("listed", ("mst.mask=random",), refused=True)))
+    spec = Ablation((Variant("ok", ("mst.mask=random",)), Variant("listed", ("mst.mask=random",), refused="x")))
     monkeypatch.setitem(ABLATIONS, "fake", spec)
     with pytest.raises(ConfigError, match="'listed' of ablation 'fake' is listed as refused, but its config is acc"):
+        run_ablation("fake", protocol="tiny", seeds=1, out_dir=tmp_path, doc=None)
+    spec = Ablation((Variant("other", ("mst.mask=amt",), refused="hides nothing"),))  # refused, for another reason
+    monkeypatch.setitem(ABLATIONS, "fake", spec)
+    with pytest.raises(ConfigError, match="because 'hides nothing', but its config is refused for another reason: "
+                                          "mst.mask='amt' throws tokens away"):
         run_ablation("fake", protocol="tiny", seeds=1, out_dir=tmp_path, doc=None)
     spec = Ablation((Variant("bad", ("mst.mask=amt",)),))  # the CNN decoder cannot throw
     monkeypatch.setitem(ABLATIONS, "fake", spec)
@@ -62,7 +67,7 @@ def test_a_refusal_must_be_the_configs(monkeypatch, tmp_path):
     assert not list(tmp_path.glob("*/seed*"))
 
 
-def _fake_run(out, variant, seed, knn, linear, ft, rates, batch):
+def _fake_run(out, variant, seed, knn, linear, ft, rates, batch, step_ms=None):
     d = out / variant / f"seed{seed}"
     d.mkdir(parents=True)
     metrics = {"knn_top1_k20": knn, "knn_top1_k10": knn - 1, "linear_top1": linear, "linear_best_top1": linear,
@@ -70,7 +75,8 @@ def _fake_run(out, variant, seed, knn, linear, ft, rates, batch):
     (d / "results.json").write_text(json.dumps({"seed": seed, "metrics": metrics,
                                                 "wall_s": {"pretrain_s": 60.0, "total_s": 90.0}}))
     (d / "config.yaml").write_text(yaml.safe_dump({"optim": {"batch_size": batch}}))
-    lines = [{"step": 50 * (i + 1), "images_per_s": r} for i, r in enumerate(rates)] + [{"knn_top1": 50.0}]
+    lines = [{"step": 50 * (i + 1), "images_per_s": r, **({"step_ms": step_ms[i]} if step_ms else {})}
+             for i, r in enumerate(rates)] + [{"knn_top1": 50.0}]
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
 
@@ -79,7 +85,7 @@ def test_grid_report_from_finished_runs(tmp_path, monkeypatch):
     _fake_run(out, "mae_random", 0, 76.0, 80.0, 74.0, [600.0, 640.0, 700.0], 64)
     _fake_run(out, "mae_random", 1, 78.0, 79.0, 75.0, [640.0], 64)
     _fake_run(out, "mae_amt", 0, 77.0, 81.0, 73.5, [800.0, 1000.0], 64)
-    _fake_run(out, "dino_amt", 0, 60.0, 65.0, 66.0, [100.0], 32)
+    _fake_run(out, "dino_amt", 0, 60.0, 65.0, 66.0, [100.0, 100.0, 100.0], 32, step_ms=[310.0, 330.0, 900.0])
     doc = tmp_path / "results.md"
     doc.write_text("intro\n<!-- ablation:matrix:start -->\nold\n<!-- ablation:matrix:end -->\ntail\n")
     monkeypatch.setattr(runner, "pretrain", lambda *a, **k: pytest.fail("report_only pretrained"))
@@ -94,6 +100,7 @@ def test_grid_report_from_finished_runs(tmp_path, monkeypatch):
     assert rows["mae_random"]["stats"]["step_ms"]["mean"] == pytest.approx((s0 + s1) / 2)
     amt_ms = 1000 * 64 / statistics.median([800.0, 1000.0])
     assert rows["mae_amt"]["stats"]["step_ms"]["mean"] == pytest.approx(amt_ms)
+    assert rows["dino_amt"]["stats"]["step_ms"]["mean"] == pytest.approx(330.0)  # logged step times win
     md = grid_markdown(agg)
     tables = {}
     for block in md.split("\n\n"):

@@ -172,7 +172,7 @@ def test_a_method_registered_here_is_configured_and_trained_by_name(tmp_path):
         METHODS.unregister("mean_colour")
 
 
-def test_a_section_has_one_owner_and_one_default_per_key():
+def test_a_section_has_one_owner_and_one_default_per_key(restore_sections):
     """A method declaring a section another owner declared with other defaults is refused when its class is
     defined; re-declaring the same defaults (a subclass) is not; register_section still adds a section by hand."""
     with pytest.raises(ValueError, match=r"config section 'mst' is declared by mst.methods.mst.MST and, with "

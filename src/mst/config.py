@@ -21,7 +21,7 @@ import yaml
 
 from mst.autoconfig import is_auto
 from mst.config_checks import AUTO, check_range, check_value, expected_type
-from mst.defaults import COMMON, RENAMED, SECTIONS  # every key and its default (re-exported)
+from mst.defaults import COMMON, RENAMED, SECTIONS, add_section  # every key and its default (re-exported)
 from mst.data.folders import ALPHA_POLICIES, SMALL_POLICIES
 from mst.registry import ConfigError
 
@@ -43,9 +43,7 @@ def sections() -> dict[str, dict[str, Any]]:
 
 def register_section(name: str, defaults: dict[str, Any]) -> None:
     """A new config section (for a method registered outside this package)."""
-    if name in COMMON:
-        raise ValueError(f"{name!r} is a common config section")
-    SECTIONS[name] = copy.deepcopy(defaults)
+    add_section(name, defaults, owner="mst.config.register_section")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

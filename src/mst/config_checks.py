@@ -1,7 +1,8 @@
 """Type and range checks of config values: one ``ConfigError`` line naming the key, the value and what is allowed.
 
-* Types (:func:`check_value`, called for every key by ``mst.config.check_types``): a key's value must have the type of its default in :mod:`mst.defaults` (or of a
-  section registered with ``register_section``); :data:`TYPES` names the type where the default cannot (``None``,
+* Types (:func:`check_value`, called for every key by ``mst.config.check_types``): a key's value must have the
+  type of its default (the common sections' in :mod:`mst.defaults`, a method section's where its owner declares it:
+  ``Method.defaults``, ``Degradation.defaults``, or ``register_section``); :data:`TYPES` names the type where the default cannot (``None``,
   ``"auto"`` or an empty list). int keys take integers (an integral float such as 2.0 becomes 2), float keys
   numbers (ints become floats), bool keys true / false, str keys strings, list keys lists whose elements have the
   type of the default's. A key whose default is None (or listed in :data:`NULLABLE`) also takes null; a key in

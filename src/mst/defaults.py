@@ -99,26 +99,30 @@ _OWNERS: dict[str, str] = {}  # section or "section.key" -> who declared it
 
 
 def add_section(name: str, defaults: dict[str, Any], owner: str) -> None:
-    """Register ``owner``'s section ``name`` (every key with its default); the same section again from another
-    owner must carry the same defaults (a subclass re-declaring its parent's section is fine)."""
+    """Register ``owner``'s section ``name`` (every key with its default). Declaring it again is fine with the same
+    defaults (a subclass re-declaring its parent's) or from the same owner (a re-run notebook cell: its new
+    defaults replace the old); another owner with other defaults is an error."""
     if name in COMMON:
         raise ValueError(f"{owner} declares {name!r}, a common config section")
-    if name in SECTIONS and SECTIONS[name] != defaults:
-        raise ValueError(f"config section {name!r} is declared by {_OWNERS[name]} and, with other defaults, by {owner}")
+    first = _OWNERS.get(name, owner)
+    if name in SECTIONS and SECTIONS[name] != defaults and first != owner:
+        raise ValueError(f"config section {name!r} is declared by {first} and, with other defaults, by {owner}")
     SECTIONS[name] = copy.deepcopy(defaults)
-    _OWNERS.setdefault(name, owner)
+    _OWNERS[name] = first
 
 
 def add_section_keys(name: str, defaults: dict[str, Any], owner: str) -> None:
-    """Add ``owner``'s keys to the shared section ``name`` (created if new); a key another owner declared is an
-    error (two degradations reading one key would have to agree on its default)."""
+    """Add ``owner``'s keys to the shared section ``name`` (created if new). A key declared before must come with
+    the same default or from the same owner (the rule of :func:`add_section`); nothing is added when one clashes."""
+    section = SECTIONS.get(name, {})
+    for key, value in defaults.items():
+        first = _OWNERS.get(f"{name}.{key}", owner)
+        if key in section and section[key] != value and first != owner:
+            raise ValueError(f"config key {name}.{key} is declared by {first} and, with another default, by {owner}")
     section = SECTIONS.setdefault(name, {})
     for key, value in defaults.items():
-        where = f"{name}.{key}"
-        if key in section and _OWNERS.get(where) != owner:
-            raise ValueError(f"config key {where} is declared by {_OWNERS.get(where)} and by {owner}")
         section[key] = copy.deepcopy(value)
-        _OWNERS[where] = owner
+        _OWNERS.setdefault(f"{name}.{key}", owner)
 
 
 # keys that existed before methods had sections: an old preset gets told where its key went

@@ -34,23 +34,31 @@ def area_resize(x: torch.Tensor, size: int) -> torch.Tensor:
               [10.5000, 12.5000]]]])
     """
     n = x.shape[-1]
-    key = (n, size, x.device, x.dtype)
+    x = x.float()
+    key = (n, size, x.device)
     if key not in _AREA:
         rows, cols = torch.arange(size), torch.arange(n)
         start, end = (rows * n) // size, -((-(rows + 1) * n) // size)  # adaptive pooling's window [start, end)
         a = ((cols >= start[:, None]) & (cols < end[:, None])).double() / (end - start)[:, None]
-        _AREA[key] = a.to(x.device, x.dtype)
+        _AREA[key] = a.to(x.device, torch.float32)
     a = _AREA[key]
-    return a @ x @ a.T
+    with torch.autocast(x.device.type, enabled=False):  # averaging in fp32 under AMP too, as adaptive pooling does
+        return a @ x @ a.T
 
 
-def strip_weights(big: int, b: int) -> torch.Tensor:
-    """(big, big) weights whose product with a squared error, summed, is the sum of the four border strips' means
-    per image and channel (top and bottom: b x big pixels each; left and right: (big - 2b) x b each)."""
-    w = torch.zeros(big, big, dtype=torch.float64)
-    w[:b, :] = w[big - b:, :] = 1.0 / (b * big)
-    w[b:big - b, :b] = w[b:big - b, big - b:] = 1.0 / ((big - 2 * b) * b)
-    return w
+_STRIPS: dict[tuple, torch.Tensor] = {}
+
+
+def strip_weights(big: int, b: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(big, big) fp32 weights whose product with a squared error, summed, is the sum of the four border strips'
+    means per image and channel (top and bottom: b x big pixels each; left and right: (big - 2b) x b each)."""
+    key = (big, b, torch.device(device))
+    if key not in _STRIPS:
+        w = torch.zeros(big, big, dtype=torch.float64)
+        w[:b, :] = w[big - b:, :] = 1.0 / (b * big)
+        w[b:big - b, :b] = w[b:big - b, big - b:] = 1.0 / ((big - 2 * b) * b)
+        _STRIPS[key] = w.to(device, torch.float32)
+    return _STRIPS[key]
 
 
 class ZoomIn(Degradation):
@@ -60,7 +68,7 @@ class ZoomIn(Degradation):
     }
 
     def __init__(self, zoom: float = 9 / 7, ring_weight: float = 0.2) -> None:
-        if zoom <= 1:
+        if not zoom > 1:  # (nan too)
             raise ValueError(f"degrade.zoom_in={zoom} must be > 1 (the view is this much wider than the input)")
         if not 0 <= ring_weight <= 1:
             raise ValueError(f"degrade.ring_weight={ring_weight} must lie in [0, 1] (the edge term's share)")
@@ -90,7 +98,7 @@ class ZoomIn(Degradation):
         b = (big - size) // 2
         centre = images[..., b : b + size, b : b + size].contiguous()  # the encoder reads it: one dense copy
         weight = self.ring_weight
-        ring = strip_weights(big, b).to(images.device)
+        ring = strip_weights(big, b, images.device)
 
         def loss(pred: torch.Tensor, mask: torch.Tensor, patch: int, norm_pix: bool) -> torch.Tensor:
             from mst.losses import normalize_patches, patch_mse
@@ -107,7 +115,7 @@ class ZoomIn(Degradation):
                     whole = unpatchify(normalize_patches(patchify(whole, patch)), patch, grid, whole.shape[1])
                 whole = area_resize(whole, big)
             # the sum of the four strip MSEs (top, bottom, left, right) in one weighted sum
-            edge = ((wide - whole) ** 2 * ring.to(wide.dtype)).sum() / (wide.shape[0] * wide.shape[1])
+            edge = ((wide - whole) ** 2 * ring).sum() / (wide.shape[0] * wide.shape[1])
             return (1 - weight) * main + weight * edge
 
         return Degraded(input=centre, target=images, loss=loss)
@@ -117,7 +125,7 @@ class ZoomOut(Degradation):
     defaults = {"zoom_out": 1.4}  # 7/5: a 160 px image in a 224 px mirror-padded canvas
 
     def __init__(self, zoom: float = 7 / 5) -> None:
-        if zoom <= 1:
+        if not zoom > 1:
             raise ValueError(f"degrade.zoom_out={zoom} must be > 1 (the view shrinks by this factor)")
         self.zoom = float(zoom)
 

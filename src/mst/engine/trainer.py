@@ -11,7 +11,7 @@ schedule tied to ``optim.epochs``, e.g. the teacher temperature) are rebuilt for
 follow differ from a run planned that long from the start; the trainer says so in one line. Fewer epochs than the
 checkpoint has already trained is an error (:class:`~mst.registry.ConfigError`).
 
-Logs: see :mod:`mst.engine.logger`; each step's record also holds ``images_per_s`` and ``data_wait``, the share
+Logs: see :mod:`mst.engine.logger`; each step's record also holds ``images_per_s``, ``step_ms`` and ``data_wait``, the share
 of the step (from the end of the previous one) spent waiting for its batch: fetching it from the DataLoader and
 moving it to the device (with the tensor backend: augmenting it there). On CUDA the copy and augmentation kernels
 are queued asynchronously, so ``data_wait`` counts the host side of them.
@@ -364,6 +364,7 @@ class Trainer:
                         now = time.perf_counter()
                         step_time = max(now - t_last, 1e-9)
                         metrics["images_per_s"] = batch_global / step_time
+                        metrics["step_ms"] = 1000.0 * step_time
                         metrics["data_wait"] = min(1.0, max(0.0, (t_ready - t_fetch) / step_time))
                         t_last = now
                         stop_now, = all_reduce_flags([stop.requested], self.device)

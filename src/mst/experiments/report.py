@@ -30,16 +30,22 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def step_ms(run_dir: Path) -> float | None:
-    """Median pretraining step time (ms) of a run, from the per-step throughput its metrics.jsonl logged (every
-    log.every steps: the step's own time, so an AMT refresh or an evaluation between steps is not in it)."""
+    """Median pretraining step time (ms) of a run, from the step times its metrics.jsonl logged (every log.every
+    steps: the step's own time, so an AMT refresh or an evaluation between steps is not in it). Runs logged before
+    ``step_ms`` existed: the per-rank batch over the logged images/s (one process: the same number)."""
     log, cfg = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "config.yaml"
-    if not (log.is_file() and cfg.is_file()):
+    if not log.is_file():
+        return None
+    records = [r for r in map(json.loads, log.read_text().splitlines()) if "step" in r]
+    times = [r["step_ms"] for r in records if r.get("step_ms")]
+    if times:
+        return statistics.median(times)
+    if not cfg.is_file():
         return None
     import yaml
 
     batch = yaml.safe_load(cfg.read_text())["optim"]["batch_size"]
-    rates = [r["images_per_s"] for r in map(json.loads, log.read_text().splitlines())
-             if r.get("images_per_s") and "step" in r]
+    rates = [r["images_per_s"] for r in records if r.get("images_per_s")]
     return 1000.0 * batch / statistics.median(rates) if rates else None
 
 

@@ -67,9 +67,9 @@ def build_run_config(name: str, variant: str, seed: int, protocol: str | Protoco
 def _run_configs(name: str, variants: list[str], seeds: int, proto: Protocol, data_root: str | None,
                  overrides: list[str] | None) -> tuple[dict, dict]:
     """The config of every (variant, seed) to train, and {variant: reason} for the variants the spec lists as
-    refused, whose config must then raise a ConfigError (its message is the reason). A listed refusal whose config
-    is accepted, or a ConfigError of any other variant, is an error: the table would otherwise say something the
-    code does not."""
+    refused, whose config must then raise a ConfigError containing the listed reason (the message is recorded). A
+    listed refusal whose config is accepted or refused for another reason, or a ConfigError of any other variant,
+    is an error: the table would otherwise say something the code does not."""
     cfgs, refusals = {}, {}
     for variant in variants:
         spec = ABLATIONS[name].variant(variant)
@@ -79,11 +79,15 @@ def _run_configs(name: str, variants: list[str], seeds: int, proto: Protocol, da
         except ConfigError as e:
             if not spec.refused:
                 raise
+            if spec.refused not in str(e):
+                raise ConfigError(f"variant {variant!r} of ablation {name!r} is listed as refused because "
+                                  f"{spec.refused!r}, but its config is refused for another reason: {e}") from None
             refusals[variant] = str(e)
             continue
         if spec.refused:
             raise ConfigError(f"variant {variant!r} of ablation {name!r} is listed as refused, but its config "
-                              "is accepted: train it (drop refused=True) or fix the check that should refuse it")
+                              "is accepted (with the protocol's and any --set overrides): train it (drop its "
+                              "refused reason) or fix the check that should refuse it")
     return cfgs, refusals
 
 

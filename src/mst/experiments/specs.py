@@ -15,7 +15,7 @@ class Variant:
     preset: str | None = None  # a file in configs/ replacing the protocol's preset (e.g. another method's)
     paper: float | None = None  # the paper's number for this variant (see Ablation.paper_label)
     cell: tuple[str, str] | None = None  # (row, column) of a grid ablation's table, e.g. (method, strategy)
-    refused: bool = False  # the config must refuse it: the run records the one-line reason instead of training
+    refused: str = ""  # a part of the reason the config must refuse it with: the run records the reason, no training
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Ablation:
 
 
 def _v(name: str, *overrides: str, preset: str | None = None, paper: float | None = None,
-       cell: tuple[str, str] | None = None, refused: bool = False) -> Variant:
+       cell: tuple[str, str] | None = None, refused: str = "") -> Variant:
     return Variant(name, tuple(overrides), preset, paper, cell, refused)
 
 
@@ -78,8 +78,13 @@ def _matrix() -> tuple[Variant, ...]:
         ("simmim", "amt"): ("amt.enabled=true",),
         ("simmim", "none"): ("mim.mask=none",),  # refused: nothing to reconstruct
     }
-    refused = {("mst", "amt"), ("mae", "attention"), ("mae", "none"), ("simmim", "none")}
-    return tuple(_v(f"{m}_{s}", *o, preset=presets[m], cell=(m, s), refused=(m, s) in refused)
+    refused = {  # a part of the reason each gets from the config
+        ("mst", "amt"): "throws tokens away, but mst.decoder='cnn' restores the whole view",
+        ("mae", "attention"): "hides a different number of tokens in each image",
+        ("mae", "none"): "hides nothing, so MAE has nothing to reconstruct",
+        ("simmim", "none"): "masks nothing, so SimMIM has nothing to reconstruct",
+    }
+    return tuple(_v(f"{m}_{s}", *o, preset=presets[m], cell=(m, s), refused=refused.get((m, s), ""))
                  for (m, s), o in cells.items())
 
 

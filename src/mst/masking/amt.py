@@ -55,16 +55,20 @@ class AMTSpec:
             raise ConfigError(f"AMT mask unit={self.unit} tokens must be a whole number >= 1 (mim.mask_patch_size)")
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "AMTSpec":
+    def from_config(cls, cfg: dict, need_reference: bool = True) -> "AMTSpec":
         """The spec of a resolved config: ``amt.mask_ratio`` / ``amt.throw_ratio``, where null the reference's of
         the method (its class attribute ``amt_reference``: no guess for a method without one); units of
-        ``mim.mask_patch_size``; counts rounded up with ``mim.mask: blocks`` (SimMIM's reference), else down (MAE's)."""
+        ``mim.mask_patch_size``; counts rounded up with ``mim.mask: blocks`` (SimMIM's reference), else down (MAE's).
+        ``need_reference=False`` (checking a config whose AMT is off): a null ratio of a method without a reference
+        is not an error (it counts as 0 for the checks)."""
         from mst.masking.ratio import mask_unit_tokens
         from mst.methods.base import METHODS
 
         a, method = cfg["amt"], cfg["method"]
         null = [f"amt.{k}" for k in ("mask_ratio", "throw_ratio") if a[k] is None]
         reference = getattr(METHODS.get(method), "amt_reference", None) if method in METHODS else None
+        if null and reference is None and not need_reference:
+            reference = (0.0, 0.0)
         if null and reference is None:
             raise ConfigError(f"{' and '.join(null)} null: method={method!r} has no reference AMT ratios "
                               "(amt_reference) to fill in, so set them")

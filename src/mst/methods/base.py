@@ -8,6 +8,8 @@ clipping, the optimizer, EMA over the pairs the method names, checkpoints, resum
 A method says:
 
 * ``sections``: the config sections it reads besides the common ones (``load_config`` adds their defaults);
+* ``defaults``: the sections it introduces, every key with its default (registered when the class is defined;
+  a section another owner declares, e.g. ``degrade``, is only named in ``sections``);
 * ``views``: ``multicrop`` or ``single`` (see :mod:`mst.data.pipeline`); ``needs_labels`` for supervised methods;
 * ``validate(cfg)``: its own config checks (raise :class:`~mst.registry.ConfigError` naming the key);
 * ``schedules``: per-iteration values it needs besides lr / wd (e.g. the teacher momentum);

@@ -86,7 +86,7 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
                           "amt.enabled=true: set it, or take mim.importance=encoder")
     # AMT's ratios (null: the method's reference), order and units are checked there alone, also while AMT is off,
     # so a bad value in a preset is named before someone turns AMT on
-    AMTSpec.from_config(cfg)
+    AMTSpec.from_config(cfg, need_reference=bool(cfg["amt"]["enabled"]))
     # amt.start, amt.interval, amt.batch_size: their ranges are in mst.config_checks.RANGES
     if cfg["amt"]["enabled"] and cfg["augment"]["rand_augment"] and source == "maps":
         raise ConfigError("augment.rand_augment moves pixels within the crop, so AMT's maps would no longer "
