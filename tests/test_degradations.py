@@ -149,6 +149,11 @@ def test_area_resize_is_torchs_area_interpolation(n_in, n_out):
     (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
     assert torch.allclose(g_ours, g_ref, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under AMP the averaging stays fp32
+        low = area_resize(x.detach().bfloat16(), n_out)
+    assert low.dtype == torch.float32
+    assert torch.allclose(low, F.interpolate(x.detach().bfloat16().float(), size=(n_out, n_out), mode="area"),
+                          atol=1e-6)
 
 
 def test_zoom_out_normalises_the_target_in_the_clean_frame_then_places_it():

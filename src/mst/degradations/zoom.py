@@ -42,8 +42,10 @@ def area_resize(x: torch.Tensor, size: int) -> torch.Tensor:
         a = ((cols >= start[:, None]) & (cols < end[:, None])).double() / (end - start)[:, None]
         _AREA[key] = a.to(x.device, torch.float32)
     a = _AREA[key]
-    with torch.autocast(x.device.type, enabled=False):  # averaging in fp32 under AMP too, as adaptive pooling does
-        return a @ x @ a.T
+    if torch.is_autocast_enabled(x.device.type):  # averaging in fp32 under AMP too, as adaptive pooling does
+        with torch.autocast(x.device.type, enabled=False):
+            return a @ x @ a.T
+    return a @ x @ a.T
 
 
 _STRIPS: dict[tuple, torch.Tensor] = {}
