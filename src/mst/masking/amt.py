@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mst.masking.base import MASKS, MaskResult, MaskStrategy, gen_device
+from mst.masking.base import MASKS, MaskResult, MaskStrategy, check_importance, gen_device
 from mst.registry import ConfigError
 
 ORDERS = ("mask_first", "throw_first", "throw_lowest")
@@ -117,10 +117,7 @@ class AMTMask(MaskStrategy):
 
     def __call__(self, batch, grid, importance, generator):
         h, w = grid
-        if importance is None:
-            raise ValueError("AMT needs each image's (cropped) attention map as importance")
-        if importance.shape != (batch, h * w):
-            raise ValueError(f"importance shape {tuple(importance.shape)} != ({batch}, {h * w})")
+        check_importance(importance, batch, h * w, "AMT needs each image's (cropped) attention map as importance")
         u = self.spec.unit
         if h % u or w % u:
             raise ValueError(f"the {h}x{w} token grid is not divisible by the mask unit of {u} tokens")

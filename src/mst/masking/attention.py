@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mst.masking.base import MASKS, MaskResult, MaskStrategy
+from mst.masking.base import MASKS, MaskResult, MaskStrategy, check_importance
 from mst.masking.bernoulli import bernoulli
 
 
@@ -41,10 +41,7 @@ class AttentionGuidedMask(MaskStrategy):
 
     def __call__(self, batch, grid, importance, generator):
         n = grid[0] * grid[1]
-        if importance is None:
-            raise ValueError("the attention-guided mask needs the teacher's CLS attention")
-        if importance.shape != (batch, n):
-            raise ValueError(f"importance shape {tuple(importance.shape)} != ({batch}, {n})")
+        check_importance(importance, batch, n, "the attention-guided mask needs the teacher's CLS attention")
         cand = low_attention_candidates(importance, self.num)
         draw = bernoulli((batch, n), self.p, generator, importance.device)
         return MaskResult(mask=cand & draw, candidates=cand)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mst.masking.base import MASKS, MaskResult, MaskStrategy
+from mst.masking.base import MASKS, MaskResult, MaskStrategy, check_importance, check_ratio
 
 
 def top_attended(importance: torch.Tensor, k: int) -> torch.Tensor:
@@ -26,9 +26,7 @@ class AttMaskHigh(MaskStrategy):
     needs_importance = True
 
     def __init__(self, ratio: float) -> None:
-        if not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"mask ratio {ratio} must lie in [0, 1)")
-        self.ratio = float(ratio)
+        self.ratio = check_ratio(ratio)
 
     @classmethod
     def from_config(cls, section, patch_size):
@@ -36,10 +34,8 @@ class AttMaskHigh(MaskStrategy):
 
     def __call__(self, batch, grid, importance, generator):
         n = grid[0] * grid[1]
-        if importance is None:
-            raise ValueError("AttMask needs a per-token attention (importance) to mask the most-attended tokens")
-        if importance.shape != (batch, n):
-            raise ValueError(f"importance shape {tuple(importance.shape)} != ({batch}, {n})")
+        check_importance(importance, batch, n,
+                         "AttMask needs a per-token attention (importance) to mask the most-attended tokens")
         return MaskResult(mask=top_attended(importance, int(n * self.ratio)))
 
 

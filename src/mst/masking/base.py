@@ -53,6 +53,21 @@ class MaskStrategy(abc.ABC):
         """The mask for ``batch`` images on a ``grid`` of tokens, or None for "no masking"."""
 
 
+def check_ratio(ratio) -> float:
+    """A share of tokens or units to mask, as a float in [0, 1) (a ValueError otherwise)."""
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"mask ratio {ratio} must lie in [0, 1)")
+    return float(ratio)
+
+
+def check_importance(importance: torch.Tensor | None, batch: int, n: int, missing: str) -> None:
+    """A strategy that reads attention got one value per token of each image (``missing``: the error without)."""
+    if importance is None:
+        raise ValueError(missing)
+    if importance.shape != (batch, n):
+        raise ValueError(f"importance shape {tuple(importance.shape)} != ({batch}, {n})")
+
+
 def gen_device(generator: torch.Generator | None, fallback) -> torch.device:
     """Random numbers are drawn on the generator's device (so a CPU generator gives the same draws everywhere)."""
     return generator.device if generator is not None else torch.device(fallback)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from mst.masking.base import MASKS, MaskResult, MaskStrategy, gen_device
+from mst.masking.base import MASKS, MaskResult, MaskStrategy, check_ratio, gen_device
 
 
 def random_ranks(batch: int, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -23,9 +23,7 @@ def random_ranks(batch: int, n: int, generator: torch.Generator | None, device) 
 
 class PatchRatioMask(MaskStrategy):
     def __init__(self, ratio: float) -> None:
-        if not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"mask ratio {ratio} must lie in [0, 1)")
-        self.ratio = float(ratio)
+        self.ratio = check_ratio(ratio)
 
     @classmethod
     def from_config(cls, section, patch_size):
@@ -45,9 +43,7 @@ class PatchRatioMask(MaskStrategy):
 
 class BlockMask(MaskStrategy):
     def __init__(self, ratio: float, unit: int) -> None:
-        if not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"mask ratio {ratio} must lie in [0, 1)")
-        self.ratio, self.unit = float(ratio), int(unit)  # unit: mask-unit side in tokens
+        self.ratio, self.unit = check_ratio(ratio), int(unit)  # unit: mask-unit side in tokens
 
     @classmethod
     def from_config(cls, section, patch_size):
