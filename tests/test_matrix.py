@@ -118,12 +118,32 @@ def test_grid_report_from_finished_runs(tmp_path, monkeypatch):
     number = knn["mst"]["amt"].removeprefix("refused (").removesuffix(")")
     assert f"({number}) {rows['mst_amt']['refused']}" in notes
     assert knn["mae"]["none"].startswith("refused (") and knn["mae"]["none"] != knn["mst"]["amt"]
-    step = tables["Step time (ms), x the random cell of the row"]
+    step = tables["Step time (ms, median logged wall), x the random cell of the row"]
     assert step["mae"]["amt"] == f"{amt_ms:.1f} ({amt_ms / s0:.2f}x)"
     assert step["mae"]["random"] == f"{s0:.1f}"
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("tail\n") and "old" not in text and md in text
     assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_cpu_time_per_step_is_shown_where_one_thread_runs_recorded_it(tmp_path):
+    """CPU time per step: the pretraining process time over the last logged step (not inflated by other jobs on
+    the cores); the grid shows it instead of the wall step time once runs have it."""
+    from mst.experiments.report import cpu_step_ms
+
+    out = tmp_path / "out"
+    _fake_run(out, "mae_random", 0, 76.0, 80.0, 74.0, [600.0, 640.0], 64)
+    _fake_run(out, "mae_amt", 0, 77.0, 81.0, 73.5, [800.0, 1000.0], 64)
+    for variant, cpu in (("mae_random", 30.0), ("mae_amt", 27.0)):
+        p = out / variant / "seed0" / "results.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), "cpu_s": {"pretrain_s": cpu, "threads": 1}}))
+    assert cpu_step_ms(out / "mae_random" / "seed0", {"cpu_s": {"pretrain_s": 30.0, "threads": 1}}) == 300.0  # 100 steps
+    assert cpu_step_ms(out / "mae_random" / "seed0", {"cpu_s": {"pretrain_s": 30.0, "threads": 2}}) is None
+    agg = run_ablation("matrix", protocol="cpu_methods", seeds=1, out_dir=out, doc=None, report_only=True,
+                       log=lambda s: None)
+    md = grid_markdown(agg)
+    assert "| CPU time per step (ms, one thread, AMT refreshes included), x the random cell of the row |" in md
+    assert "| mae | 300.0 | refused (2) | not run yet | 270.0 (0.90x) | refused (3) |" in md
 
 
 def test_a_doc_with_a_section_twice_is_refused(tmp_path):

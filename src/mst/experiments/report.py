@@ -49,6 +49,16 @@ def step_ms(run_dir: Path) -> float | None:
     return 1000.0 * batch / statistics.median(rates) if rates else None
 
 
+def cpu_step_ms(run_dir: Path, result: dict) -> float | None:
+    """Pretraining CPU milliseconds per step of a one-thread run (its process CPU time over its last logged step):
+    unlike wall time, not inflated when other jobs share the cores; AMT's refresh passes are in it, amortised."""
+    cpu, log = result.get("cpu_s") or {}, Path(run_dir) / "metrics.jsonl"
+    if cpu.get("threads") != 1 or not cpu.get("pretrain_s") or not log.is_file():
+        return None
+    steps = max((r["step"] for r in map(json.loads, log.read_text().splitlines()) if "step" in r), default=0)
+    return 1000.0 * cpu["pretrain_s"] / steps if steps else None
+
+
 def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: list[str],
               failures: list[dict] | None = None, user_overrides: list[str] | None = None,
               refused: dict[str, str] | None = None) -> dict:
@@ -61,17 +71,19 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
         for seed in range(seeds):
             p = out_dir / variant / f"seed{seed}" / "results.json"
             if p.is_file():
-                runs.append({**json.loads(p.read_text()), "step_ms": step_ms(p.parent)})
+                result = json.loads(p.read_text())
+                runs.append({**result, "step_ms": step_ms(p.parent), "cpu_step_ms": cpu_step_ms(p.parent, result)})
         stats = {}
         for m in METRICS + EXTRA_METRICS:
             vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]
             if vals:
                 mu, sd = mean_std(vals)
                 stats[m] = {"mean": mu, "std": sd, "n": len(vals), "values": vals}
-        steps = [r["step_ms"] for r in runs if r["step_ms"]]
-        if steps:
-            mu, sd = mean_std(steps)
-            stats["step_ms"] = {"mean": mu, "std": sd, "n": len(steps), "values": steps}
+        for key in ("step_ms", "cpu_step_ms"):
+            steps = [r[key] for r in runs if r[key]]
+            if steps:
+                mu, sd = mean_std(steps)
+                stats[key] = {"mean": mu, "std": sd, "n": len(steps), "values": steps}
         wall = [r["wall_s"]["total_s"] for r in runs]
         spec = ABLATIONS[name].variant(variant)
         rows.append({
@@ -86,7 +98,7 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
             "stats": stats,
             "wall_s_per_run": {"mean": statistics.fmean(wall), "max": max(wall)} if wall else None,
             "runs": [{"seed": r["seed"], "metrics": r["metrics"], "wall_s": r["wall_s"], "cpu_s": r.get("cpu_s"),
-                      "step_ms": r["step_ms"]} for r in runs],
+                      "step_ms": r["step_ms"], "cpu_step_ms": r["cpu_step_ms"]} for r in runs],
         })
     base = out_dir / "random_init" / "results.json"
     agg = {
