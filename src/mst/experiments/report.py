@@ -29,33 +29,40 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def step_ms(run_dir: Path) -> float | None:
+def step_records(run_dir: Path) -> list[dict]:
+    """The per-step records of a run's metrics.jsonl (none when it has no log)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    if not log.is_file():
+        return []
+    return [r for r in map(json.loads, log.read_text().splitlines()) if "step" in r]
+
+
+def step_ms(run_dir: Path, records: list[dict] | None = None) -> float | None:
     """Median pretraining step time (ms) of a run, from the step times its metrics.jsonl logged (every log.every
     steps: the step's own time, so an AMT refresh or an evaluation between steps is not in it). Runs logged before
     ``step_ms`` existed: the per-rank batch over the logged images/s (one process: the same number)."""
-    log, cfg = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "config.yaml"
-    if not log.is_file():
-        return None
-    records = [r for r in map(json.loads, log.read_text().splitlines()) if "step" in r]
+    records = step_records(run_dir) if records is None else records
     times = [r["step_ms"] for r in records if r.get("step_ms")]
     if times:
         return statistics.median(times)
-    if not cfg.is_file():
+    cfg = Path(run_dir) / "config.yaml"
+    rates = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    if not rates or not cfg.is_file():
         return None
     import yaml
 
     batch = yaml.safe_load(cfg.read_text())["optim"]["batch_size"]
-    rates = [r["images_per_s"] for r in records if r.get("images_per_s")]
-    return 1000.0 * batch / statistics.median(rates) if rates else None
+    return 1000.0 * batch / statistics.median(rates)
 
 
-def cpu_step_ms(run_dir: Path, result: dict) -> float | None:
+def cpu_step_ms(run_dir: Path, result: dict, records: list[dict] | None = None) -> float | None:
     """Pretraining CPU milliseconds per step of a one-thread run (its process CPU time over its last logged step):
     unlike wall time, not inflated when other jobs share the cores; AMT's refresh passes are in it, amortised."""
-    cpu, log = result.get("cpu_s") or {}, Path(run_dir) / "metrics.jsonl"
-    if cpu.get("threads") != 1 or not cpu.get("pretrain_s") or not log.is_file():
+    cpu = result.get("cpu_s") or {}
+    if cpu.get("threads") != 1 or not cpu.get("pretrain_s"):
         return None
-    steps = max((r["step"] for r in map(json.loads, log.read_text().splitlines()) if "step" in r), default=0)
+    records = step_records(run_dir) if records is None else records
+    steps = max((r["step"] for r in records), default=0)
     return 1000.0 * cpu["pretrain_s"] / steps if steps else None
 
 
@@ -71,8 +78,9 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
         for seed in range(seeds):
             p = out_dir / variant / f"seed{seed}" / "results.json"
             if p.is_file():
-                result = json.loads(p.read_text())
-                runs.append({**result, "step_ms": step_ms(p.parent), "cpu_step_ms": cpu_step_ms(p.parent, result)})
+                result, records = json.loads(p.read_text()), step_records(p.parent)
+                runs.append({**result, "step_ms": step_ms(p.parent, records),
+                             "cpu_step_ms": cpu_step_ms(p.parent, result, records)})
         stats = {}
         for m in METRICS + EXTRA_METRICS:
             vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]
