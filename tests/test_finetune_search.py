@@ -3,6 +3,7 @@ held out to choose a recipe (never the test split), and the recipe search every 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,47 @@ def test_search_chooses_on_validation_and_reports_test(tmp_path, pretrained):
     final = json.loads((tmp_path / "final" / "seed0" / "finetune.json").read_text())
     assert final["train_images"] == 50 and "val_top1" not in final  # the chosen recipe on all of them
     assert json.loads((tmp_path / "search.json").read_text())["chosen"] == res["chosen"]
+
+
+@pytest.mark.parametrize("best_lr, extend, lrs, chosen", [
+    (1.6e-2, 2, [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2], 1.6e-2),  # one step past the edge wins, the next loses
+    (1e-1, 2, [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2], 3.2e-2),    # at most two doublings
+    (1e-1, 0, [2e-3, 4e-3, 8e-3], 8e-3),
+    (4e-3, 2, [2e-3, 4e-3, 8e-3], 4e-3),                      # inside the grid: nothing added
+])
+def test_lr_axis_grows_while_the_best_recipe_sits_on_its_edge(tmp_path, monkeypatch, best_lr, extend, lrs, chosen):
+    import math
+
+    import mst.experiments.ftsearch as ftsearch
+
+    def fake_run(ckpt, out, overrides, *args):  # validation top-1 peaks at best_lr, rrc_erase 1 point lower
+        lr = float(next(o for o in overrides if o.startswith("optim.base_lr=")).split("=")[1])
+        return {"val_top1": 80 - 10 * abs(math.log2(lr / best_lr)) - ("augment.crop=rrc" in overrides), "top1": 70.0}
+
+    monkeypatch.setattr(ftsearch, "_run", fake_run)
+    res = ftsearch.search("ckpt", tmp_path, seeds=1, extend_lr=extend, log=lambda s: None)
+    tried = sorted({r["optim.base_lr"] for r in res["search"]})
+    assert tried == pytest.approx(lrs) and len(res["search"]) == 4 * len(lrs)  # every layer decay x augmentation
+    assert res["chosen"]["optim.base_lr"] == pytest.approx(chosen) and res["chosen"]["augmentation"] == "shift"
+
+
+def test_a_stopped_fine_tune_is_not_taken_for_a_result(tmp_path, monkeypatch):
+    import mst.finetune
+    from mst.experiments.ftsearch import SearchStopped, search
+
+    grid = {"optim.base_lr": [4e-3], "finetune.layer_decay": [1.0], "augmentation": ["shift"]}
+    monkeypatch.setattr(mst.finetune, "run_finetune", lambda *a, **k: {"status": "preempted"})
+    with pytest.raises(SearchStopped, match="rerun the same command"):
+        search("ckpt", tmp_path, seeds=1, grid=grid, log=lambda s: None)
+    assert not list(tmp_path.rglob("finetune.json"))  # nothing recorded: the rerun trains it
+
+    def fine_tune(ckpt, out, **kwargs):  # a finished run (the real one makes its directory)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return {"val_top1": 61.0, "top1": 60.0}
+
+    monkeypatch.setattr(mst.finetune, "run_finetune", fine_tune)
+    res = search("ckpt", tmp_path, seeds=1, grid=grid, log=lambda s: None)
+    assert res["search"][0]["val_top1"] == 61.0 and res["final"]["top1"] == [60.0]
 
 
 def test_each_kind_of_backbone_gets_the_recipe_the_search_chose_for_it(pretrained):

@@ -201,7 +201,7 @@ def cmd_finetune(args) -> int:
 
 def cmd_finetune_search(args) -> int:
     from mst.engine.distributed import cleanup
-    from mst.experiments.ftsearch import search, table
+    from mst.experiments.ftsearch import SearchStopped, search, table
     from mst.registry import ConfigError
 
     shard = None
@@ -214,6 +214,9 @@ def cmd_finetune_search(args) -> int:
         res = search(args.ckpt, args.out, random_init=args.random_init, train_subset=args.train_subset,
                      epochs=args.epochs, val_share=args.val_share, seeds=args.seeds, preset=args.config,
                      overrides=_data_overrides(args.data, args.overrides), shard=shard)
+    except SearchStopped as e:
+        print(e)
+        return 0
     finally:
         cleanup()
     if shard is None:
