@@ -20,6 +20,7 @@ from mst.methods import build_method
 from mst.registry import ConfigError
 from tests.conftest import TINY_MAE, save_method
 
+ROOT = Path(__file__).resolve().parents[1]
 FT = ["optim.batch_size=8", "optim.warmup_epochs=1", "log.knn_test_subset=40", "augment.backend=tensor"]
 
 
@@ -142,7 +143,24 @@ def test_each_kind_of_backbone_gets_the_recipe_the_search_chose_for_it(pretraine
     chosen = load_config(CHOSEN_PRESETS["scratch"])
     assert (scratch["optim"]["base_lr"], scratch["finetune"]["layer_decay"], scratch["augment"]["crop"]) == (
         chosen["optim"]["base_lr"], chosen["finetune"]["layer_decay"], chosen["augment"]["crop"])
-    assert load_config(CHOSEN_PRESETS["mst"])["optim"]["base_lr"] == 8e-3
+    # the MST / DINO preset is the recipe its recorded search chose (docs/results/, the lr edge included)
+    record = json.loads((ROOT / "docs" / "results" / "ftsearch_mst_2026-12-02.json").read_text())
+    assert recipe_of(load_config(CHOSEN_PRESETS["mst"])) == record["chosen"]
+    assert max(record["search"], key=lambda r: r["val_top1"])["optim.base_lr"] == record["chosen"]["optim.base_lr"]
+
+
+def recipe_of(cfg: dict) -> dict:
+    """The search's recipe a resolved fine-tuning config holds (its augmentation named by its keys)."""
+    from mst.experiments.ftsearch import AUGMENTATIONS
+
+    def holds(item: str) -> bool:
+        key, value = item.split("=")
+        section, leaf = key.split(".")
+        return str(cfg[section][leaf]).replace(" ", "") == value.replace(" ", "")
+
+    augmentation = next(name for name, items in AUGMENTATIONS.items() if all(map(holds, items)))
+    return {"augmentation": augmentation, "finetune.layer_decay": cfg["finetune"]["layer_decay"],
+            "optim.base_lr": cfg["optim"]["base_lr"]}
 
 
 def test_tensor_pad_crop_takes_images_of_different_sizes():
