@@ -27,12 +27,13 @@ DEFAULT_PRESET = CONFIGS / "fashion_mnist_finetune.yaml"
 # the recipe `mst finetune-search` chose for each kind of backbone (docs/results.md, "Fair fine-tuning"): every
 # comparison gives each backbone its own, chosen by the same search on held-out training labels
 CHOSEN_PRESETS = {"scratch": CONFIGS / "fashion_mnist_finetune_scratch.yaml",
-                  "mst": CONFIGS / "fashion_mnist_finetune_mst.yaml"}
+                  "mst": CONFIGS / "fashion_mnist_finetune_mst.yaml",
+                  "simmim": CONFIGS / "fashion_mnist_finetune_simmim.yaml"}
 
 
 def default_preset(pre: dict, random_init: bool) -> Path:
     """The fine-tuning recipe for a checkpoint whose config is ``pre`` when no --config is given: the one the search
-    chose for the same ViT from scratch, for an MST / DINO backbone, or for a MIM backbone (the default)."""
+    chose for the same ViT from scratch, for an MST / DINO backbone, for SimMIM, or for MAE (the default)."""
     kind = "scratch" if random_init else pre.get("method")
     return CHOSEN_PRESETS.get(kind, DEFAULT_PRESET)
 FROM_CHECKPOINT = ("model.arch", "model.patch_size", "model.img_size", "model.depth", "model.embed_dim",

@@ -338,7 +338,7 @@ class Trainer:
         plain_log = self.log
         self.log = logger.wrap_log(plain_log)  # messages during training do not break the progress bar
         batch_global = self.cfg["optim"]["batch_size"] * self.dist.world_size
-        done_steps, status = 0, "done"
+        self.call_steps, status = 0, "done"  # steps of this call (a resumed run counts from its checkpoint)
         every_n = int(self.cfg["log"]["checkpoint_every_steps"])
         self.method.train()
         try:
@@ -360,7 +360,7 @@ class Trainer:
                         del batch, loaded
                         self.step_in_epoch += 1
                         self.global_step += 1
-                        done_steps += 1
+                        self.call_steps += 1
                         now = time.perf_counter()
                         step_time = max(now - t_last, 1e-9)
                         metrics["images_per_s"] = batch_global / step_time
@@ -368,10 +368,10 @@ class Trainer:
                         metrics["data_wait"] = min(1.0, max(0.0, (t_ready - t_fetch) / step_time))
                         t_last = now
                         stop_now, = all_reduce_flags([stop.requested], self.device)
-                        hit_max = max_steps is not None and done_steps >= max_steps
+                        hit_max = max_steps is not None and self.call_steps >= max_steps
                         last = self.epoch == epochs - 1 and self.step_in_epoch == self.iters_per_epoch
                         logger.step(self.global_step, self.epoch, metrics,
-                                    force=done_steps == 1 or last or hit_max or stop_now)
+                                    force=self.call_steps == 1 or last or hit_max or stop_now)
                         if stop_now:
                             self.save()
                             self.log(f"\n{stop.signal_name or 'stop signal'} received: checkpoint written to "

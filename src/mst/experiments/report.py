@@ -56,13 +56,16 @@ def step_ms(run_dir: Path, records: list[dict] | None = None) -> float | None:
 
 
 def cpu_step_ms(run_dir: Path, result: dict, records: list[dict] | None = None) -> float | None:
-    """Pretraining CPU milliseconds per step of a one-thread run (its process CPU time over its last logged step):
+    """Pretraining CPU milliseconds per step of a one-thread run (the CPU time of the process that finished the
+    pretraining over the steps it trained; a run without that count was never resumed: its last logged step):
     unlike wall time, not inflated when other jobs share the cores; AMT's refresh passes are in it, amortised."""
     cpu = result.get("cpu_s") or {}
     if cpu.get("threads") != 1 or not cpu.get("pretrain_s"):
         return None
-    records = step_records(run_dir) if records is None else records
-    steps = max((r["step"] for r in records), default=0)
+    steps = cpu.get("pretrain_steps")
+    if not steps:
+        records = step_records(run_dir) if records is None else records
+        steps = max((r["step"] for r in records), default=0)
     return 1000.0 * cpu["pretrain_s"] / steps if steps else None
 
 
@@ -79,8 +82,10 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
             p = out_dir / variant / f"seed{seed}" / "results.json"
             if p.is_file():
                 result, records = json.loads(p.read_text()), step_records(p.parent)
+                steps = (result.get("cpu_s") or {}).get("pretrain_steps")
                 runs.append({**result, "step_ms": step_ms(p.parent, records),
-                             "cpu_step_ms": cpu_step_ms(p.parent, result, records)})
+                             "cpu_step_ms": cpu_step_ms(p.parent, result, records),
+                             "resumed": bool(steps) and steps < max((r["step"] for r in records), default=0)})
         stats = {}
         for m in METRICS + EXTRA_METRICS:
             vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]
@@ -106,7 +111,8 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
             "stats": stats,
             "wall_s_per_run": {"mean": statistics.fmean(wall), "max": max(wall)} if wall else None,
             "runs": [{"seed": r["seed"], "metrics": r["metrics"], "wall_s": r["wall_s"], "cpu_s": r.get("cpu_s"),
-                      "step_ms": r["step_ms"], "cpu_step_ms": r["cpu_step_ms"]} for r in runs],
+                      "step_ms": r["step_ms"], "cpu_step_ms": r["cpu_step_ms"], "resumed": r["resumed"]}
+                     for r in runs],
         })
     base = out_dir / "random_init" / "results.json"
     agg = {
@@ -169,7 +175,9 @@ def _fmt(cell: dict | None) -> str:
 
 def _minutes(runs: list[dict]) -> str:
     """Mean pretraining wall time per run, and the process CPU time where it was recorded (on a shared machine
-    the wall time grows with the load; one-thread CPU time is about the wall time of an unshared core)."""
+    the wall time grows with the load; one-thread CPU time is about the wall time of an unshared core). A run
+    resumed from a checkpoint recorded only its last process's times: left out."""
+    runs = [run for run in runs if not run.get("resumed")]
     wall = [run["wall_s"].get("pretrain_s") for run in runs if run["wall_s"].get("pretrain_s")]
     cpu = [(run.get("cpu_s") or {}).get("pretrain_s") for run in runs]
     cpu = [c for c in cpu if c]

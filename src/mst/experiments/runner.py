@@ -119,8 +119,11 @@ def pretrain(cfg: dict, run_dir: Path, log: Log = print) -> dict:
 
     t0, c0 = time.perf_counter(), time.process_time()
     evaluator = online_knn_evaluator(cfg) if cfg["log"]["knn_every"] else None
-    status = Trainer(cfg, run_dir, log=log).fit(evaluator=evaluator)
-    info = {"status": status, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    trainer = Trainer(cfg, run_dir, log=log)
+    status = trainer.fit(evaluator=evaluator)
+    # the times and steps of this process: a run resumed from a checkpoint did only the steps after it here
+    info = {"status": status, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "steps": trainer.call_steps}
     if status == "done":
         marker.write_text(json.dumps(info, indent=2))
     return {**info, "skipped": False}
@@ -268,8 +271,8 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
             wall = {"pretrain_s": pre["wall_s"], **wall}
             wall["total_s"] = sum(wall.values())
             # process CPU time (all threads): about torch.get_num_threads() x the wall time of an unshared machine
-            cpu = {"pretrain_s": pre.get("cpu_s"), "eval_s": time.process_time() - c0,
-                   "threads": torch.get_num_threads()}
+            cpu = {"pretrain_s": pre.get("cpu_s"), "pretrain_steps": pre.get("steps"),
+                   "eval_s": time.process_time() - c0, "threads": torch.get_num_threads()}
             res_path.write_text(json.dumps({
                 "ablation": name, "variant": variant, "seed": seed, "protocol": protocol,
                 "overrides": list(ABLATIONS[name].variant(variant).overrides), "metrics": metrics, "wall_s": wall,
