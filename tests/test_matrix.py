@@ -146,6 +146,28 @@ def test_cpu_time_per_step_is_shown_where_one_thread_runs_recorded_it(tmp_path):
     assert "| mae | 300.0 | refused (2) | not run yet | 270.0 (0.90x) | refused (3) |" in md
 
 
+def test_a_resumed_run_is_timed_by_the_steps_its_last_process_trained(tmp_path):
+    """A run resumed from a checkpoint records the CPU time and the steps of the process that finished it: CPU ms
+    per step divides the two, and its partial pretraining minutes stay out of the table's minutes column."""
+    from mst.experiments.report import _minutes, cpu_step_ms
+
+    out = tmp_path / "out"
+    _fake_run(out, "mae_random", 0, 76.0, 80.0, 74.0, [600.0, 640.0, 700.0, 700.0], 64)  # logged up to step 200
+    run = out / "mae_random" / "seed0"
+    resumed = {"cpu_s": {"pretrain_s": 6.0, "pretrain_steps": 40, "threads": 1}}
+    assert cpu_step_ms(run, resumed) == 150.0  # 6 s over its 40 steps, not over the 200 of the run
+    assert cpu_step_ms(run, {"cpu_s": {"pretrain_s": 30.0, "pretrain_steps": 200, "threads": 1}}) == 150.0
+    whole = {"wall_s": {"pretrain_s": 120.0}, "cpu_s": {"pretrain_s": 60.0}}
+    part = {"wall_s": {"pretrain_s": 6.0}, "cpu_s": {"pretrain_s": 6.0}, "resumed": True}
+    assert _minutes([whole, part]) == "2.0 / 1.0" and _minutes([part]) == "–"
+    p = run / "results.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), **resumed}))
+    agg = run_ablation("matrix", protocol="cpu_methods", seeds=1, out_dir=out, doc=None, report_only=True,
+                       log=lambda s: None)
+    row = next(r for r in agg["variants"] if r["variant"] == "mae_random")
+    assert row["runs"][0]["resumed"] and row["stats"]["cpu_step_ms"]["mean"] == 150.0
+
+
 def test_a_doc_with_a_section_twice_is_refused(tmp_path):
     from mst.experiments.report import update_results_doc
 

@@ -56,8 +56,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert part.fit(max_steps=5) == "max_steps"  # mid-epoch 0 (8 steps per epoch)
     ck = load_checkpoint(tmp_path / "part")
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (0, 5, 5)
+    assert part.call_steps == 5
     resumed = Trainer(cfg, tmp_path / "part")
     assert resumed.fit() == "done"
+    assert (resumed.call_steps, resumed.global_step) == (11, 16)  # this call's steps: after the checkpoint
     a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 17))
     for ra, rb in zip(a, b):
