@@ -15,7 +15,7 @@ from mst.data import build_dataset
 from mst.data.dataset import absolute_indices
 from mst.data.single_view import GPUSingleView, SingleViewTransform
 from mst.eval.features import load_eval_split
-from mst.experiments.ftsearch import recipe_overrides, recipes, search
+from mst.experiments.ftsearch import GRID, recipe_overrides, recipes, search
 from mst.methods import build_method
 from mst.registry import ConfigError
 from tests.conftest import TINY_MAE, save_method
@@ -143,10 +143,11 @@ def test_each_kind_of_backbone_gets_the_recipe_the_search_chose_for_it(pretraine
     chosen = load_config(CHOSEN_PRESETS["scratch"])
     assert (scratch["optim"]["base_lr"], scratch["finetune"]["layer_decay"], scratch["augment"]["crop"]) == (
         chosen["optim"]["base_lr"], chosen["finetune"]["layer_decay"], chosen["augment"]["crop"])
-    # the MST / DINO preset is the recipe its recorded search chose (docs/results/, the lr edge included)
-    record = json.loads((ROOT / "docs" / "results" / "ftsearch_mst_2026-12-02.json").read_text())
-    assert recipe_of(load_config(CHOSEN_PRESETS["mst"])) == record["chosen"]
-    assert max(record["search"], key=lambda r: r["val_top1"])["optim.base_lr"] == record["chosen"]["optim.base_lr"]
+    # the MST / DINO and SimMIM presets are the recipes their recorded searches chose (the lr edge included)
+    for kind in ("mst", "simmim"):
+        record = json.loads((ROOT / "docs" / "results" / f"ftsearch_{kind}_2026-12-02.json").read_text())
+        best = max(record["search"], key=lambda r: r["val_top1"])
+        assert recipe_of(load_config(CHOSEN_PRESETS[kind])) == record["chosen"] == {k: best[k] for k in GRID}, kind
 
 
 def recipe_of(cfg: dict) -> dict:
