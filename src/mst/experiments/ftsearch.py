@@ -103,7 +103,7 @@ def search(ckpt: str | Path, out_dir: str | Path, random_init: bool = False, tra
         return {"search": run_recipes([r for k, r in enumerate(grid_recipes) if k % shard[1] == shard[0]])}
     rows = run_recipes(grid_recipes)
     chosen = max(rows, key=lambda r: r["val_top1"])  # ties: the first in grid order
-    for _ in range(extend_lr):
+    for _ in range(extend_lr if "optim.base_lr" in grid else 0):  # (a grid without an lr axis has no edge)
         top = max(grid["optim.base_lr"])
         if chosen["optim.base_lr"] != top:
             break
