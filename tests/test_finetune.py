@@ -215,3 +215,34 @@ def test_finetune_on_a_labelled_image_folder(pretrained, tmp_path):
     cfg = load_checkpoint(tmp_path / "ft")["config"]
     assert cfg["finetune"]["num_classes"] == 2 and res["train_images"] == 16
     assert 0 <= res["top1"] <= 100 and len(res["history"]) == 2
+
+
+def test_a_fine_tune_whose_loss_stays_at_chance_after_warm_up_warns_once(pretrained):
+    """ln K is the loss of a uniform prediction: a classifier still there after the warm-up is not learning (the
+    SimMIM / AttMask fine-tune at base lr 1.6e-2 sat at ln 10 for 25 of 30 epochs). During the warm-up it is
+    normal, and a loss under 0.97 ln K starts the count again."""
+    import warnings
+
+    from mst.data import Batch
+    from mst.health import ChanceLossMonitor, NotLearningWarning
+    from mst.methods import StepContext
+
+    m = ChanceLossMonitor(num_classes=10, steps=3)
+    assert m.chance == pytest.approx(float(np.log(10)))
+    rising = [m.update(2.30, lr, step) for step, lr in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])]
+    assert not any(rising) and m.run == 0  # the warm-up: the lr still rises
+    below = 0.96 * np.log(10)
+    with pytest.warns(NotLearningWarning, match=r"stayed at chance \(>= 97% of ln 10 = 2.30\) for 3 steps .*step 11"):
+        losses = [2.30, 2.30, below, 2.30, 2.30, 2.30, 2.30]
+        seen = [m.update(loss, 0.5, step) for step, loss in zip(range(6, 13), losses)]
+    assert seen == [False] * 5 + [True, False]  # reset by the loss under 0.97 ln K; then once
+    path, _ = pretrained
+    method = build_method(finetune_config(path, overrides=FT))
+    assert method.chance.num_classes == 10
+    method.chance.steps = 2
+    batch = Batch([torch.randn(8, 1, 28, 28)], torch.arange(8) % 10, torch.arange(8))
+    with warnings.catch_warnings(record=True) as caught:  # the near-zero head predicts uniformly: loss = ln 10
+        warnings.simplefilter("always")
+        for step, lr in enumerate([1e-3, 1e-3, 1e-3]):
+            method(batch, StepContext(0, step, values={"lr": lr}))
+    assert [type(w.message) for w in caught] == [NotLearningWarning]

@@ -1,6 +1,8 @@
 """Signs of collapse that any method's features can show, shared by the DINO loss (per step) and the online
-evaluation (per epoch) without either importing the other."""
+evaluation (per epoch) without either importing the other; and the sign of a classifier that does not learn."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,3 +25,43 @@ def feature_stats(features: torch.Tensor, eps: float = 1e-7) -> dict[str, float]
     p = sv / sv.sum() + eps
     z = F.normalize(f, dim=-1)
     return {"rankme": float(torch.exp(-(p * torch.log(p)).sum())), "feature_std": float(z.std(dim=0).mean())}
+
+
+class NotLearningWarning(UserWarning):
+    """A supervised run's loss stays at chance: the classifier is not learning (often an lr too large for it)."""
+
+
+class ChanceLossMonitor:
+    """Warns once when a classifier's training loss stays at or above ``ratio`` x ln K (the loss of a uniform
+    prediction, with or without label smoothing) for ``steps`` steps in a row after the lr warm-up (the first step
+    whose lr is not above the previous one). On Fashion-MNIST a fine-tune at base lr 1.6e-2 sat at ln 10 for 25 of
+    its 30 epochs and ended at 29 % (docs/results.md, "Attention as an axis"); the other runs leave 0.97 ln K
+    within the warm-up.
+
+    >>> m = ChanceLossMonitor(num_classes=10, steps=2)
+    >>> [m.update(2.30, lr, step) for step, lr in enumerate([1.0, 2.0, 2.0, 1.9, 1.8])]  # warns once
+    [False, False, False, True, False]
+    """
+
+    def __init__(self, num_classes: int, ratio: float = 0.97, steps: int = 100) -> None:
+        self.num_classes, self.chance = int(num_classes), math.log(num_classes)
+        self.ratio, self.steps = float(ratio), int(steps)
+        self.last_lr, self.warmed_up, self.run, self.warned = None, False, 0, False
+
+    def update(self, loss: float, lr: float, step: int) -> bool:
+        """Record one step; True on the step that warns."""
+        self.warmed_up = self.warmed_up or (self.last_lr is not None and lr <= self.last_lr)
+        self.last_lr = lr
+        if not self.warmed_up:
+            return False
+        self.run = self.run + 1 if loss >= self.ratio * self.chance else 0
+        if self.run < self.steps or self.warned:
+            return False
+        self.warned = True
+        import warnings
+
+        warnings.warn(f"the training loss has stayed at chance (>= {self.ratio:.0%} of ln {self.num_classes} = "
+                      f"{self.chance:.2f}) for {self.steps} steps after the warm-up (step {step}): the classifier is "
+                      "not learning. Try a lower optim.base_lr or finetune.layer_decay", NotLearningWarning,
+                      stacklevel=2)
+        return True

@@ -21,6 +21,7 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from mst.data.batch import Batch
+from mst.health import ChanceLossMonitor
 from mst.checkpoint import backbone_state, load_checkpoint, resolve_which
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.models.backbone import ViTArch
@@ -63,6 +64,7 @@ class Supervised(Method):
                            switch_prob=float(f["mixup_switch_prob"]), mode="batch",
                            label_smoothing=float(f["label_smoothing"]), num_classes=self.num_classes) if mixing else None
         self.reprob = float(f["reprob"])
+        self.chance = ChanceLossMonitor(self.num_classes)  # one warning when the loss stays at ln K after warm-up
         if mixing:  # mixup already smooths the targets
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif float(f["label_smoothing"]) > 0:
@@ -123,6 +125,8 @@ class Supervised(Method):
         logits = self.backbone.vit(x)
         loss = self.criterion(logits, target)
         acc = (logits.argmax(1) == labels).float().mean().item() * 100.0
+        if self.training:
+            self.chance.update(loss.item(), ctx.values.get("lr", 0.0), ctx.step)
         return StepOutput(loss=loss, metrics={"loss": loss.item(), "train_top1": acc})
 
     @torch.no_grad()
