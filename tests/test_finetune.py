@@ -220,7 +220,7 @@ def test_finetune_on_a_labelled_image_folder(pretrained, tmp_path):
 def test_a_fine_tune_whose_loss_stays_at_chance_after_warm_up_warns_once(pretrained):
     """ln K is the loss of a uniform prediction: a classifier still there after the warm-up is not learning (the
     SimMIM / AttMask fine-tune at base lr 1.6e-2 sat at ln 10 for 25 of 30 epochs). During the warm-up it is
-    normal, and a loss under 0.97 ln K starts the count again."""
+    normal, and it is the mean over a window that counts (the loss of a near-uniform classifier dips now and then)."""
     import warnings
 
     from mst.data import Batch
@@ -230,12 +230,12 @@ def test_a_fine_tune_whose_loss_stays_at_chance_after_warm_up_warns_once(pretrai
     m = ChanceLossMonitor(num_classes=10, steps=3)
     assert m.chance == pytest.approx(float(np.log(10)))
     rising = [m.update(2.30, lr, step) for step, lr in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])]
-    assert not any(rising) and m.run == 0  # the warm-up: the lr still rises
-    below = 0.96 * np.log(10)
-    with pytest.warns(NotLearningWarning, match=r"stayed at chance \(>= 97% of ln 10 = 2.30\) for 3 steps .*step 11"):
-        losses = [2.30, 2.30, below, 2.30, 2.30, 2.30, 2.30]
+    assert not any(rising) and not m.losses  # the warm-up: the lr still rises, nothing counted
+    line = 0.97 * np.log(10)
+    with pytest.warns(NotLearningWarning, match=r"a mean >= 97% of ln 10 = 2.30 over 3 steps .*step 10"):
+        losses = [2.30, 1.50, 2.30, 2.30, line - 0.01, 2.30, 2.30]  # window means: -, -, 2.03, 2.03, 2.27
         seen = [m.update(loss, 0.5, step) for step, loss in zip(range(6, 13), losses)]
-    assert seen == [False] * 5 + [True, False]  # reset by the loss under 0.97 ln K; then once
+    assert seen == [False] * 4 + [True, False, False]  # a dip under the line does not hide the mean; then once
     path, _ = pretrained
     method = build_method(finetune_config(path, overrides=FT))
     assert method.chance.num_classes == 10
