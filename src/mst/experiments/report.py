@@ -37,6 +37,11 @@ def step_records(run_dir: Path) -> list[dict]:
     return [r for r in map(json.loads, log.read_text().splitlines()) if "step" in r]
 
 
+def last_step(records: list[dict]) -> int:
+    """The last step a run logged (0 when none)."""
+    return max((r["step"] for r in records), default=0)
+
+
 def step_ms(run_dir: Path, records: list[dict] | None = None) -> float | None:
     """Median pretraining step time (ms) of a run, from the step times its metrics.jsonl logged (every log.every
     steps: the step's own time, so an AMT refresh or an evaluation between steps is not in it). Runs logged before
@@ -64,8 +69,7 @@ def cpu_step_ms(run_dir: Path, result: dict, records: list[dict] | None = None) 
         return None
     steps = cpu.get("pretrain_steps")
     if not steps:
-        records = step_records(run_dir) if records is None else records
-        steps = max((r["step"] for r in records), default=0)
+        steps = last_step(step_records(run_dir) if records is None else records)
     return 1000.0 * cpu["pretrain_s"] / steps if steps else None
 
 
@@ -85,7 +89,7 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
                 steps = (result.get("cpu_s") or {}).get("pretrain_steps")
                 runs.append({**result, "step_ms": step_ms(p.parent, records),
                              "cpu_step_ms": cpu_step_ms(p.parent, result, records),
-                             "resumed": bool(steps) and steps < max((r["step"] for r in records), default=0)})
+                             "resumed": bool(steps) and steps < last_step(records)})
         stats = {}
         for m in METRICS + EXTRA_METRICS:
             vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]

@@ -125,9 +125,10 @@ class Supervised(Method):
         logits = self.backbone.vit(x)
         loss = self.criterion(logits, target)
         acc = (logits.argmax(1) == labels).float().mean().item() * 100.0
+        value = loss.item()
         if self.training:
-            self.chance.update(loss.item(), ctx.values.get("lr", 0.0), ctx.step)
-        return StepOutput(loss=loss, metrics={"loss": loss.item(), "train_top1": acc})
+            self.chance.update(value, ctx.values.get("lr", 0.0), ctx.step)
+        return StepOutput(loss=loss, metrics={"loss": value, "train_top1": acc})
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
