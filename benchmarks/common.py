@@ -44,6 +44,10 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "simmim": ("simmim", []),
     "mae_amt": ("mae", ["amt.enabled=true", "amt.start=0"]),  # AMT from the first step (steady state)
     "simmim_amt": ("simmim", ["amt.enabled=true", "amt.start=0"]),
+    # continued pretraining (model.init) with its controls on: the same step from existing weights, layer decay
+    # splitting the optimizer's groups, the patch embedding frozen for the run ({SOURCE}: a timm file made here)
+    "mae_continued": ("mae", ["model.init={SOURCE}", "optim.layer_decay=0.75", "optim.freeze_blocks=0"]),
+    "mst_continued": (None, ["model.init={SOURCE}", "optim.layer_decay=0.75", "optim.freeze_blocks=0"]),
 }
 MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
 # Beyond Masking: each degradation with MAE's masking, and alone (no masking: every token encoded)
@@ -130,7 +134,30 @@ def load_cfg(args: argparse.Namespace, extra: Iterable[str] = (), preset: str | 
 
 def variant_cfg(args: argparse.Namespace, name: str, extra: Iterable[str] = ()) -> dict:
     preset, overrides = VARIANTS[name]
+    if any("{SOURCE}" in o for o in overrides):  # a pretrained source of the preset's own ViT, saved as timm's
+        plain = load_cfg(args, [o for o in overrides if "{SOURCE}" not in o] + list(extra), preset)
+        source = timm_source(plain)
+        overrides = [o.replace("{SOURCE}", source) for o in overrides]
     return load_cfg(args, list(overrides) + list(extra), preset)
+
+
+def timm_source(cfg: dict) -> str:
+    """``timm:NAME=FILE`` of a timm ViT shaped as ``cfg``'s (random weights, safetensors and the JSON beside it, as
+    ``mst export`` writes them) in a temporary folder: what ``model.init`` loads in the continued variants."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    from mst.models.backbones import timm_spec
+
+    name, kwargs = timm_spec(cfg["model"], int(cfg["data"]["channels"]))
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    path = Path(tempfile.mkdtemp(prefix="mst_bench_source_")) / "source.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"model_name": name, "model_kwargs": kwargs}))
+    return f"timm:{name}={path}"
 
 
 # -- device names, sync, timing ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from common import (  # noqa: E402
 )
 
 TARGET = 1.10  # MST / DINO
+CONTINUE_TARGET = 1.02  # continuing from model.init / the same method from scratch
 TINY = {"rounds": 2, "warmup": 1, "refresh_images": 16}
 
 
@@ -121,6 +122,14 @@ def main(argv: list[str] | None = None) -> dict:
                   f"epoch(s): {total:.3f} with it")
             result[f"{amt}_over_{plain}"] = {"step": step_ratio, "refresh_s_per_image": per_image,
                                              "amortised_refresh_s_per_step": amortised, "with_refresh": total}
+    for plain in ("mae", "mst"):
+        cont = f"{plain}_continued"
+        if plain in wall and cont in wall:
+            r = median(paired_ratios(primary, cont, plain))
+            verdict = "OK" if r <= CONTINUE_TARGET else "ABOVE TARGET"
+            print(f"{cont} / {plain} step time ({measure}) = {r:.3f}  (from model.init, layer decay 0.75, patch "
+                  f"embedding frozen; target <= {CONTINUE_TARGET}: {verdict})")
+            result[f"{cont}_over_{plain}"] = r
     print(f"total {time.perf_counter() - t0:.0f}s")
     write_json(args.json, result)
     return result

@@ -14,7 +14,8 @@ root="${2:-/usr/share/datasets/fashion-mnist}"
 mst=".venv/bin/mst"
 q="--set log.progress=false"
 ft_epochs="${DEMO_FT_EPOCHS:-30}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# one thread per lane, whatever the environment says: the thread count changes the rounding, and so MST's numbers
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 start=$(date +%s)
 mkdir -p "$out"
 

@@ -101,8 +101,8 @@ def make_multiband_folder(out: str | Path, bands: int, per_class: int = 20, seed
             path.parent.mkdir(parents=True, exist_ok=True)
             if planar:
                 tifffile.imwrite(path, np.moveaxis(data, -1, 0), photometric="minisblack")
-            else:
-                tifffile.imwrite(path, data, photometric="minisblack", planarconfig="contig")
+            else:  # as a user writes them: tifffile tags the 4th sample of an (H, W, 4) array as alpha
+                tifffile.imwrite(path, data)
     return out
 
 

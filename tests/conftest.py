@@ -39,7 +39,8 @@ TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mim.mask=blocks", "mim.mask_ratio=0.
 TINY_FINETUNE = ["method=finetune", *TINY_MIM]
 # every registered method's tiny config: tests over all methods read it through tiny_overrides, which fails for a
 # method without one (a new method must add its entry here rather than be left out of those tests)
-TINY_BY_METHOD = {"mst": ["method=mst", *TINY], "mae": TINY_MAE, "simmim": TINY_SIMMIM, "finetune": TINY_FINETUNE}
+TINY_BY_METHOD = {"mst": ["method=mst", *TINY], "dino": ["method=dino", *TINY], "mae": TINY_MAE, "simmim": TINY_SIMMIM,
+                  "finetune": TINY_FINETUNE}
 
 
 def tiny_overrides(method: str) -> list[str]:

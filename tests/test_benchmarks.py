@@ -91,6 +91,9 @@ def test_step_time_tiny(tmp_path):
         assert positive(amt["refresh_s_per_image"])
         assert amt["with_refresh"] == pytest.approx(amt["step"] + amt["amortised_refresh_s_per_step"]
                                                     / v[plain]["cpu_median_s"])
+    for plain in ("mae", "mst"):  # continuing from model.init, paired with the same method from scratch
+        assert res[f"{plain}_continued_over_{plain}"] == pytest.approx(
+            paired(v[f"{plain}_continued"]["cpu_s"], v[plain]["cpu_s"]))
     assert json.loads((tmp_path / "step_time.json").read_text())["mst_over_dino"] == res["mst_over_dino"]
 
 

@@ -18,7 +18,7 @@ def test_presets_load():
     mst = load_config(ROOT / "fashion_mnist_vit_tiny.yaml")
     assert mst["method"] == "mst" and mst["mst"]["mask"] == "attention" and mst["mst"]["decoder"] == "cnn"
     dino = load_config(ROOT / "fashion_mnist_dino.yaml")
-    assert dino["mst"]["mask"] == "none" and dino["mst"]["decoder"] == "none"
+    assert dino["method"] == "dino" and dino["mst"]["mask"] == "none" and dino["mst"]["decoder"] == "none"
     inet = load_config(ROOT / "imagenet_deit_small_100ep.yaml")
     # the paper: lr 2e-3 at batch 1024, wd 0.04, 10 warm-up epochs, lambda 1.0 / 0.6, num 8, p 0.1
     assert inet["optim"]["base_lr"] * 1024 / 256 == pytest.approx(2e-3)
@@ -37,7 +37,7 @@ def test_each_method_gets_only_its_sections():
     assert {"mim", "simmim"} <= set(simmim) and "mae" not in simmim
     with pytest.raises(ConfigError, match=r"section 'mae'.*not used by method 'mst'.*belongs to mae"):
         load_config(overrides=["mae.decoder_depth=2"])
-    with pytest.raises(ConfigError, match=r"section 'dino'.*not used by method 'simmim'.*belongs to mst"):
+    with pytest.raises(ConfigError, match=r"section 'dino'.*not used by method 'simmim'.*belongs to dino, mst"):
         load_config(ROOT / "fashion_mnist_simmim.yaml", ["dino.out_dim=8"])
 
 

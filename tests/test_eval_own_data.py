@@ -147,6 +147,40 @@ def test_exported_classifier_names_its_classes(finetuned, tmp_path):
         assert model(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 4)
 
 
+def test_printed_timm_call_reproduces_the_classifier_verbatim(finetuned, tmp_path, capsys, monkeypatch):
+    """The line `mst export` prints, run as it is, gives the package's own logits (a 1000-class pretrained config
+    made timm drop the saved head: a random classifier), and timm's data config reads the data's statistics."""
+    import timm
+
+    from mst.checkpoint import load_checkpoint
+    from mst.cli import main
+    from mst.methods import load_method
+
+    out, _ = finetuned
+    monkeypatch.chdir(tmp_path)  # the printed path is the one given: run the call from where export ran
+    assert main(["export", "--ckpt", str(out), "--out", "clf.safetensors"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    call = next(line.strip() for line in printed if line.strip().startswith("model = timm.create_model("))
+    assert json.loads((tmp_path / "clf.json").read_text())["timm_call"] == call[len("model = "):]
+    scope: dict = {}
+    exec(f"import timm\n{call}", scope)  # verbatim
+    model = scope["model"].eval()
+    ours = load_method(out)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = ours.eval().predict(x)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    head = load_checkpoint(out)["method"]
+    saved_head = next(v for k, v in head.items() if k.endswith("head.weight"))
+    assert torch.equal(model.head.weight, saved_head)  # the saved head, not a fresh one
+    data_cfg = timm.data.resolve_model_data_config(model)
+    cfg = load_checkpoint(out)["config"]["data"]
+    assert data_cfg["input_size"] == (3, SIZE, SIZE)
+    assert data_cfg["mean"] == pytest.approx(tuple(cfg["mean"])) and data_cfg["std"] == pytest.approx(tuple(cfg["std"]))
+    assert data_cfg["crop_pct"] == load_checkpoint(out)["config"]["augment"]["eval_crop"]
+    assert list(model.pretrained_cfg["label_names"]) == CLASSES
+
+
 def test_export_finds_class_names_of_an_older_checkpoint(folder):
     from mst.eval.export import classifier_names
 

@@ -1,6 +1,8 @@
 """Linear probe: learns a separable problem, per-sample crop/flip geometry, augmented path on a tiny ViT."""
 from __future__ import annotations
 
+import json
+
 import torch
 
 from mst.config import load_config
@@ -39,6 +41,10 @@ def test_topk_accuracy():
     top1, top2 = topk_accuracy(logits, target, ks=(1, 2))
     assert abs(top1 - 100 / 3) < 1e-4 and abs(top2 - 200 / 3) < 1e-4
     assert topk_accuracy(logits, target, ks=(5,)) == [100.0]
+    # from counts, as results JSON records them: 7 of 10 is 70.0, not float32's 69.9999988079071
+    logits10 = torch.eye(10)
+    assert topk_accuracy(logits10, torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 0, 0]), ks=(1,)) == [70.0]
+    assert json.dumps(topk_accuracy(logits10, torch.tensor([1] * 10), ks=(1,))) == "[10.0]"
 
 
 def test_crop_flip_geometry():

@@ -18,7 +18,8 @@ MATRIX = ABLATIONS["matrix"]
 
 
 def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
-    methods = {"mst": ("mst", "cnn"), "dino": ("mst", "none"), "mae": ("mae", None), "simmim": ("simmim", None)}
+    methods = {"mst": ("mst", "cnn"), "dino": ("dino", "none"), "mae": ("mae", None), "simmim": ("simmim", None)}
+    teacher = ("mst", "dino")  # the methods whose strategies sit in the mst section and read the teacher
     seen = set()
     for v in MATRIX.variants:
         seen.add(v.cell)
@@ -30,16 +31,16 @@ def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
         cfg = build_run_config("matrix", v.name, 0, "cpu_methods")
         method, decoder = methods[v.cell[0]]
         assert cfg["method"] == method and (decoder is None or cfg["mst"]["decoder"] == decoder)
-        section = cfg["mst"] if method == "mst" else cfg["mim"]
+        section = cfg["mst"] if method in teacher else cfg["mim"]
         strategy = v.cell[1]
-        if strategy == "amt" and method != "mst":
+        if strategy == "amt" and method not in teacher:
             assert cfg["amt"]["enabled"] is True
         elif strategy == "random":
-            assert section["mask"] == {"mst": "random", "mae": "patches", "simmim": "blocks"}[method]
+            assert section["mask"] == {"mst": "random", "dino": "random", "mae": "patches", "simmim": "blocks"}[method]
         else:
             assert section["mask"] == strategy
         if strategy in ("attention", "attmask"):  # they read an attention: the teacher's or the encoder's
-            assert section["importance"] == ("teacher" if method == "mst" else "encoder")
+            assert section["importance"] == ("teacher" if method in teacher else "encoder")
         # equal budget within a method: the strategy changes nothing but the mask
         base = build_run_config("matrix", f"{v.cell[0]}_random", 0, "cpu_methods")
         assert (cfg["optim"], cfg["model"], cfg["data"]) == (base["optim"], base["model"], base["data"])

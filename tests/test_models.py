@@ -102,7 +102,7 @@ def test_patch_size_must_divide_image():
         bb(torch.randn(1, 1, 30, 30))
 
 
-@pytest.mark.parametrize("patch,size,ups", [(4, 28, 2), (16, 64, 4), (8, 32, 3)])
+@pytest.mark.parametrize("patch,size,ups", [(4, 28, 2), (16, 64, 4), (8, 32, 3), (14, 56, 4), (6, 24, 3)])
 def test_decoder_output_shape(patch, size, ups):
     dec = GlobalImageDecoder(embed_dim=24, patch_size=patch, out_chans=3, channels=[16, 16, 8, 8])
     assert dec.num_upsamplings == ups
@@ -111,8 +111,22 @@ def test_decoder_output_shape(patch, size, ups):
     assert out.shape == (2, 3, size, size)
     kinds = [type(m).__name__ for m in dec.stages.modules()]
     assert kinds.count("Conv2d") == ups and kinds.count("BatchNorm2d") == ups and kinds.count("ReLU") == ups
-    with pytest.raises(ValueError, match="power-of-two"):
-        GlobalImageDecoder(24, 6, 3, [8, 8, 8])
+    with pytest.raises(ValueError, match="at least 3 widths for patch size 6"):
+        GlobalImageDecoder(24, 6, 3, [8, 8])
+    with pytest.raises(ValueError, match="patch size >= 2"):
+        GlobalImageDecoder(24, 1, 3, [8])
+
+
+def test_decoder_of_a_patch_that_is_no_power_of_two_ends_on_the_rest():
+    """DINOv2's 14 px: three 2x stages, then 1.75x (nearest), exactly 14 px per token."""
+    dec = GlobalImageDecoder(embed_dim=8, patch_size=14, out_chans=1, channels=[4, 4, 4, 4])
+    factors = [m.scale_factor for m in dec.stages if isinstance(m, torch.nn.Upsample)]
+    assert factors == [2.0, 2.0, 2.0, 1.75]
+    x = torch.randn(1, 8, 3, 3)
+    ref = torch.nn.functional.interpolate(torch.arange(9.0).reshape(1, 1, 3, 3), scale_factor=14, mode="nearest")
+    up = torch.nn.functional.interpolate(torch.arange(9.0).reshape(1, 1, 3, 3), scale_factor=8, mode="nearest")
+    assert torch.equal(torch.nn.functional.interpolate(up, scale_factor=1.75, mode="nearest"), ref)
+    assert dec(x.flatten(2).transpose(1, 2), (3, 3)).shape == (1, 1, 42, 42)
 
 
 def test_student_teacher_split_and_ema_by_name():

@@ -47,7 +47,7 @@ def test_signal_checkpoints_and_resumes(tmp_path, sig):
     assert ck["global_step"] == logged[-1]  # the step in flight was finished and saved, nothing lost
     assert ck["step_in_epoch"] == ck["global_step"] % 8 and ck["epoch"] == ck["global_step"] // 8
 
-    again = launch(out, "--max-steps", "2")
+    again = launch(out, "--max-steps", str(logged[-1] + 2))  # --max-steps counts the whole run
     text2, _ = again.communicate(timeout=120)
     assert again.returncode == 0, text2
     assert f"resumed from {out / 'checkpoint.pt'}" in text2

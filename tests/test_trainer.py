@@ -7,7 +7,8 @@ from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import NonFiniteLossError, Trainer
 from mst.methods import METHODS, build_method
 from mst.models.encoder import build_student_teacher
-from tests.conftest import make_tiny_cfg, step
+from mst.registry import ConfigError
+from tests.conftest import TINY, make_tiny_cfg, step
 
 
 def losses(run_dir):
@@ -109,11 +110,39 @@ def test_tensor_augment_backend_trains_and_resumes(tmp_path):
 def test_resume_refuses_a_changed_configuration(tmp_path):
     Trainer(make_tiny_cfg(), tmp_path / "run").fit(max_steps=2)
     other = Trainer(make_tiny_cfg("mst.mask_num=4", "log.every=5"), tmp_path / "run")
-    with pytest.raises(RuntimeError, match=r"different configuration \(mst.mask_num: 8 -> 4\)"):
+    with pytest.raises(ConfigError, match=r"trained with other settings \(mst.mask_num: 8 -> 4\): relaunch with "
+                                          r"the settings .* of mst.mask_num\) to resume it, or pass a new --out"):
         other.fit()
     # log settings may change: it resumes, and the metrics file keeps one line per step
     Trainer(make_tiny_cfg("log.every=1", "log.knn_every=0"), tmp_path / "run").fit(max_steps=1)
     assert [r["step"] for r in losses(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_a_relaunch_with_a_changed_setting_is_one_line(tmp_path, capsys):
+    """The CLI prints the refused resume as every other bad input: one line, the keys and the two ways out."""
+    from mst.cli import main
+
+    args = ["pretrain", "--out", str(tmp_path / "run"), "--max-steps", "1"] + [a for o in TINY for a in ("--set", o)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--set", "optim.base_lr=1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "optim.base_lr: 0.0005 -> 0.001" in err and "pass a new --out" in err
+
+
+def test_cli_max_steps_counts_the_whole_run(tmp_path, capsys):
+    """`--max-steps N` is the run's total: a relaunch at step 2 with --max-steps 3 trains one step, not three."""
+    from mst.cli import main
+
+    args = ["pretrain", "--out", str(tmp_path / "run")] + [a for o in TINY for a in ("--set", o)]
+    assert main(args + ["--max-steps", "2"]) == 0
+    assert main(args + ["--max-steps", "3"]) == 0
+    assert [r["step"] for r in losses(tmp_path / "run")] == [1, 2, 3]
+    capsys.readouterr()
+    assert main(args + ["--max-steps", "3"]) == 0
+    assert "has already trained 3 steps" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "run")["global_step"] == 3
 
 
 def test_failing_online_evaluation_keeps_the_epoch(tmp_path):

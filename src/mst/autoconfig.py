@@ -47,8 +47,11 @@ def is_auto(*values) -> bool:
 
 
 def preferred_patch(size: int) -> int:
-    """16 px from 160 px up (ViT-S/16 at 224: 14x14 tokens), 8 px from 48 px, else 4 px (28 px: 7x7)."""
-    return 16 if size >= 160 else 8 if size >= 48 else 4
+    """16 px from 160 px up (ViT-S/16 at 224: 14x14 tokens), 8 px from 48 px, else 4 px (28 px: 7x7); below 16 px
+    the power of two that still gives 4x4 tokens (8 px: 2), not a 2x2 grid."""
+    if size >= 16:
+        return 16 if size >= 160 else 8 if size >= 48 else 4
+    return 1 << max(0, (max(size, 1) // 4).bit_length() - 1)
 
 
 def patch_for(size: int) -> int:
@@ -66,7 +69,7 @@ def local_for(global_size: int, patch: int) -> int:
 
 def decoder_widths(patch: int) -> list[int]:
     """MST's CNN decoder: one width per 2x upsampling (log2(patch) of them), halving from 256, at least 16."""
-    n = max(1, int(round(math.log2(max(patch, 2)))))
+    n = max(1, math.ceil(math.log2(max(patch, 2))))
     return [max(16, 256 >> i) for i in range(n)]
 
 
@@ -76,16 +79,19 @@ def _device_cap() -> tuple[int, str]:
     return (GPU_MAX_SIZE, "GPU") if torch.cuda.is_available() else (CPU_MAX_SIZE, "CPU")
 
 
-def _resolve_name(d: dict, out: list[Choice]) -> str:
+def _resolve_name(cfg: dict, out: list[Choice]) -> str:
     from mst.data.inspect import detect_kind
+    from mst.methods import METHODS
 
+    d = cfg["data"]
     if not is_auto(d["name"]):
         return d["name"]
     if d["root"] is None:
         d["name"] = "fashion_mnist"
         out.append(Choice("data.name", "fashion_mnist", "no --data / data.root: Fashion-MNIST from the Debian package"))
     else:
-        d["name"], why = detect_kind(d["root"])
+        labels = METHODS.get(cfg["method"], "method").needs_labels  # pretraining takes no classes on a guess
+        d["name"], why = detect_kind(d["root"], labels=labels)
         out.append(Choice("data.name", d["name"], f"{d['root']} holds {why}"))
     return d["name"]
 
@@ -115,12 +121,21 @@ def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
     if is_auto(m["patch_size"]) and str(m["arch"]).startswith("swin"):
         m["patch_size"] = 4  # Swin's patch embedding is 4 px (its stages downsample to 32)
     if is_auto(m["patch_size"]):
-        m["patch_size"] = patch_for(int(m["img_size"]))
-        grid = int(m["img_size"]) // m["patch_size"]
-        out.append(Choice("model.patch_size", m["patch_size"], f"{grid}x{grid} tokens at {m['img_size']} px"))
+        size = int(m["img_size"])
+        m["patch_size"] = patch_for(size)
+        grid = size // m["patch_size"]
+        odd = (f"; {preferred_patch(size)} px does not divide {size} px, so the largest power of two that does"
+               if m["patch_size"] < preferred_patch(size) else "")
+        out.append(Choice("model.patch_size", m["patch_size"], f"{grid}x{grid} tokens at {size} px{odd}"))
+        if median is not None and median < 16:
+            out.append(Choice("(small images)", f"{median} px", f"a {m['patch_size']} px patch keeps {grid}x{grid} "
+                                                                "tokens; --set model.img_size=32 upscales them to "
+                                                                "8x8 tokens of 4 px instead"))
     if is_auto(a["local_size"]):
         a["local_size"] = local_for(int(a["global_size"]), int(m["patch_size"]))
-        if cfg.get("method") == "mst":
+        from mst.methods import METHODS
+
+        if cfg.get("method") in METHODS and METHODS.get(cfg["method"]).views == "multicrop":
             out.append(Choice("augment.local_size", a["local_size"], "3/7 of the global crop, as DINO's 96 of 224"))
     if "mst" in cfg and is_auto(cfg["mst"]["decoder_channels"]):
         stride = 32 if str(m["arch"]).startswith("swin") else int(m["patch_size"])  # the tokens' stride in pixels
@@ -137,7 +152,7 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
 
     d = cfg["data"]
     root, _, skip = split_layout(d["root"])  # the train split (statistics never see test images)
-    scan = scan_folder(root, seed=int(d.get("subset_seed", 0)), exclude=skip)
+    scan = scan_folder(root, seed=int(d.get("subset_seed", 0)), exclude=skip, alpha=d["alpha"])
     bands = ", ".join(f"{n} file{'s' if n != 1 else ''} with {b} band{'s' if b != 1 else ''}"
                       for b, n in sorted(scan.bands.items()))
     sampled = f" (headers of {scan.sampled} of {scan.n_files})" if scan.sampled < scan.n_files else ""
@@ -151,9 +166,7 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
         out.append(Choice("(colour files)", scan.bands[3], "colour images turned grey (ITU-R 601-2 luma) because "
                                                            "data.channels=1"))
     if scan.alpha:
-        out.append(Choice("data.alpha", d["alpha"], f"{scan.alpha} files with transparency: composited onto "
-                                                    f"{d['alpha']} (black | white | drop)" if d["alpha"] != "drop"
-                          else f"{scan.alpha} files with transparency: alpha band dropped"))
+        out.append(Choice("data.alpha", d["alpha"], _alpha_why(scan, d["alpha"], c)))
     if scan.high_bit:
         out.append(Choice("(16-bit / float files)", scan.high_bit, "TIFF and DICOM keep full precision (uint16 / "
                                                                     "65535, floats as stored); 16-bit PNGs are read "
@@ -171,6 +184,19 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
     return scan.median_side()
 
 
+def _alpha_why(scan, policy: str, channels: int) -> str:
+    """What happens to the alpha bands of a folder, and for TIFFs (whose 4th sample tifffile tags as alpha) how to
+    keep it as data."""
+    n = f"{scan.alpha} files with transparency"
+    kept = {b + 1 for b in scan.bands} & {channels} and policy != "keep"
+    if policy == "keep" or kept:
+        return f"{n}: the alpha band kept as a band (data.channels={channels})"
+    what = "alpha band dropped" if policy == "drop" else f"composited onto {policy}"
+    tiff = (f"; {len(scan.alpha_tiff)} are TIFFs (e.g. {scan.alpha_tiff[0]}): if their 4th band is data (RGB + NIR), "
+            "--set data.alpha=keep") if scan.alpha_tiff else ""
+    return f"{n}: {what} (black | white | drop | keep){tiff}"
+
+
 def _train_images(cfg: dict, scan) -> int:
     """How many images one epoch of pretraining reads."""
     d = cfg["data"]
@@ -181,15 +207,51 @@ def _train_images(cfg: dict, scan) -> int:
     from mst.data.dataset import has_test_split
 
     held_out = d["name"] == "image_folder" and not has_test_split(d["root"])
-    return max(1, round(scan.n_files * (1 - float(d.get("holdout", 0.2))))) if held_out else scan.n_files
+    return scan.n_files - held_out_count(cfg, scan) if held_out else scan.n_files
+
+
+def held_out_count(cfg: dict, scan) -> int:
+    """How many of a labelled folder's images its held-out test split takes (``data.holdout`` of each class, the
+    rule of :func:`mst.data.dataset.holdout_indices`), from the scanned file list."""
+    import numpy as np
+
+    from mst.data.dataset import HOLDOUT_SEED, holdout_indices
+
+    classes = [p.relative_to(scan.root).parts[0] for p in scan.files]
+    _, labels = np.unique(np.asarray(classes), return_inverse=True)
+    return len(holdout_indices(labels, float(cfg["data"]["holdout"]), HOLDOUT_SEED))
+
+
+def _held_out_note(cfg: dict, scan, out: list[Choice]) -> None:
+    """Pretraining on a labelled folder with no test split of its own: say how many images stay out, and why."""
+    from mst.data.dataset import has_test_split
+    from mst.methods import METHODS
+
+    d = cfg["data"]
+    if d["name"] != "image_folder" or d["root"] is None or has_test_split(d["root"]) \
+            or METHODS.get(cfg["method"], "method").needs_labels:
+        return
+    share = float(d["holdout"])
+    n = f"{held_out_count(cfg, scan)} of {scan.n_files} images" if scan is not None else f"{share:.0%} of the images"
+    out.append(Choice("(kept out of pretraining)", n, f"data.holdout={share} of each class is the test split that "
+                                                      "`mst knn / linear / finetune --data` on this folder score on; "
+                                                      "--set data.name=folder pretrains on every image"))
 
 
 def _schedule(cfg: dict, scan, out: list[Choice]) -> None:
     o = cfg["optim"]
     _, device = _device_cap()
     if is_auto(o["batch_size"]):
-        o["batch_size"] = BATCH[device]
-        out.append(Choice("optim.batch_size", o["batch_size"], f"per process on a {device}"))
+        import os
+
+        world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        n = _train_images(cfg, scan) // world
+        o["batch_size"] = max(1, min(BATCH[device], n))
+        why = f"per process on a {device}"
+        if o["batch_size"] < BATCH[device]:  # a small folder: the largest batch that still makes a step
+            share = f"each of {world} processes' {n}" if world > 1 else f"the {n}"
+            why = f"{BATCH[device]} per process on a {device}, lowered to {share} training images"
+        out.append(Choice("optim.batch_size", o["batch_size"], why))
     if is_auto(o["base_lr"]):  # a method-agnostic preset: each method's own small-budget lr
         from mst.methods import METHODS
 
@@ -203,6 +265,33 @@ def _schedule(cfg: dict, scan, out: list[Choice]) -> None:
         if float(o["warmup_epochs"]) > 0.1 * o["epochs"]:  # a large folder: few epochs, keep warm-up a tenth of them
             o["warmup_epochs"] = int(0.1 * o["epochs"])
             out.append(Choice("optim.warmup_epochs", o["warmup_epochs"], "a tenth of the inferred epochs"))
+
+
+def _from_init(cfg: dict, out: list[Choice], previous: dict | None = None):
+    """``model.init``: the backbone's timm architecture, width, depth and heads come from the source, its patch
+    size too unless pinned (then the patch embedding is resampled). ``model.pos_embed`` keeps its meaning: with
+    ``sincos`` the source's (resampled) position embeddings are loaded and stay fixed, as MAE's are."""
+    m = cfg["model"]
+    if not m.get("init"):
+        return None
+    old = (previous or {}).get("model", {})
+    if old.get("init") == m["init"]:  # a relaunch: the run's own resolution, the source is not read again
+        for key in ("arch", "embed_dim", "depth", "num_heads", "patch_size"):
+            m[key] = old[key]
+        out.append(Choice("model.arch", m["arch"], f"from --init {m['init']}, as the run's config.yaml resolved it"))
+        return None
+    from mst.models.init import load_source
+
+    source = load_source(str(m["init"]))
+    arch = source.arch()
+    m.update(arch=arch["arch"].split(".")[0], embed_dim=arch["embed_dim"], depth=arch["depth"],
+             num_heads=arch["num_heads"])
+    if is_auto(m["patch_size"]):
+        m["patch_size"] = arch["patch_size"]
+    out.append(Choice("model.arch", m["arch"], f"from --init {m['init']}: width {arch['embed_dim']}, depth "
+                                               f"{arch['depth']}, {arch['num_heads']} heads, patch "
+                                               f"{arch['patch_size']} px"))
+    return source
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -233,7 +322,7 @@ def resolve_auto(cfg: dict, previous: dict | None = None) -> list[Choice]:
     if previous:
         _from_previous(cfg, previous, out)
     d = cfg["data"]
-    name = _resolve_name(d, out)
+    name = _resolve_name(cfg, out)
     median = None
     if name == "fashion_mnist":
         if is_auto(d["channels"]):
@@ -248,8 +337,16 @@ def resolve_auto(cfg: dict, previous: dict | None = None) -> list[Choice]:
         if d["root"] is None:
             raise ConfigError(f"data.name={name} needs data.root (or --data DIR)")
         median = _folder_data(cfg, out)
+    source = _from_init(cfg, out, previous)
     _sizes(cfg, median, out)
+    if source is not None:
+        from mst.models.init import planned_changes
+
+        m = cfg["model"]
+        for line in planned_changes(source, int(m["patch_size"]), int(m["img_size"]), int(d["channels"])):
+            out.append(Choice("(from --init)", line, "fitted to the data on loading"))
     scan = cfg.pop("_scan", None)
+    _held_out_note(cfg, scan, out)
     _schedule(cfg, scan, out)
     if scan is not None and d.get("small_images") != "error":
         small = scan.smaller_than(int(cfg["augment"]["global_size"]))

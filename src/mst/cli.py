@@ -9,7 +9,8 @@ from pathlib import Path
 
 DESCRIPTION = """mst: self-supervised pretraining of vision transformers with attention-guided masking.
 
-Methods (config key `method`): mst (MST, Li et al. NeurIPS 2021; plain DINO is a preset of it), mae, simmim.
+Methods (config key `method`): mst (MST, Li et al. NeurIPS 2021), dino (plain DINO: MST with no mask and no decoder),
+mae, simmim.
 
 subcommands:
   pretrain   train a ViT with a method (see configs/ for presets)
@@ -30,6 +31,8 @@ DATA_HELP = ("your images: a folder of images (any nesting; unlabelled), a label
              "optionally under train/ val/ test/) or Fashion-MNIST's IDX files; what it holds is detected "
              "(--set data.name=folder|image_folder|fashion_mnist pins it)")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+INIT_EVAL_HELP = ("evaluate a pretrained source as it is (timm:NAME, timm:NAME=FILE, or an mst run / export), fitted "
+                  "to --data like `mst pretrain --init`; with --ckpt (knn --baselines) it is the off-the-shelf row")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -75,8 +78,10 @@ def _resolve(args, notes: list | None = None) -> dict:
         import yaml
 
         previous = yaml.safe_load(saved.read_text())
-    return load_config(config, _data_overrides(getattr(args, "data", None), args.overrides), notes=notes,
-                       previous=previous)
+    overrides = _data_overrides(getattr(args, "data", None), args.overrides)
+    if getattr(args, "init", None):
+        overrides.append(f"model.init={args.init}")
+    return load_config(config, overrides, notes=notes, previous=previous)
 
 
 def _eval_data(args) -> dict | None:
@@ -114,7 +119,7 @@ def cmd_pretrain(args) -> int:
     trainer = Trainer(cfg, out)
     evaluator = online_knn_evaluator(cfg) if cfg["log"]["knn_every"] else None
     try:
-        status = trainer.fit(max_steps=args.max_steps, evaluator=evaluator)
+        status = trainer.fit(until_step=args.max_steps, evaluator=evaluator)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -130,10 +135,28 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _init_row(args) -> str | None:
+    """--init on an evaluation (see :mod:`mst.offtheshelf`); only k-NN takes --ckpt and --init together."""
+    from mst.offtheshelf import resolve_eval_ckpt
+    from mst.registry import ConfigError
+
+    both = getattr(args, "init", None) and args.ckpt
+    if both and args.command != "knn":
+        raise ConfigError(f"mst {args.command}: give --ckpt or --init, not both (mst knn --ckpt RUN --init SOURCE "
+                          "--baselines scores them side by side)")
+    return resolve_eval_ckpt(args, _own_images_preset(getattr(args, "data", None)))
+
+
 def cmd_knn(args) -> int:
     from mst.eval.knn import run_knn
 
+    offtheshelf = _init_row(args)
     results = {}
+    if offtheshelf:
+        res = run_knn(offtheshelf, data=_eval_data(args), ks=tuple(args.k), train_subset=args.train_subset,
+                      test_subset=args.test_subset, batch_size=args.batch_size, balanced=args.balanced,
+                      kind=args.features)
+        results[f"off-the-shelf ({args.init})"] = res["top1"]
     for random_init in ([False, True] if args.baselines else [False]):
         res = run_knn(args.ckpt, data=_eval_data(args), which=args.which, ks=tuple(args.k), train_subset=args.train_subset,
                       test_subset=args.test_subset, batch_size=args.batch_size, random_init=random_init,
@@ -154,6 +177,7 @@ def cmd_knn(args) -> int:
 def cmd_linear(args) -> int:
     from mst.eval.linear import run_linear
 
+    _init_row(args)
     lr = args.lr
     if lr is None:  # mae: MAE's absolute lr whatever the batch (LARS steps are relative to the weights)
         from mst.eval.linear import MAE_PROBE_LR
@@ -176,6 +200,11 @@ def cmd_finetune(args) -> int:
     from mst.engine.trainer import NonFiniteLossError
     from mst.finetune import run_finetune
 
+    if getattr(args, "init", None) and not args.out:
+        from mst.registry import ConfigError
+
+        raise ConfigError("mst finetune --init SOURCE needs --out DIR (where the fine-tune of the source goes)")
+    _init_row(args)
     out = args.out or str(Path(args.ckpt if Path(args.ckpt).is_dir() else Path(args.ckpt).parent)
                           / ("finetune_scratch" if args.random_init else "finetune"))
     overrides = _data_overrides(args.data, args.overrides)
@@ -227,6 +256,7 @@ def cmd_finetune_search(args) -> int:
 def cmd_dense(args) -> int:
     from mst.eval.dense import run_dense
 
+    _init_row(args)
     res = run_dense(args.ckpt, data=_eval_data(args), which=args.which, n_train=args.n_train, n_test=args.n_test,
                     canvas=args.canvas, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     random_init=args.random_init)
@@ -249,12 +279,12 @@ def cmd_visualize(args) -> int:
 def cmd_export(args) -> int:
     from mst.eval.export import export_backbone, save_detection_checkpoint
 
+    _init_row(args)
     weights, meta = export_backbone(args.ckpt, args.out, which=args.which)
     info = json.loads(Path(meta).read_text())
-    print("load it with:")
-    print(f"  timm.create_model({info['model_name']!r}, pretrained=True, "
-          f"pretrained_cfg_overlay=dict(file={str(weights)!r}), "
-          + ", ".join(f"{k}={v!r}" for k, v in info["model_kwargs"].items()) + ")")
+    print("load it in timm with (also in the JSON, \"timm_call\"):")
+    print("  import timm")
+    print(f"  model = {info['timm_call']}")
     if args.detection:
         save_detection_checkpoint(weights, args.detection, prefix=args.detection_prefix)
     return 0
@@ -282,16 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain a ViT with a method (mst, mae, simmim)",
+    p = sub.add_parser("pretrain", help="pretrain a ViT with a method (mst, dino, mae, simmim)",
                        description="Pretrain; resumes automatically when --out already holds a checkpoint. "
                                    "Under torchrun every process runs this same command.")
     _add_config_args(p)
     p.add_argument("--out", required=True, help="run directory (config, checkpoint, metrics, TensorBoard)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (checkpointed)")
+    p.add_argument("--init", default=None, metavar="SOURCE",
+                   help="start from existing weights (model.init): timm:NAME (timm's hub loader), timm:NAME=FILE "
+                        "(that timm ViT with a local .safetensors / .pth / .bin), or an mst run, checkpoint or export; "
+                        "the architecture comes from the source, fitted to the data's size, patch and channels")
+    p.add_argument("--max-steps", type=int, default=None, help="stop once the run has trained this many steps in all, "
+                   "relaunches included (a checkpoint is written; relaunch with a larger value or none to go on)")
     p.set_defaults(func=cmd_pretrain)
 
     def eval_common(q, ckpt_help="run directory or checkpoint file"):
-        q.add_argument("--ckpt", required=True, help=ckpt_help)
+        q.add_argument("--ckpt", default=None, help=ckpt_help)
+        q.add_argument("--init", default=None, metavar="SOURCE", help=INIT_EVAL_HELP)
         q.add_argument("--data", default=None, help="labelled images to score on (default: the checkpoint's data): "
                        "class subfolders with val/ or test/ (else data.holdout of each class is held out), or "
                        "Fashion-MNIST's IDX files")
@@ -312,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true",
                    help="the bank: a class-balanced --train-subset (the labels `mst finetune --train-subset` uses)")
     p.add_argument("--baselines", action="store_true",
-                   help="also score raw pixels and the same backbone at random initialisation")
+                   help="also score raw pixels and the same backbone at random initialisation (and, with --ckpt and "
+                        "--init, the --init source as it is: the off-the-shelf row)")
     p.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
     p.set_defaults(func=cmd_knn)
 
@@ -338,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The checkpoint decides the backbone's shape and the data; --config the recipe "
                                    "(default configs/fashion_mnist_finetune.yaml). Resumes when --out holds a "
                                    "checkpoint; runs under torchrun like pretrain.")
-    p.add_argument("--ckpt", required=True, help="pretraining run directory or checkpoint file")
+    p.add_argument("--ckpt", default=None, help="pretraining run directory or checkpoint file")
+    p.add_argument("--init", default=None, metavar="SOURCE", help=INIT_EVAL_HELP)
     p.add_argument("--config", default=None, help="fine-tuning recipe YAML (default: configs/fashion_mnist_finetune.yaml)")
     p.add_argument("--data", default=None, help="labelled images (default: the checkpoint's data): class subfolders, "
                    "with val/ or test/ or data.holdout of each class held out; the kind is detected")
@@ -392,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("export", help="export the backbone for timm (.safetensors + .json)")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", default=None)
+    p.add_argument("--init", default=None, metavar="SOURCE", help=INIT_EVAL_HELP)
+    p.add_argument("--data", default=None, help="with --init: the images the source is fitted to (size, channels)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--which", default=None, help="backbone to export (default: the checkpoint's: teacher for MST, "
                                                  "encoder for MAE/SimMIM)")

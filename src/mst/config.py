@@ -64,13 +64,17 @@ def method_class(name: str):
 
 
 def defaults_for(method: str) -> dict[str, Any]:
-    """The default config of ``method``: the common sections and the method's own."""
+    """The default config of ``method``: the common sections and the method's own, with the defaults the method
+    changes (``Method.changed_defaults``: ``dino`` is MST with ``mst.mask`` and ``mst.decoder`` none)."""
     cfg = copy.deepcopy(COMMON)
     cfg["method"] = method
-    for section in method_class(method).sections:
+    cls = method_class(method)
+    for section in cls.sections:
         if section not in sections():
             raise ConfigError(f"method {method!r} reads config section {section!r}, which is not registered")
         cfg[section] = copy.deepcopy(sections()[section])
+    for section, changes in cls.changed_defaults.items():
+        cfg[section].update(copy.deepcopy(changes))
     return cfg
 
 
@@ -221,6 +225,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     from mst.autoconfig import resolve_auto
 
     check_types(cfg)  # a bad value is named before anything reads the data
+    check_choices(cfg)
     choices = resolve_auto(cfg, previous)
     if notes is not None:
         notes.extend(choices)
@@ -280,14 +285,9 @@ def choice(cfg: dict, key: str, options) -> None:
         raise ConfigError(f"{key}={node!r} is not one of {', '.join(map(str, options))}")
 
 
-def validate(cfg: dict) -> None:
-    """Types and ranges of every key, the common checks, then the method's own (``Method.validate``). Mutates
-    nothing but numbers brought to their key's type (:func:`check_types`) and ``log.knn_every`` on unlabelled
-    data (switched off with a warning). Values still "auto" (``AUTO_KEYS``) skip the checks that need them."""
-    from mst.models.backbones import BACKBONES
-
-    check_types(cfg)
-    d, a, m = cfg["data"], cfg["augment"], cfg["model"]
+def check_choices(cfg: dict) -> None:
+    """The keys that take one of a few words; checked before anything reads the data (a bad data.alpha is named,
+    not reported as unreadable images)."""
     choice(cfg, "data.bad_files", ("error", "skip"))
     choice(cfg, "data.small_images", SMALL_POLICIES)
     choice(cfg, "data.alpha", ALPHA_POLICIES)
@@ -298,6 +298,17 @@ def validate(cfg: dict) -> None:
     choice(cfg, "augment.backend", ("pil", "tensor"))
     choice(cfg, "augment.crop", ("rrc", "pad"))
     choice(cfg, "model.pos_embed", ("learned", "sincos"))
+
+
+def validate(cfg: dict) -> None:
+    """Types and ranges of every key, the common checks, then the method's own (``Method.validate``). Mutates
+    nothing but numbers brought to their key's type (:func:`check_types`) and ``log.knn_every`` on unlabelled
+    data (switched off with a warning). Values still "auto" (``AUTO_KEYS``) skip the checks that need them."""
+    from mst.models.backbones import BACKBONES
+
+    check_types(cfg)
+    check_choices(cfg)
+    d, a, m = cfg["data"], cfg["augment"], cfg["model"]
     BACKBONES.get(m["arch"])
     if not is_auto(d["channels"], d["mean"], d["std"]) and (len(d["mean"]) != d["channels"]
                                                           or len(d["std"]) != d["channels"]):

@@ -41,6 +41,7 @@ TYPES: dict[str, type | ListOf] = {
     # default None
     "data.root": str,
     "data.subset": int,
+    "data.classes": ListOf(int),
     "augment.rand_augment": str,
     "model.depth": int,
     "model.embed_dim": int,
@@ -50,6 +51,7 @@ TYPES: dict[str, type | ListOf] = {
     "amt.mask_ratio": float,
     "amt.throw_ratio": float,
     "finetune.init": str,
+    "model.init": str,
     "finetune.init_backbone": str,
     # default []
     "optim.lr_milestones": ListOf(int),
@@ -296,6 +298,9 @@ RANGES: dict[str, Range | Each | Rule] = {
     "optim.lr_milestones": Each(NON_NEGATIVE),
     "optim.lr_gamma": POSITIVE,
     "optim.weight_decay": NON_NEGATIVE,
+    "optim.layer_decay": Range(0, 1, lo_open=True),
+    "optim.freeze_blocks": Range(-1),
+    "optim.freeze_epochs": NON_NEGATIVE,
     "optim.weight_decay_end": NON_NEGATIVE,
     "optim.betas": Each(RATIO, n=2),
     "optim.clip_grad": NON_NEGATIVE,

@@ -9,7 +9,7 @@ from typing import Any
 
 COMMON: dict[str, Any] = {
     "seed": 0,
-    "method": "mst",  # a registered method: mst | mae | simmim | finetune (plain DINO is mst with mst.mask=none)
+    "method": "mst",  # a registered method: mst | dino (mst, no mask, no decoder) | mae | simmim | finetune
     "data": {
         # auto: what data.root holds (IDX files -> fashion_mnist; class subfolders -> image_folder; else folder)
         "name": "auto",  # fashion_mnist | folder (unlabelled, any nesting) | image_folder (class subdirs) | auto
@@ -21,7 +21,8 @@ COMMON: dict[str, Any] = {
         "channels": "auto",  # auto: the files' band count (grey 1, colour 3, multiband N); 1 <-> 3 convert, else error
         "bad_files": "error",  # error | skip
         "small_images": "upscale",  # images smaller than the crop: upscale (shorter side to it) | skip | error
-        "alpha": "black",  # transparency: composite onto black | white | drop the alpha band
+        "alpha": "black",  # 8-bit transparency: composite onto black | white | drop it | keep it as a band
+        "classes": None,  # keep only these classes (label indices) of labelled data, relabelled 0..K-1 in this order
         "holdout": 0.2,  # a labelled folder with no val/ or test/: this share of each class is its test split
         "val_share": 0.0,  # > 0: this share of each class of the training (sub)set is held out to choose a recipe
         "num_workers": 0,
@@ -59,9 +60,13 @@ COMMON: dict[str, Any] = {
         "drop_path": 0.1,
         "pos_embed": "learned",  # learned | sincos (fixed 2-d sin-cos, MAE's encoder)
         "grad_checkpointing": False,
+        "init": None,  # start from existing weights: timm:NAME | timm:NAME=FILE | an mst run, checkpoint or export
     },
     "optim": {
         "epochs": 100,
+        "layer_decay": 1.0,  # pretraining from model.init: lr x decay^(depth + 1 - layer) per backbone layer (1: off)
+        "freeze_blocks": -1,  # pretraining from model.init: hold the patch embedding and the first N blocks (-1: off)
+        "freeze_epochs": 0,  # ... for the first K epochs (0: the whole run)
         "batch_size": 64,  # per process
         "base_lr": 5e-4,  # lr = base_lr * global_batch / 256
         "min_lr": 1e-6,

@@ -28,6 +28,7 @@ DEFAULT_PRESET = CONFIGS / "fashion_mnist_finetune.yaml"
 # comparison gives each backbone its own, chosen by the same search on held-out training labels
 CHOSEN_PRESETS = {"scratch": CONFIGS / "fashion_mnist_finetune_scratch.yaml",
                   "mst": CONFIGS / "fashion_mnist_finetune_mst.yaml",
+                  "dino": CONFIGS / "fashion_mnist_finetune_mst.yaml",  # plain DINO: an MST backbone, no mask
                   "simmim": CONFIGS / "fashion_mnist_finetune_simmim.yaml"}
 
 
@@ -38,7 +39,7 @@ def default_preset(pre: dict, random_init: bool) -> Path:
     return CHOSEN_PRESETS.get(kind, DEFAULT_PRESET)
 FROM_CHECKPOINT = ("model.arch", "model.patch_size", "model.img_size", "model.depth", "model.embed_dim",
                    "model.num_heads", "data.name", "data.root", "data.channels", "data.mean", "data.std",
-                   "data.alpha", "data.holdout", "augment.global_size")
+                   "data.alpha", "data.holdout", "data.classes", "augment.global_size")
 
 
 def _get(cfg: dict, key: str):
@@ -47,8 +48,11 @@ def _get(cfg: dict, key: str):
 
 
 def finetune_config(ckpt: str | Path, preset: str | Path | None = None, overrides: list[str] | None = None,
-                    train_subset: int | None = None, random_init: bool = False, which: str | None = None) -> dict:
-    """The resolved config of fine-tuning ``ckpt`` (see the module docstring for the order)."""
+                    train_subset: int | None = None, random_init: bool = False, which: str | None = None,
+                    log: Log | None = None) -> dict:
+    """The resolved config of fine-tuning ``ckpt`` (see the module docstring for the order). A recipe's batch
+    larger than a small labelled folder (and not pinned by ``--set optim.batch_size``) is lowered to the largest that
+    fits, and ``log`` says so."""
     pre = load_checkpoint(ckpt)["config"]
     derived = [f"{k}={json.dumps(_get(pre, k))}" for k in FROM_CHECKPOINT
                if k.split(".")[1] in pre[k.split(".")[0]]]  # (a checkpoint of an older version lacks newer keys)
@@ -61,11 +65,33 @@ def finetune_config(ckpt: str | Path, preset: str | Path | None = None, override
     if cfg["data"]["name"] == "folder":
         raise ConfigError("fine-tuning needs labels, but the data (data.name=folder) are unlabelled: pass a "
                           "labelled folder with --data DIR --set data.name=image_folder (class subfolders)")
-    classes = dataset_classes(cfg)
+    train = None if cfg["data"]["name"] == "fashion_mnist" else build_dataset(cfg["data"])
+    classes = dataset_classes(cfg) if train is None else [str(c) for c in getattr(train, "classes", [])] or None
+    fixes = []
     if classes and len(classes) != int(cfg["finetune"]["num_classes"]):
-        cfg = load_config(preset, derived + list(overrides or []) +
-                          [f"finetune.num_classes={len(classes)}"])
+        fixes.append(f"finetune.num_classes={len(classes)}")
+    pinned = any(o.split("=", 1)[0].strip() == "optim.batch_size" for o in overrides or [])
+    batch = fitting_batch(cfg, len(train)) if train is not None and not pinned else None
+    if batch is not None:
+        fixes.append(f"optim.batch_size={batch}")
+        (log or print)(f"optim.batch_size = {batch}    (the recipe's {cfg['optim']['batch_size']} is more than the "
+                       f"{len(train)} training images; --set optim.batch_size=... pins it)")
+    if fixes:
+        cfg = load_config(preset, derived + list(overrides or []) + fixes)
     return cfg
+
+
+def fitting_batch(cfg: dict, n_images: int) -> int | None:
+    """The batch a fine-tune on ``n_images`` (per process) uses when the recipe's does not fit (an epoch drops the
+    last incomplete batch): every image, an even number when Mixup / CutMix pair the images; None when it fits."""
+    import os
+
+    n = n_images // max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    if int(cfg["optim"]["batch_size"]) <= n:
+        return None
+    f = cfg["finetune"]
+    even = float(f.get("mixup", 0)) > 0 or float(f.get("cutmix", 0)) > 0
+    return max(2 if even else 1, n - (n % 2 if even else 0))
 
 
 def dataset_classes(cfg: dict) -> list[str] | None:
@@ -74,7 +100,8 @@ def dataset_classes(cfg: dict) -> list[str] | None:
     if cfg["data"]["name"] == "fashion_mnist":
         from mst.data import CLASSES
 
-        return list(CLASSES)
+        kept = cfg["data"].get("classes")
+        return [CLASSES[int(c)] for c in kept] if kept else list(CLASSES)
     classes = getattr(build_dataset(dict(cfg["data"], subset=None)), "classes", None)
     return [str(c) for c in classes] if classes else None
 
@@ -199,7 +226,7 @@ def run_finetune(ckpt: str | Path, out_dir: str | Path, preset: str | Path | Non
     images trained on), "val_images" (a val/ split left unused next to test/, else null), "test_images" (images
     scored), "test_split", "num_classes", "class_names", ...}. The checkpoints also hold the class names (for
     ``mst export``). Returns it, or {"status": "preempted"} when stopped by a signal."""
-    cfg = finetune_config(ckpt, preset, overrides, train_subset, random_init, which)
+    cfg = finetune_config(ckpt, preset, overrides, train_subset, random_init, which, log=log)
     if int(cfg["log"]["knn_every"]) < 1:
         raise ConfigError("fine-tuning reports test top-1: set log.knn_every >= 1 (epochs between evaluations)")
     trainer = _trainer_with_class_names(cfg, out_dir, log)

@@ -124,6 +124,45 @@ def holdout_indices(labels: np.ndarray, share: float, seed: int = 0) -> np.ndarr
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
+class RelabelledSubset(SubsetDataset):
+    """The items of some classes of a labelled dataset, their labels renumbered 0..K-1 (``data.classes``)."""
+
+    def __init__(self, ds, indices, remap: dict[int, int], names: list[str]) -> None:
+        super().__init__(ds, indices)
+        self.remap, self.names = remap, names
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.names)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array([self.remap[int(t)] for t in super().targets], dtype=np.int64)
+
+    def __getitem__(self, i: int):
+        img, label = super().__getitem__(i)
+        return img, self.remap[int(label)]
+
+
+def keep_classes(ds, classes: list[int]):
+    """``data.classes``: only the items of ``classes`` (label indices), relabelled 0..K-1 in the order given, their
+    names kept (e.g. Fashion-MNIST's classes 5-9 as a domain of their own: Sandal ... Ankle boot = 0 ... 4)."""
+    labels = np.asarray(ds.targets)
+    names = list(getattr(ds, "classes", []) or [])
+    n = len(names) if names else int(labels.max()) + 1
+    bad = [c for c in classes if not 0 <= int(c) < n]
+    if bad or len(set(classes)) != len(classes) or not classes:
+        raise DataError(f"data.classes={list(classes)} must be distinct label indices of the {n} classes (0..{n - 1})")
+    remap = {int(c): i for i, c in enumerate(classes)}
+    idx = np.flatnonzero(np.isin(labels, list(remap)))
+    kept = [names[c] if names else str(c) for c in classes]
+    if isinstance(ds, ArrayDataset):  # arrays stay arrays (the tensor backend reads them whole)
+        out = ArrayDataset(ds.images[idx], np.array([remap[int(l)] for l in labels[idx]], np.int64), ds.channels)
+        out.classes = kept
+        return out
+    return RelabelledSubset(ds, idx.tolist(), remap, kept)
+
+
 def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
     """Base dataset of (PIL image, label) pairs for ``data_cfg['name']``.
 
@@ -166,6 +205,8 @@ def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
             ds = SubsetDataset(ds, _apply_small_policy(ds, keep, min_size, small).tolist())
     else:
         raise DataError(f"data.name={name!r} is not one of {', '.join(DATASET_NAMES)}")
+    if data_cfg.get("classes"):
+        ds = keep_classes(ds, [int(c) for c in data_cfg["classes"]])
     subset = data_cfg.get("subset")
     if subset is not None:
         if int(subset) < 1:

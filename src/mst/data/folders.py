@@ -18,7 +18,7 @@ from PIL import Image, ImageFile, ImageOps
 from .readers import _PIL_MODES, Header, is_dicom, is_tiff, read_dicom, read_header, read_tiff, to_unit_float
 
 EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
-ALPHA_POLICIES = ("black", "white", "drop")  # data.alpha: composite onto black / white, or drop the alpha band
+ALPHA_POLICIES = ("black", "white", "drop", "keep")  # data.alpha: composite onto black / white, drop, or keep as a band
 SMALL_POLICIES = ("upscale", "skip", "error")  # data.small_images
 
 
@@ -91,7 +91,7 @@ def remove_alpha(arr: np.ndarray, policy: str, top: float) -> np.ndarray:
     data, a = arr[..., :-1].astype(np.float32), arr[..., -1:].astype(np.float32) / float(top)
     if policy == "drop":
         return data
-    if policy not in ALPHA_POLICIES:
+    if policy not in ALPHA_POLICIES or policy == "keep":
         raise ValueError(f"data.alpha={policy!r} is not one of {', '.join(ALPHA_POLICIES)}")
     background = 0.0 if policy == "black" else float(top)
     return data * a + background * (1.0 - a)
@@ -142,8 +142,15 @@ def to_channels(img: Image.Image, channels: int, alpha: str = "black") -> Image.
 
 def _bands_error(path, bands: int, alpha: bool, channels: int) -> BandMismatchError:
     what = f"{bands} band{'s' if bands != 1 else ''}" + (" + alpha" if alpha else "")
+    keep = f" (or data.channels={bands + 1} to keep the alpha band as data)" if alpha else ""
     return BandMismatchError(f"image {path} has {what} but data.channels={channels}; use files with {channels} "
-                             f"bands, or set data.channels={bands} (nothing is dropped or merged silently)")
+                             f"bands, or set data.channels={bands}{keep} (nothing is dropped or merged silently)")
+
+
+def keeps_alpha(bands: int, alpha: bool, channels: int, policy: str) -> bool:
+    """Whether a file's alpha band is kept as an ordinary band: ``data.alpha=keep``, or ``data.channels`` asking
+    for every sample of the file (a 4-sample TIFF tagged RGB + alpha read as RGB + NIR with data.channels=4)."""
+    return alpha and (policy == "keep" or channels == bands + 1)
 
 
 def compatible(bands: int, channels: int) -> bool:
@@ -160,7 +167,7 @@ def _read_array(path: Path, channels: int, alpha: str):
         arr, has_alpha = read_dicom(path), False
     else:
         arr, has_alpha = read_tiff(path)
-    if has_alpha:
+    if has_alpha and not keeps_alpha(arr.shape[-1] - 1, True, channels, alpha):
         top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
         arr = remove_alpha(arr, alpha, top).astype(arr.dtype)
     bands = arr.shape[-1]
@@ -207,10 +214,17 @@ def load_image(path: str | Path, channels: int, min_size: int = 0, alpha: str = 
             with Image.open(path) as im:
                 im.load()
                 im = ImageOps.exif_transpose(im) or im
-                if channels not in (1, 3):
-                    bands, has_alpha = _PIL_MODES.get(im.mode, (1, False) if im.mode.startswith("I;16") else (3, False))
+                bands, has_alpha = _PIL_MODES.get(im.mode, (1, False) if im.mode.startswith("I;16") else (3, False))
+                has_alpha = has_alpha or (im.mode == "P" and "transparency" in im.info)
+                if keeps_alpha(bands, has_alpha, channels, alpha):  # every sample, alpha as data: a float tensor
+                    if channels != bands + 1:
+                        raise _bands_error(path, bands + 1, False, channels)
+                    arr = np.asarray(im.convert("LA" if bands == 1 else "RGBA"), dtype=np.float32) / 255.0
+                    img = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+                elif channels not in (1, 3):
                     raise _bands_error(path, bands, has_alpha, channels)
-                img = to_channels(im, channels, alpha)
+                else:
+                    img = to_channels(im, channels, alpha)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
@@ -233,15 +247,17 @@ def _check_size(path: str | Path, size: tuple[int, int], min_size: int) -> None:
         )
 
 
-def _check_header(path: Path, min_size: int, channels: int | None = None) -> Header:
+def _check_header(path: Path, min_size: int, channels: int | None = None, alpha: str = "black") -> Header:
     """Cheap check: only the header (format, size, bands) is read."""
     try:
         header = read_header(path)
     except Exception as e:  # noqa: BLE001
         raise DataError(f"image {path} cannot be opened ({type(e).__name__}: {e}); fix or delete it, "
                         f"or set data.bad_files=skip") from e
-    if channels is not None and not compatible(header.bands, channels):
-        raise _bands_error(path, header.bands, header.alpha, channels)
+    if channels is not None:
+        bands = header.bands + int(keeps_alpha(header.bands, header.alpha, channels, alpha))
+        if not compatible(bands, channels):
+            raise _bands_error(path, header.bands, header.alpha, channels)
     _check_size(path, (header.width, header.height), min_size)
     return header
 
@@ -316,7 +332,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         check_size = 0 if self.small == "upscale" else self.min_size
         for path, label in samples:
             try:
-                _check_header(path, check_size, self.channels)
+                _check_header(path, check_size, self.channels, self.alpha)
             except DataError as e:
                 too_small_skipped = isinstance(e, SmallImageError) and self.small == "skip"
                 if isinstance(e, BandMismatchError) or (self.bad_files == "error" and not too_small_skipped):

@@ -36,10 +36,15 @@ def _image_subdirs(folder: Path, exclude: tuple[str, ...] = ()) -> tuple[list[st
     return with_images, [d for d in dirs if d not in with_images], _holds_images(folder)
 
 
-def detect_kind(root: str | Path) -> tuple[str, str]:
+def detect_kind(root: str | Path, labels: bool = True) -> tuple[str, str]:
     """(data.name, why) for ``root``: IDX files -> fashion_mnist; class subfolders (of ``root`` or of ``root/train``:
     two or more, each holding images directly, and no loose images beside them) -> image_folder; anything else
-    (loose images, deeper nesting such as year/month/) -> folder (unlabelled)."""
+    (loose images, deeper nesting such as year/month/) -> folder (unlabelled).
+
+    ``labels=False`` (pretraining, which needs no labels) takes subfolders as classes only when the folder has its
+    own test split (``val/`` or ``test/``): without one, a labelled folder keeps ``data.holdout`` of every class out
+    of training, and chunk folders (``d0000/ d0001/ ...``) are no classes. Such a folder is one unlabelled folder
+    that pretrains on every image; ``data.name=image_folder`` pins the classes (and the held-out share)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data directory {root} does not exist; check --data / data.root")
@@ -50,12 +55,16 @@ def detect_kind(root: str | Path) -> tuple[str, str]:
     from .dataset import split_layout
 
     split_dirs = [s for s in SPLITS if (root / s).is_dir()]
-    where, _, skip = split_layout(root)  # the train split as build_dataset reads it
+    where, test, skip = split_layout(root)  # the train split as build_dataset reads it
     classes, others, loose = _image_subdirs(where, exclude=skip)
     splits = f" (splits: {', '.join(split_dirs)})" if split_dirs else ""
     if len(classes) >= 2 and not loose and not others:
         shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-        return "image_folder", f"{len(classes)} class subfolders: {shown}{splits}"
+        if labels or test is not None:
+            return "image_folder", f"{len(classes)} class subfolders: {shown}{splits}"
+        return "folder", (f"{len(classes)} subfolders ({shown}) and no val/ or test/ split: one unlabelled folder, "
+                          "every image pretrains; to take the subfolders as classes (their data.holdout share then "
+                          "stays out of pretraining as the test split) --set data.name=image_folder")
     return "folder", f"unlabelled images{splits}"
 
 
@@ -67,7 +76,8 @@ class FolderScan:
     n_files: int
     sampled: int
     bands: Counter = field(default_factory=Counter)  # data bands (alpha excluded) -> files
-    alpha: int = 0
+    alpha: int = 0  # files with an alpha band
+    alpha_tiff: list[str] = field(default_factory=list)  # TIFF files among them (a 4th band may be data: RGB + NIR)
     high_bit: int = 0  # files of more than 8 bits per sample
     short_sides: list[int] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
@@ -103,9 +113,11 @@ def image_files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     return [p for p in files if _is_image(p.name) and p.relative_to(root).parts[0] not in exclude]
 
 
-def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude: tuple[str, ...] = ()) -> FolderScan:
+def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude: tuple[str, ...] = (),
+                alpha: str = "black") -> FolderScan:
     """Read the headers of up to ``max_files`` images under ``root`` (a seeded sample when there are more), leaving
-    out the top-level folders ``exclude`` (a test split beside the train images)."""
+    out the top-level folders ``exclude`` (a test split beside the train images). ``alpha``: data.alpha (``keep``
+    counts an alpha band as a band)."""
     root = Path(root)
     files = image_files(root, exclude)
     if not files:
@@ -122,9 +134,12 @@ def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude:
         except Exception as e:  # noqa: BLE001 - reported by the dataset's own check, with the file named
             scan.unreadable.append(f"{path}: {type(e).__name__}: {e}")
             continue
-        scan.bands[h.bands] += 1
-        scan.example.setdefault(h.bands, str(path))
+        bands = h.bands + int(h.alpha and alpha == "keep")
+        scan.bands[bands] += 1
+        scan.example.setdefault(bands, str(path))
         scan.alpha += int(h.alpha)
+        if h.alpha and path.suffix.lower() in (".tif", ".tiff"):
+            scan.alpha_tiff.append(str(path))
         scan.high_bit += int(h.bits > 8)
         scan.short_sides.append(min(h.width, h.height))
     return scan

@@ -60,10 +60,15 @@ def _tiff_layout(tf) -> tuple[str, tuple[int, ...]]:
 
 
 def _tiff_alpha(tf, bands: int) -> bool:
-    """A trailing extra sample marked as (associated or unassociated) alpha, on an RGB or grey page."""
+    """A trailing extra sample marked as (associated or unassociated) alpha, on an 8-bit RGB or grey page.
+
+    Only 8-bit files (photos) have transparency here: ``tifffile.imwrite(path, array)`` tags the fourth sample of
+    any (H, W, 4) array as alpha, so a 16-bit or float RGB + NIR image would otherwise lose its NIR band. Their
+    every sample is a band."""
     page = tf.pages.first
     extras = tuple(int(v) for v in (getattr(page, "extrasamples", ()) or ()))
-    return bool(extras) and extras[-1] in (1, 2) and bands in (2, 4)
+    eight_bit = np.dtype(tf.series[0].dtype).itemsize == 1
+    return bool(extras) and extras[-1] in (1, 2) and bands in (2, 4) and eight_bit
 
 
 def tiff_header(path: Path) -> Header:

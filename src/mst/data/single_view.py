@@ -9,6 +9,7 @@ follow the augmentation exactly.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,10 @@ from .image_ops import RATIO, crop_resize, eight_bit, normalize, prepare_images,
 from .multicrop import _as_mode, _check_stats, _to_tensor
 
 
+class RandAugmentSkipWarning(UserWarning):
+    """``augment.rand_augment`` met float images (16-bit / float TIFF, DICOM, multiband), which it leaves alone."""
+
+
 class SingleViewTransform:
     """PIL image -> (normalised (C, S, S) view, box (4,) float fractions, flipped bool tensor). Randomness from
     torch's global CPU generator (reseeded per sample by :class:`~mst.data.dataset.AugmentedDataset`)."""
@@ -32,7 +37,12 @@ class SingleViewTransform:
                  rand_augment: str | None = None, crop: str = "rrc", pad: int = 0) -> None:
         """``rand_augment``: a timm RandAugment spec (e.g. "rand-m9-mstd0.5-inc1", MAE's fine-tuning), applied to
         the crop. It may rotate, shear or translate the crop, which the box then no longer describes: it is meant
-        for fine-tuning, where nothing per image follows the view (AMT's maps do; the config refuses it there)."""
+        for fine-tuning, where nothing per image follows the view (AMT's maps do; the config refuses it there).
+
+        RandAugment's ops (posterize, solarize at 128, equalize, colour, ...) are defined on 8-bit images, so it
+        applies per sample to the 8-bit grey / RGB files (PIL images) only; float images (16-bit / float TIFF,
+        DICOM, multiband: (C, H, W) tensors) get the crop and flip alone, at full precision, as the multi-crop
+        gives them the geometric ops only. A run where that happens says so once (a warning)."""
         self.mean, self.std = _check_stats(mean, std, channels)
         self.size, self.channels = int(size), int(channels)
         self.scale, self.ratio, self.flip_p = tuple(float(s) for s in scale), tuple(ratio), float(flip_p)
@@ -40,7 +50,7 @@ class SingleViewTransform:
             raise ValueError(f"augment.crop={crop!r} is not one of rrc, pad")
         self.crop, self.pad = crop, int(pad)
         self.to_tensor = T.Compose(_to_tensor(self.mean, self.std))
-        self.rand_augment, self.rand_augment_spec = None, rand_augment
+        self.rand_augment, self.rand_augment_spec, self._warned_float = None, rand_augment, False
         if rand_augment:
             from timm.data.auto_augment import rand_augment_transform
 
@@ -60,12 +70,13 @@ class SingleViewTransform:
         if flip:
             view = TF.horizontal_flip(view)
         if self.rand_augment is not None:
-            if torch.is_tensor(view):
-                from .folders import DataError
-
-                raise DataError(f"augment.rand_augment={self.rand_augment_spec!r} works on 8-bit grey / RGB images; "
-                                "these are float (multiband, 16-bit or DICOM): set augment.rand_augment=null")
-            view = self.rand_augment(view)
+            if not torch.is_tensor(view):
+                view = self.rand_augment(view)
+            elif not self._warned_float:
+                self._warned_float = True
+                warnings.warn(f"augment.rand_augment={self.rand_augment_spec!r} applies to 8-bit grey / RGB images "
+                              "only; float images (16-bit / float TIFF, DICOM, multiband) get the crop and flip alone, "
+                              "at full precision", RandAugmentSkipWarning, stacklevel=2)
         box = torch.tensor([left / w, top / h, (left + cw) / w, (top + ch) / h], dtype=torch.float32)
         return self.to_tensor(view).as_subclass(torch.Tensor), box, torch.tensor(flip)
 

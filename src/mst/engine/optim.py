@@ -18,11 +18,12 @@ def build_optimizer(groups: list[dict], betas: Sequence[float] = (0.9, 0.999)) -
         return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=betas)
 
 
-def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
-    """Every group gets ``lr`` times its ``lr_scale`` (layer-wise decay; default 1) and, unless it is a
-    no-decay group, weight decay ``wd``."""
+def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, wd: float, epoch: int = 0) -> None:
+    """Every group gets ``lr`` times its ``lr_scale`` (layer-wise decay; default 1), 0 while ``epoch`` is before
+    its ``frozen_until`` (continued pretraining's frozen first layers), and, unless it is a no-decay group, weight
+    decay ``wd`` (AdamW's decay is scaled by the lr: a frozen group stays put)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g["lr"] = 0.0 if epoch < g.get("frozen_until", 0) else lr * g.get("lr_scale", 1.0)
         if not g.get("no_weight_decay"):
             g["weight_decay"] = wd
 

@@ -41,11 +41,12 @@ from mst.engine.distributed import (
     check_same_length,
     init_distributed,
 )
+from mst.engine.continued import continued_groups, freeze_for_run
 from mst.engine.ema import TeacherEMA, unwrap
 from mst.engine.logger import MetricLogger
 from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
 from mst.schedules import build_schedules
-from mst.methods.base import EpochData, StepContext, build_method
+from mst.methods.base import EpochData, StepContext, build_method, same_training
 from mst.registry import ConfigError
 
 
@@ -93,9 +94,24 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_changes(a, b, name + ".")
-        elif a != b and not name.startswith(RESUMABLE_CHANGES):
+        elif a != b and not name.startswith(RESUMABLE_CHANGES) and not (name == "method" and same_training(a, b)):
             out.append(f"{name}: {a!r} -> {b!r}")
     return out
+
+
+def init_backbones(method, source_text: str) -> dict:
+    """Load ``model.init`` into every backbone of ``method`` (MST / DINO: student and teacher; MAE / SimMIM: the
+    encoder), fitted to it by timm's tools; returns what the checkpoint records: the source, its sha256, the timm
+    architecture and the adaptations."""
+    from mst.models.init import fit_state, load_source
+
+    source = load_source(source_text)
+    notes: list[str] = []
+    for prefix in method.backbones.values():
+        vit = method.get_submodule(prefix).vit
+        state, notes = fit_state(source, vit)
+        vit.load_state_dict(state, strict=True)
+    return {"source": source_text, "sha256": source.sha256, "timm_name": source.timm_name, "adaptations": notes}
 
 
 def check_batch_fits(batch_size: int, n_images: int, world_size: int = 1) -> None:
@@ -159,6 +175,11 @@ class Trainer:
         o = cfg["optim"]
 
         self.method = build_method(cfg)
+        self.init_record = None  # where the weights started (model.init); a resume keeps its checkpoint's
+        if cfg["model"].get("init") and not (self.out / CHECKPOINT_NAME).is_file():
+            self.init_record = init_backbones(self.method, cfg["model"]["init"])
+            self.log(f"started {', '.join(self.method.backbones)} from {self.init_record['source']} "
+                     f"(sha256 {self.init_record['sha256'][:12]}); the heads, decoders and [MASK] are new")
         base = build_dataset(cfg["data"], min_size=int(cfg["augment"]["global_size"]))  # reject too-small images
         if self.method.needs_labels and (len(base) == 0 or int(np.min(getattr(base, "targets", [-1]))) < 0):
             raise DataError(f"method {cfg['method']} trains on labels, but data.name={cfg['data']['name']} has none "
@@ -183,7 +204,11 @@ class Trainer:
         if o["compile"]:
             self.model = torch.compile(self.model)
         self.emas = [TeacherEMA(online, averaged) for online, averaged in self.method.ema_pairs()]
-        self.optimizer = build_optimizer(self.method.param_groups(), o["betas"])
+        if int(o["freeze_blocks"]) >= 0 and int(o["freeze_epochs"]) == 0:
+            freeze_for_run(self.method, int(o["freeze_blocks"]))  # the whole run: out of the optimizer and backward
+        groups = continued_groups(self.method, self.method.param_groups(), float(o["layer_decay"]),
+                                  int(o["freeze_blocks"]), int(o["freeze_epochs"]))
+        self.optimizer = build_optimizer(groups, o["betas"])
         self.amp_ctx, self.scaler = autocast_context(o["amp"], self.device)
         self.schedules = build_schedules(cfg, self.iters_per_epoch, self.dist.world_size)
         self.schedules.update(self.method.schedules(self.iters_per_epoch, int(o["epochs"])))
@@ -200,6 +225,7 @@ class Trainer:
             step_in_epoch=self.step_in_epoch,
             global_step=self.global_step,
             world_size=self.dist.world_size,
+            init=self.init_record,
         )
 
     def save(self) -> None:
@@ -217,10 +243,11 @@ class Trainer:
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
         changed = [c for c in config_changes(ckpt["config"], self.cfg) if not c.startswith("optim.epochs:")]
         if changed:
-            raise RuntimeError(
-                f"{self.ckpt_path} was written with a different configuration ({'; '.join(changed)}); "
-                "resume with the same settings, or pass a new --out"
-            )
+            keys = ", ".join(c.split(":", 1)[0] for c in changed)
+            raise ConfigError(
+                f"{self.ckpt_path} was trained with other settings ({'; '.join(changed)}): relaunch with the "
+                f"settings it was trained with (drop the --set / preset change of {keys}) to resume it, or pass a "
+                "new --out to start a new run with these")
         old_epochs, new_epochs = int(ckpt["config"]["optim"]["epochs"]), int(self.cfg["optim"]["epochs"])
         epochs_msg = None
         if old_epochs != new_epochs:  # training longer (or ending an unfinished run sooner)
@@ -233,6 +260,7 @@ class Trainer:
                     f"set optim.epochs >= {least} to continue it, or pass a new --out")
             epochs_msg = epochs_change_message(old_epochs, new_epochs, done, partial, tuple(self.schedules))
         self.method.load_state_dict(ckpt["method"])
+        self.init_record = ckpt.get("init")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -283,7 +311,7 @@ class Trainer:
         after-backward hook, optimizer, EMA. (Benchmarks feed synthetic batches here.)"""
         it = self.global_step
         values = {k: float(v[it]) for k, v in self.schedules.items()}
-        set_lr_wd(self.optimizer, values["lr"], values["wd"])
+        set_lr_wd(self.optimizer, values["lr"], values["wd"], self.epoch)
         ctx = StepContext(epoch=self.epoch, step=it, values=values)
         with self.amp_ctx:
             out = self.model(batch, ctx)
@@ -322,16 +350,22 @@ class Trainer:
         if metrics:
             logger.epoch(self.global_step, self.epoch, metrics)
 
-    def fit(self, max_steps: int | None = None, evaluator=None) -> str:
+    def fit(self, max_steps: int | None = None, evaluator=None, until_step: int | None = None) -> str:
         """Train to the configured number of epochs. Returns "done", "preempted" or "max_steps".
 
-        ``max_steps`` stops after that many steps of this call (tests, benchmarks); ``evaluator(trainer)`` runs
+        ``max_steps`` stops after that many steps of this call (tests, benchmarks); ``until_step`` once the run has
+        trained that many steps in all, resumed launches included (the CLI's ``--max-steps``); ``evaluator(trainer)`` runs
         at epoch ends where ``log.knn_every`` says and returns metrics to log. The first and the last step of
         every call are always logged, whatever ``log.every``."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.try_resume()  # before writing config.yaml: a refused resume leaves the run directory as it was
         if self.dist.is_main:
             save_config(self.cfg, self.out / "config.yaml")
+        if until_step is not None and self.global_step >= until_step:
+            self.call_steps = 0
+            self.log(f"{self.ckpt_path} has already trained {self.global_step} steps (--max-steps {until_step} counts "
+                     "every launch of the run): nothing to do; raise --max-steps to train on")
+            return "max_steps"
         epochs = int(self.cfg["optim"]["epochs"])
         logger = MetricLogger(self.out, self.cfg["log"], self.dist.is_main, total_steps=epochs * self.iters_per_epoch)
         logger.set_initial(self.global_step)
@@ -368,7 +402,8 @@ class Trainer:
                         metrics["data_wait"] = min(1.0, max(0.0, (t_ready - t_fetch) / step_time))
                         t_last = now
                         stop_now, = all_reduce_flags([stop.requested], self.device)
-                        hit_max = max_steps is not None and self.call_steps >= max_steps
+                        hit_max = (max_steps is not None and self.call_steps >= max_steps
+                                   or until_step is not None and self.global_step >= until_step)
                         last = self.epoch == epochs - 1 and self.step_in_epoch == self.iters_per_epoch
                         logger.step(self.global_step, self.epoch, metrics,
                                     force=self.call_steps == 1 or last or hit_max or stop_now)

@@ -4,8 +4,10 @@ transfer, which needs COCO/ADE20K and a detector).
 Canvases are built by pasting labelled items at random places on black; each pixel's label is the class + 1 of
 the item whose *foreground* covers it (0 = background). Fashion-MNIST items are pasted by their foreground (pixels
 above :data:`FOREGROUND`); the images of a labelled image folder (class subfolders) are resized to square items and
-pasted whole. A linear classifier per patch token, upsampled bilinearly to pixels and trained with per-pixel
-cross-entropy, then measures how much spatial/semantic information the patch tokens carry (mIoU, pixel accuracy).
+pasted whole, each as the data module reads it: 8-bit grey / RGB files as 8-bit items, 16-bit / float TIFF, DICOM
+and multiband files as float items at full precision (as pretraining reads them; nothing is quantised to 8 bits).
+A linear classifier per patch token, upsampled bilinearly to pixels and trained with per-pixel cross-entropy, then
+measures how much spatial/semantic information the patch tokens carry (mIoU, pixel accuracy).
 """
 from __future__ import annotations
 
@@ -43,20 +45,22 @@ def make_dense_set(
     threshold: float | None = FOREGROUND,
     return_items: bool = False,
 ):
-    """Paste items on black canvases: (canvases uint8 (n, S, S) or (n, S, S, C), label maps int64 (n, S, S)).
+    """Paste items on black canvases: (canvases (n, S, S) or (n, S, S, C) of the items' dtype, label maps int64
+    (n, S, S)).
 
-    ``images``: uint8 (N, H, W) or (N, H, W, C). Each canvas gets U{lo..hi} items (inclusive), each a uniformly
-    drawn image placed wholly inside the canvas at a uniform position; all draws come from
-    ``np.random.default_rng(seed)``, so a seed fixes the set. Only an item's foreground pixels (> threshold * 255,
-    in any channel; ``threshold=None``: every pixel, for photos) are pasted, into the image *and* the label map
-    (class + 1), so a later item overwrites an earlier one exactly where it has foreground and image and labels
-    always agree. ``return_items`` adds, per canvas, the list of (item index, top, left) in paste order.
+    ``images``: uint8 or float32 (N, H, W) or (N, H, W, C) (float: an image folder's 16-bit / float / multiband
+    items, 1.0 = full scale). Each canvas gets U{lo..hi} items (inclusive), each a uniformly drawn image placed
+    wholly inside the canvas at a uniform position; all draws come from ``np.random.default_rng(seed)``, so a seed
+    fixes the set (whatever the dtype). Only an item's foreground pixels (> threshold of full scale: 255 for uint8,
+    1.0 for float, in any channel; ``threshold=None``: every pixel, for photos) are pasted, into the image *and*
+    the label map (class + 1), so a later item overwrites an earlier one exactly where it has foreground and image
+    and labels always agree. ``return_items`` adds, per canvas, the list of (item index, top, left) in paste order.
     """
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise ValueError(f"make_dense_set needs uint8 (N, H, W) or (N, H, W, C) images, got {images.dtype} "
-                         f"{images.shape}")
+    if images.dtype not in (np.uint8, np.float32) or images.ndim not in (3, 4):
+        raise ValueError(f"make_dense_set needs uint8 or float32 (N, H, W) or (N, H, W, C) images, got "
+                         f"{images.dtype} {images.shape}")
     n_img, ih, iw = images.shape[:3]
     if n_img == 0 or len(labels) != n_img:
         raise ValueError(f"make_dense_set needs at least one item and one label per item, got {n_img} images and "
@@ -67,10 +71,10 @@ def make_dense_set(
     if not 1 <= lo <= hi:
         raise ValueError(f"items_per_canvas must be (lo, hi) with 1 <= lo <= hi, got {items_per_canvas}")
     rng = np.random.default_rng(seed)
-    out = np.zeros((n_samples, canvas, canvas, *images.shape[3:]), np.uint8)
+    out = np.zeros((n_samples, canvas, canvas, *images.shape[3:]), images.dtype)
     maps = np.zeros((n_samples, canvas, canvas), np.int64)
     placed: list[list[tuple[int, int, int]]] = []
-    limit = None if threshold is None else threshold * 255.0
+    limit = None if threshold is None else threshold * (255.0 if images.dtype == np.uint8 else 1.0)
     for i in range(n_samples):
         k = int(rng.integers(lo, hi + 1))
         idx = rng.integers(0, n_img, size=k)
@@ -90,17 +94,58 @@ def make_dense_set(
     return (out, maps, placed) if return_items else (out, maps)
 
 
-def _fit_item(img, size: int) -> np.ndarray:
-    """A PIL image -> uint8 (size, size) or (size, size, 3): the largest centred square, resized (bicubic)."""
+def _fit_item(img, size: int, path: str = "") -> np.ndarray:
+    """An image of the data module -> a (size, size) or (size, size, C) item: the largest centred square, resized.
+
+    A PIL image (an 8-bit grey / RGB file) -> uint8, resized by PIL (bicubic), as before. A float32 (C, H, W)
+    tensor (16-bit / float TIFF, DICOM, multiband: :func:`mst.data.load_image`) -> float32 at full precision: the
+    centred square cropped and resized with tensor ops (bicubic, antialiased, as the pretraining's single view
+    resizes float data), never quantised to 8 bits nor clipped. ``path`` names the file in errors."""
     from PIL import Image, ImageOps
 
-    if not isinstance(img, Image.Image):
-        from mst.data import DataError
+    if isinstance(img, Image.Image):
+        return np.asarray(ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    if not torch.is_tensor(img) or img.ndim != 3:
+        raise TypeError(f"the dense probe takes PIL images or (C, H, W) tensors, got {type(img).__name__}")
+    from mst.data import DataError
 
-        raise DataError("the dense probe pastes 8-bit grey / RGB images; these are float (multiband, 16-bit or "
-                        "DICOM), which it does not support yet")
+    x = img.detach().to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"image {path or '(unnamed)'} holds NaN or infinite values: the dense probe cannot paste it; "
+                        "fill them (e.g. nodata -> 0) or remove the file from the folder")
+    h, w = x.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = x[None, :, top : top + side, left : left + side]
+    if side != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    item = x[0].permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(item[..., 0] if item.shape[-1] == 1 else item)
 
-    return np.asarray(ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+def _sample_path(ds, i: int) -> str:
+    """The file behind sample ``i`` of a (possibly subset) image-folder dataset, for error messages."""
+    while isinstance(ds, torch.utils.data.Subset):
+        ds, i = ds.dataset, int(ds.indices[i])
+    samples = getattr(ds, "samples", None)
+    return str(samples[i][0]) if samples is not None and 0 <= i < len(samples) else f"sample {i}"
+
+
+def _canvas_tensor(canvases: np.ndarray, mean, std, channels: int) -> torch.Tensor:
+    """Canvases -> float (n, C, S, S) normalised with the data's mean/std. uint8 canvases (every item 8-bit) go
+    through :func:`~mst.eval.features.normalize_images` as always; float32 canvases (full scale 1.0, as the data
+    module's tensors) are normalised as they are, with no 8-bit step."""
+    if canvases.dtype == np.uint8:
+        return normalize_images(canvases, mean, std, channels)
+    x = torch.from_numpy(np.ascontiguousarray(canvases, dtype=np.float32))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[1] != channels:
+        if x.shape[1] != 1:
+            raise ValueError(f"{x.shape[1]}-band canvases for a {channels}-channel backbone")
+        x = x.expand(-1, channels, -1, -1)
+    m = torch.tensor([float(v) for v in mean], dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor([float(v) for v in std], dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous()
 
 
 def folder_items(
@@ -112,7 +157,9 @@ def folder_items(
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     """Items for dense canvases from a labelled image folder: ({"train": (images, labels), "test": (...)},
     class names). Images are read with :func:`mst.data.build_dataset` (``data_cfg['channels']`` channels), centre
-    cropped to a square and resized to ``size``: uint8 (N, size, size) or (N, size, size, 3). Each split keeps a
+    cropped to a square and resized to ``size`` (:func:`_fit_item`): (N, size, size) or (N, size, size, C), uint8
+    when every item is an 8-bit grey / RGB file, else float32 for both splits (8-bit items / 255, float items
+    at full precision, as pretraining scales them; multiband files need this). Each split keeps a
     fixed random ``pool`` of its images (seeded; None: all). Test items come from the data module's test split
     (test/, else val/, else the held-out share of a folder without split subfolders), labels matched by class
     name; if the data module gives such a folder no test split, its images are split in two disjoint halves.
@@ -153,12 +200,17 @@ def folder_items(
             f"canvases of {len(te)} others test it")
         picks = {"train": (train, tr), "test": (train, te)}
         labels = {"train": train_y, "test": train_y}
-    out = {}
+    fitted = {}
     for split, (ds, idx) in picks.items():
         if len(idx) == 0:
             raise DataError(f"the {split} split of {root} holds no images for the dense probe")
-        images = np.stack([_fit_item(ds[int(i)][0], size) for i in idx])
-        out[split] = (images, labels[split][idx])
+        fitted[split] = [_fit_item(ds[int(i)][0], size, _sample_path(ds, int(i))) for i in idx]
+    eight_bit = all(a.dtype == np.uint8 for items in fitted.values() for a in items)
+    out = {}
+    for split, (_, idx) in picks.items():
+        items = fitted[split] if eight_bit else [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a
+                                                 for a in fitted[split]]
+        out[split] = (np.stack(items), labels[split][idx])
     return out, classes
 
 
@@ -291,7 +343,8 @@ def run_dense(
 
     - an ``image_folder`` (class subfolders, optionally train/ and test/ or val/): canvases of ``canvas`` pixels
       (default: the checkpoint's image size, augment.global_size) on which 1-3 of the folder's own images, resized
-      to ``item_size`` (default canvas // 2) squares, are pasted whole; a pixel's label is its image's class + 1
+      to ``item_size`` (default canvas // 2) squares, are pasted whole (16-bit / float / multiband files at full
+      precision, per file, as pretraining reads them); a pixel's label is its image's class + 1
       (0 = the black background). Train canvases use the train split's images, test canvases the test split's
       (test/, val/, or the held-out images of a folder without split subfolders; see :func:`folder_items`);
     - Fashion-MNIST (``root``, or the checkpoint's data.root; the system copy for a checkpoint pretrained on an
@@ -344,7 +397,7 @@ def run_dense(
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
         images, labels = items[split]
         canv, lab = make_dense_set(images, labels, n, canvas, items_per_canvas, s, threshold)
-        x = normalize_images(canv, mean, std, channels)
+        x = _canvas_tensor(canv, mean, std, channels)
         tokens[split], _ = extract_features(backbone, x, "patches", batch_size, dev)
         maps[split] = torch.from_numpy(lab)
     grid = (canvas // patch, canvas // patch)

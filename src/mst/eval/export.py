@@ -16,7 +16,9 @@ from safetensors.torch import load_file, save_file
 from mst.eval.features import Log
 from mst.models.backbones import timm_spec
 
-__all__ = ["export_backbone", "classifier_names", "load_exported", "detection_state_dict", "save_detection_checkpoint"]
+__all__ = ["export_backbone", "classifier_names", "load_exported", "timm_call", "timm_overlay", "detection_state_dict",
+           "save_detection_checkpoint"]
+MAX_PRINTED_NAMES = 32  # more class names than this stay in the JSON (and load_exported) but out of the printed call
 
 
 def _json_path(weights: str | Path) -> Path:
@@ -30,7 +32,7 @@ def export_backbone(
     """Write ``which``'s ViT weights (timm keys: cls_token, pos_embed, patch_embed.proj.weight, blocks.N...,
     norm.weight; no head, decoder or [MASK] token) to ``out_path`` (.safetensors) and metadata to the same
     name with suffix .json: {"model_name", "model_kwargs", "source_checkpoint", "which", "epoch", "mean",
-    "std"}. ``which`` defaults to the checkpoint's default backbone: the teacher for MST/DINO (the better encoder,
+    "std", "pretrained_cfg_overlay", "timm_call"} (the last is the line that loads it, :func:`timm_call`). ``which`` defaults to the checkpoint's default backbone: the teacher for MST/DINO (the better encoder,
     as DINO releases it), the encoder for MAE / SimMIM. A fine-tuned checkpoint is exported whole, as a timm
     classifier (head included; "model_kwargs" then hold num_classes and global_pool) and its JSON also holds
     "class_names" (the fine-tune's classes in label order: logit i is class_names[i]; see :func:`classifier_names`).
@@ -67,9 +69,12 @@ def export_backbone(
         "epoch": state.get("epoch"),
         "mean": list(cfg["data"]["mean"]),
         "std": list(cfg["data"]["std"]),
+        "crop_pct": float(cfg["augment"].get("eval_crop", 1.0)),  # the evaluation's centre crop (1: whole image)
     }
     if clf is not None:
         meta["class_names"] = class_names
+    meta["pretrained_cfg_overlay"] = timm_overlay(meta)
+    meta["timm_call"] = timm_call(meta, out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_path), metadata={"format": "pt", "model_name": name})
     json_path = _json_path(out_path)
@@ -112,6 +117,35 @@ def classifier_names(state: dict, ckpt_file: str | Path | None = None) -> list[s
     return [str(c) for c in names] if names and len(names) == n else None
 
 
+def timm_overlay(meta: dict, file: str | Path | None = None, names: bool = True) -> dict:
+    """The ``pretrained_cfg_overlay`` an export needs in timm: ``num_classes`` (timm drops a saved head whose class
+    count differs from the pretrained config's, 1000 for the ViT names), ``input_size`` (channels and size), the
+    data's ``mean`` / ``std`` and the evaluation's ``crop_pct`` (what ``timm.data.resolve_model_data_config``
+    returns), and for a classifier its ``label_names``; ``file`` first when given."""
+    kwargs = meta["model_kwargs"]
+    size = int(kwargs["img_size"])
+    overlay: dict = {} if file is None else {"file": str(file)}
+    overlay.update(num_classes=int(kwargs.get("num_classes", 0)), input_size=(int(kwargs["in_chans"]), size, size),
+                   mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    if meta.get("crop_pct") is not None:
+        overlay["crop_pct"] = float(meta["crop_pct"])
+    if names and meta.get("class_names"):
+        overlay["label_names"] = tuple(meta["class_names"])
+    return overlay
+
+
+def timm_call(meta: dict, weights: str | Path) -> str:
+    """The one line of Python that rebuilds the export in timm, as ``mst export`` prints it (``import timm`` first);
+    :func:`load_exported` makes the same call. Class names beyond :data:`MAX_PRINTED_NAMES` are left out of the
+    printed line (they stay in the JSON); they do not change the logits."""
+    names = len(meta.get("class_names") or ()) <= MAX_PRINTED_NAMES
+    overlay = timm_overlay(meta, weights, names=names)
+    args = ", ".join(f"{k}={v!r}" for k, v in overlay.items())
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in meta["model_kwargs"].items())
+    return (f"timm.create_model({meta['model_name']!r}, pretrained=True, pretrained_cfg_overlay=dict({args}), "
+            f"{kwargs})")
+
+
 def load_exported(path: str | Path, json_path: str | Path | None = None) -> torch.nn.Module:
     """Rebuild the exported ViT with timm (offline) in eval mode.
 
@@ -124,18 +158,8 @@ def load_exported(path: str | Path, json_path: str | Path | None = None) -> torc
     """
     path = Path(path)
     meta = json.loads((Path(json_path) if json_path is not None else _json_path(path)).read_text())
-    kwargs = dict(meta["model_kwargs"])
-    size = int(kwargs["img_size"])
-    overlay = dict(
-        file=str(path),
-        num_classes=int(kwargs.get("num_classes", 0)),
-        input_size=(int(kwargs["in_chans"]), size, size),
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-    )
-    if meta.get("class_names"):
-        overlay["label_names"] = tuple(meta["class_names"])
-    model = timm.create_model(meta["model_name"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    model = timm.create_model(meta["model_name"], pretrained=True, pretrained_cfg_overlay=timm_overlay(meta, path),
+                              **meta["model_kwargs"])
     return model.eval()
 
 

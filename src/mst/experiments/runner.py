@@ -23,6 +23,7 @@ import yaml
 
 from mst.config import ConfigError, _flatten, _read_yaml, load_config, method_class
 from mst.experiments.specs import ABLATIONS, PROTOCOLS, Protocol, Variant
+from mst.methods import same_training
 
 Log = Callable[[str], None]
 
@@ -96,6 +97,8 @@ def _check_same_config(run_dir: Path, cfg: dict) -> None:
     if not saved_path.is_file():
         return
     saved, now = _flatten(yaml.safe_load(saved_path.read_text())), _flatten(cfg)
+    if same_training(str(saved.get("method")), str(now.get("method"))):  # e.g. a DINO run saved as method mst:
+        saved["method"] = now.get("method")  # the same training when its sections match, compared key by key below
     # keys only one side has (a key added to the code since) are not compared
     diff = sorted(k for k in set(saved) & set(now) if not k.startswith(_NOT_COMPARED) and saved[k] != now[k])
     if diff:

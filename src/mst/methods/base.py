@@ -16,7 +16,10 @@ A method says:
 * ``ema_pairs``: (online, averaged) module pairs the engine updates with the ``momentum`` schedule;
 * ``backbones``: which backbone(s) evaluation and export use, as state-dict prefixes, and ``default_backbone``;
 * ``importance_sources``: where it can take a mask strategy's per-token importance from (see
-  :mod:`mst.methods.importance`).
+  :mod:`mst.methods.importance`);
+* ``changed_defaults``: for a variant of another method (a subclass reading the same sections), the keys of those
+  sections whose default it changes (``dino``: MST with ``mst.mask`` and ``mst.decoder`` none), and ``trains_as``:
+  the method it then trains exactly as, given the same resolved sections (``dino``: ``mst``).
 
 Register with ``METHODS.register("name", cls)``.
 """
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from mst.data.batch import Batch
-from mst.defaults import add_section
+from mst.defaults import SECTIONS, add_section
 from mst.figures import Panel
 from mst.registry import Registry
 
@@ -77,11 +80,25 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     # the config sections this class introduces, every key with its default (registered in mst.defaults.SECTIONS
     # when the class is defined; ``sections`` may also name sections other owners declare, e.g. "degrade")
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # keys of sections it reads whose default differs for this method (a variant: {section: {key: default}}), laid
+    # over the sections' defaults by mst.config.defaults_for; the sections themselves stay their owner's
+    changed_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # a registered method this one trains exactly as, given the same resolved config (DINO: "mst"); a run may
+    # switch between the two names (a resume, an ablation's rerun) without being refused (see same_training)
+    trains_as: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        owner = f"{cls.__module__}.{cls.__qualname__}"
         for name, section in cls.__dict__.get("defaults", {}).items():
-            add_section(name, section, f"{cls.__module__}.{cls.__qualname__}")
+            add_section(name, section, owner)
+        for name, changes in cls.__dict__.get("changed_defaults", {}).items():
+            if name not in cls.sections:
+                raise ValueError(f"{owner} changes defaults of config section {name!r}, which it does not read")
+            unknown = sorted(set(changes) - set(SECTIONS.get(name, changes)))
+            if unknown:
+                raise ValueError(f"{owner} changes the default of {', '.join(f'{name}.{k}' for k in unknown)}, "
+                                 f"not a key of section {name!r}")
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
@@ -141,6 +158,15 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
         """Per image, what the method does to it (masks, reconstruction), for ``mst visualize``. Default: none."""
         return [[] for _ in range(len(images))]
+
+
+def same_training(a: str, b: str) -> bool:
+    """Whether methods ``a`` and ``b`` train alike on the same resolved sections: the same name, or one's
+    ``trains_as`` names the other or both name the same (``dino`` and ``mst``). Unregistered names: equality."""
+    def base(name: str) -> str:
+        return (METHODS.get(name).trains_as or name) if name in METHODS else name
+
+    return a == b or base(a) == base(b)
 
 
 def build_method(cfg: dict) -> Method:

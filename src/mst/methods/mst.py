@@ -4,14 +4,16 @@ One step, in the order of Algorithm 2:
 
     views -> teacher (DINO targets + CLS attention, one pass) -> mask -> student -> losses
 
-Plain DINO is this method with ``mst.mask: none`` and ``mst.decoder: none``. A strategy that needs an importance
-reads the teacher's CLS attention (``mst.importance: teacher``). A throwing strategy (``mst.mask: amt``, AMT's draw
-by the teacher's attention: ``mst.mask_ratio`` masked, ``mst.throw_ratio`` thrown) removes tokens from the
-student's global views after the position embeddings (local crops and the teacher see every token); it needs
-``mst.decoder: none``, as the decoder restores the whole view from every token.
+Plain DINO is this method with ``mst.mask: none`` and ``mst.decoder: none``: the method ``dino`` (:class:`DINO`,
+these two defaults changed; every ``mst.*`` key still applies, e.g. ``mst.mask=amt`` throws in DINO). A strategy
+that needs an importance reads the teacher's CLS attention (``mst.importance: teacher``). A throwing strategy
+(``mst.mask: amt``, AMT's draw by the teacher's attention: ``mst.mask_ratio`` masked, ``mst.throw_ratio`` thrown)
+removes tokens from the student's global views after the position embeddings (local crops and the teacher see every
+token); it needs ``mst.decoder: none``, as the decoder restores the whole view from every token.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -96,7 +98,8 @@ class MST(Method):
     @classmethod
     def validate(cls, cfg: dict) -> None:
         m = cfg["mst"]
-        check_source("mst", cls.importance_sources, "mst.importance", m["importance"], [("mst.mask", m["mask"])])
+        check_source(cfg["method"], cls.importance_sources, "mst.importance", m["importance"],
+                     [("mst.mask", m["mask"])])
         if MASKS.get(m["mask"], "mst.mask").throws:
             if m["decoder"] != "none":
                 raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, but mst.decoder={m['decoder']!r} "
@@ -214,3 +217,24 @@ class MST(Method):
                 row.append(Panel("decoder restoration", to_display(recon[i], d["mean"], d["std"])))
             rows.append(row)
         return rows
+
+
+@METHODS.register("dino")
+class DINO(MST):
+    """Plain DINO (Caron et al., ICCV 2021): MST with, by default, no mask (``mst.mask: none``) and no decoder
+    (``mst.decoder: none``): self-distillation of multi-crop views alone. Every key of the ``dino`` and ``mst``
+    sections still applies (``mst.mask=amt``: DINO throws tokens, AMT's draw by the teacher's attention). With the
+    same resolved sections it trains exactly as ``mst`` (tests/test_dino_method.py), so checkpoints of either load
+    as the other and ``configs/fashion_mnist_dino.yaml`` reproduces the runs recorded with ``method: mst``."""
+
+    changed_defaults = {"mst": {"mask": "none", "decoder": "none"}}
+    trains_as = "mst"
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        super().validate(cfg)
+        m = cfg["mst"]
+        if m["decoder"] != "none":  # e.g. --config an MST preset --set method=dino: its mask and decoder stay
+            warnings.warn(f"method=dino with mst.decoder={m['decoder']!r} (mst.mask={m['mask']!r}) restores the view "
+                          "from the student's tokens: that is MST; set mst.decoder=none (and mst.mask=none) for plain "
+                          "DINO, or method=mst", stacklevel=2)

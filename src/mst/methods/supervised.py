@@ -124,7 +124,7 @@ class Supervised(Method):
         # 2. Classify and score.
         logits = self.backbone.vit(x)
         loss = self.criterion(logits, target)
-        acc = (logits.argmax(1) == labels).float().mean().item() * 100.0
+        acc = 100.0 * int((logits.argmax(1) == labels).sum()) / len(labels)
         value = loss.item()
         if self.training:
             self.chance.update(value, ctx.values.get("lr", 0.0), ctx.step)

@@ -91,9 +91,10 @@ class ViTBackbone(nn.Module):
         """MAE's encoder: fixed 2-d sin-cos position embeddings (not trained), zero for the CLS token."""
         grid = self.vit.patch_embed.grid_size
         table = build_sincos2d_pos_embed(list(grid), self.embed_dim)  # (h * w, D)
+        prefix = 0 if getattr(self.vit, "no_embed_class", False) else self.num_prefix  # DINOv2-reg: patches only
         with torch.no_grad():
             self.vit.pos_embed.zero_()
-            self.vit.pos_embed[0, self.num_prefix:] = table
+            self.vit.pos_embed[0, prefix:] = table
         self.vit.pos_embed.requires_grad_(False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

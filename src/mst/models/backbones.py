@@ -8,7 +8,28 @@ from mst.models.beit import BeitArch
 from mst.models.swin import SwinArch
 from mst.registry import Registry
 
-BACKBONES: Registry = Registry("backbone", "model.arch")
+def timm_vit(name: str) -> ViTArch | None:
+    """Any timm VisionTransformer by its timm name (``vit_small_patch14_reg4_dinov2``, ``deit_small_patch16_224``,
+    ``vit_base_patch16_224.mae``): the architecture a pretrained source (``model.init``) brings, registers, layer
+    scale and all. Read on the meta device: nothing is allocated. None for other names and families."""
+    import timm
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    try:
+        if not timm.is_model(name):
+            return None
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except Exception:  # noqa: BLE001 - not a model timm can build here: the registry's own error names the choices
+        return None
+    if type(model) is not VisionTransformer:
+        return None
+    return ViTArch(name, embed_dim=int(model.embed_dim), depth=len(model.blocks),
+                   num_heads=int(model.blocks[0].attn.num_heads))
+
+
+BACKBONES: Registry = Registry("backbone", "model.arch", fallback=timm_vit)
 BACKBONES.register("vit_tiny", ViTArch("vit_tiny_patch16_224", embed_dim=192, depth=12, num_heads=3))
 BACKBONES.register("vit_small", ViTArch("vit_small_patch16_224", embed_dim=384, depth=12, num_heads=6))
 BACKBONES.register("vit_base", ViTArch("vit_base_patch16_224", embed_dim=768, depth=12, num_heads=12))

@@ -24,16 +24,16 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 class GlobalImageDecoder(nn.Module):
     """Tokens (B, N, D) on an (h, w) grid -> image (B, C, h * patch, w * patch).
 
-    Each of the log2(patch_size) stages is: conv-BN-ReLU, then 2x nearest upsampling. A final 3x3 conv maps to
+    Each of the ceil(log2(patch_size)) stages is: conv-BN-ReLU, then 2x nearest upsampling (the last one by what
+    remains when the patch is no power of two: 1.75 for 14 px). A final 3x3 conv maps to
     ``out_chans`` (no activation: the target is a normalised image with negative values).
     """
 
     def __init__(self, embed_dim: int, patch_size: int, out_chans: int, channels: list[int] | tuple[int, ...]) -> None:
         super().__init__()
-        n_up = math.log2(patch_size)
-        if n_up != int(n_up) or patch_size < 2:
-            raise ValueError(f"the decoder needs a power-of-two patch size >= 2, got {patch_size}")
-        n_up = int(n_up)
+        if patch_size < 2:
+            raise ValueError(f"the decoder needs a patch size >= 2, got {patch_size}")
+        n_up = math.ceil(math.log2(patch_size))
         if len(channels) < n_up:
             raise ValueError(
                 f"decoder.channels needs at least {n_up} widths for patch size {patch_size}, got {list(channels)}"
@@ -41,8 +41,10 @@ class GlobalImageDecoder(nn.Module):
         self.patch_size = patch_size
         stages: list[nn.Module] = []
         cin = embed_dim
-        for cout in channels[:n_up]:
-            stages += [_conv_bn_relu(cin, cout), nn.Upsample(scale_factor=2, mode="nearest")]
+        for i, cout in enumerate(channels[:n_up]):
+            # 2x each; a patch that is no power of two (DINOv2's 14) ends on the remaining factor (14 / 8 = 1.75)
+            factor = 2.0 if i < n_up - 1 else patch_size / 2 ** (n_up - 1)
+            stages += [_conv_bn_relu(cin, cout), nn.Upsample(scale_factor=factor, mode="nearest")]
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.out = nn.Conv2d(cin, out_chans, kernel_size=3, padding=1)

@@ -1,0 +1,150 @@
+"""Continue from a pretrained model, measured honestly on a simulated foundation (no hub is reachable here).
+
+    python scripts/continue_experiment.py OUT [--stage foundation|rows|report] [--lane I/N] [--seeds 2]
+
+Foundation: the CPU presets' narrow ViT (width 96, 4 blocks, patch 4, 28 px) pretrained with MAE and with MST on
+Fashion-MNIST classes 0-4 only (all 30000 of their training images), exported with `mst export` and loaded back
+through `--init timm:vit_tiny_patch16_224=FILE`, the path a user with downloaded weights takes. Domain: the training
+images of classes 5-9 (unlabelled for pretraining); scores on classes 5-9: k-NN@20 (10000-image bank, the 5000 test
+images), a linear probe (10000 images, 100 epochs) and a 500-label fine-tune (100 per class, 30 epochs, the recipe
+`mst finetune-search` chose for that kind of backbone). Every training row gets the same budget: 750 steps on the
+same 12000 domain images. Each stage is resumable (a finished run or evaluation is skipped); `--lane I/N` runs
+every N-th job, so two one-thread processes share a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MST = [sys.executable, "-m", "mst"]
+FIVE_TO_NINE = "data.classes=[5,6,7,8,9]"
+ZERO_TO_FOUR = "data.classes=[0,1,2,3,4]"
+Q = ["--set", "log.progress=false", "--set", "log.tensorboard=false"]
+FOUNDATIONS = {  # name -> (preset, overrides): about 10-13 one-thread minutes each
+    "mae": ("configs/fashion_mnist_mae.yaml", ["data.subset=null", "optim.epochs=8"]),
+    "mst": ("configs/fashion_mnist_vit_tiny.yaml", ["data.subset=null", "optim.epochs=2"]),
+}
+DOMAIN = ["data.subset=12000", "log.knn_every=0"]  # 750 steps: MAE 4 epochs of 64, MST / DINO 2 epochs of 32
+ROWS = {  # name -> (preset, foundation to start from or None, overrides)
+    "scratch_mae": ("configs/fashion_mnist_mae.yaml", None, ["optim.epochs=4"]),
+    "scratch_mst": ("configs/fashion_mnist_vit_tiny.yaml", None, ["optim.epochs=2"]),
+    "continue_mae": ("configs/fashion_mnist_mae.yaml", "mae", ["optim.epochs=4"]),
+    "continue_mae_freeze2": ("configs/fashion_mnist_mae.yaml", "mae", ["optim.epochs=4", "optim.freeze_blocks=2"]),
+    "continue_mae_ld075": ("configs/fashion_mnist_mae.yaml", "mae", ["optim.epochs=4", "optim.layer_decay=0.75"]),
+    "continue_mae_lr_third": ("configs/fashion_mnist_mae.yaml", "mae", ["optim.epochs=4", "optim.base_lr=5e-4"]),
+    "continue_mst": ("configs/fashion_mnist_vit_tiny.yaml", "mst", ["optim.epochs=2"]),
+    "continue_dino": ("configs/fashion_mnist_dino.yaml", "mst", ["optim.epochs=2"]),
+}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if code:
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)} (see {log})")
+
+
+def sets(items: list[str]) -> list[str]:
+    return [a for o in items for a in ("--set", o)]
+
+
+def evaluate(ckpt: Path, out: Path, seed: int) -> dict:
+    """k-NN, linear and fine-tune of ``ckpt`` on classes 5-9; cached in out/scores.json."""
+    scores_path = out / "scores.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+    data = sets([FIVE_TO_NINE])
+    if "knn20" not in scores:
+        run(MST + ["knn", "--ckpt", str(ckpt), "--k", "20", "--train-subset", "10000", "--json", str(out / "knn.json"),
+                   *data], out / "eval.log")
+        scores["knn20"] = next(v["20"] for k, v in json.loads((out / "knn.json").read_text()).items())
+    if "linear" not in scores:
+        run(MST + ["linear", "--ckpt", str(ckpt), "--train-subset", "10000", "--epochs", "100",
+                   "--json", str(out / "linear.json"), *data], out / "eval.log")
+        scores["linear"] = json.loads((out / "linear.json").read_text())["top1"]
+    if "finetune" not in scores:
+        run(MST + ["finetune", "--ckpt", str(ckpt), "--out", str(out / "finetune"), "--train-subset", "500",
+                   "--epochs", "30", "--json", str(out / "finetune.json"), *Q,
+                   *sets([FIVE_TO_NINE, f"seed={seed}", "log.knn_every=10"])], out / "eval.log")
+        scores["finetune"] = json.loads((out / "finetune.json").read_text())["top1"]
+    scores_path.write_text(json.dumps(scores, indent=2))
+    return scores
+
+
+def foundation_file(root: Path, name: str) -> Path:
+    return root / "foundation" / name / "vit.safetensors"
+
+
+def jobs(root: Path, stage: str, seeds: int) -> list[tuple[str, callable]]:
+    out = []
+    if stage == "foundation":
+        for name, (preset, extra) in FOUNDATIONS.items():
+            def job(name=name, preset=preset, extra=extra):
+                run_dir = root / "foundation" / name
+                run(MST + ["pretrain", "--config", preset, "--out", str(run_dir), *Q, *sets([ZERO_TO_FOUR, *extra])],
+                    run_dir.with_suffix(".log"))
+                run(MST + ["export", "--ckpt", str(run_dir), "--out", str(foundation_file(root, name))],
+                    run_dir.with_suffix(".log"))
+                evaluate(run_dir, root / "rows" / f"foundation_{name}" / "seed0", 0)
+            out.append((f"foundation {name}", job))
+    elif stage == "rows":
+        for seed in range(seeds):
+            for row, (preset, start, extra) in ROWS.items():
+                def job(row=row, preset=preset, start=start, extra=extra, seed=seed):
+                    run_dir = root / "rows" / row / f"seed{seed}"
+                    init = ["--init", f"timm:vit_tiny_patch16_224={foundation_file(root, start)}"] if start else []
+                    if not (run_dir / "done").is_file():
+                        run(MST + ["pretrain", "--config", preset, "--out", str(run_dir), *init, *Q,
+                                   *sets([FIVE_TO_NINE, *DOMAIN, *extra, f"seed={seed}"])], run_dir / "pretrain.log")
+                        (run_dir / "done").write_text("")
+                    evaluate(run_dir, run_dir, seed)
+                out.append((f"{row} seed {seed}", job))
+    return out
+
+
+def report(root: Path) -> str:
+    import numpy as np
+
+    lines = ["| row | k-NN@20 | linear | fine-tune, 500 labels | seeds |", "|---|---:|---:|---:|---:|"]
+    for row in ["foundation_mae", "foundation_mst", *ROWS]:
+        runs = sorted((root / "rows" / row).glob("seed*/scores.json"))
+        if not runs:
+            continue
+        vals = [json.loads(p.read_text()) for p in runs]
+        cells = []
+        for key in ("knn20", "linear", "finetune"):
+            v = np.array([r[key] for r in vals if key in r], dtype=float)
+            cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}" if len(v) else "–")
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(vals)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out")
+    p.add_argument("--stage", choices=("foundation", "rows", "report"), default="report")
+    p.add_argument("--lane", default="0/1", metavar="I/N")
+    p.add_argument("--seeds", type=int, default=2)
+    args = p.parse_args()
+    root = Path(args.out)
+    if args.stage == "report":
+        table = report(root)
+        (root / "table.md").write_text(table + "\n")
+        print(table)
+        return
+    i, n = (int(v) for v in args.lane.split("/"))
+    for k, (name, job) in enumerate(jobs(root, args.stage, args.seeds)):
+        if k % n == i:
+            print(f"[lane {i}] {name}", flush=True)
+            job()
+
+
+if __name__ == "__main__":
+    main()
