@@ -29,7 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "fashion_mnist_vit_tiny.yaml"
 METHOD_CONFIGS = {"mae": REPO / "configs" / "fashion_mnist_mae.yaml",
-                  "simmim": REPO / "configs" / "fashion_mnist_simmim.yaml"}
+                  "simmim": REPO / "configs" / "fashion_mnist_simmim.yaml",
+                  "distill": REPO / "configs" / "fashion_mnist_distill.yaml"}
 
 # Variants of the step: (which preset, overrides). None = --config (an MST preset): MST = attention mask +
 # decoder, DINO = neither; "mae" / "simmim" = --mae-config / --simmim-config.
@@ -48,6 +49,8 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     # splitting the optimizer's groups, the patch embedding frozen for the run ({SOURCE}: a timm file made here)
     "mae_continued": ("mae", ["model.init={SOURCE}", "optim.layer_decay=0.75", "optim.freeze_blocks=0"]),
     "mst_continued": (None, ["model.init={SOURCE}", "optim.layer_decay=0.75", "optim.freeze_blocks=0"]),
+    # distillation into the same student as DINO's from a frozen teacher of that shape: one teacher forward, one view
+    "distill": ("distill", ["distill.teacher={SOURCE}"]),
 }
 MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
 # Beyond Masking: each degradation with MAE's masking, and alone (no masking: every token encoded)
@@ -135,7 +138,8 @@ def load_cfg(args: argparse.Namespace, extra: Iterable[str] = (), preset: str | 
 def variant_cfg(args: argparse.Namespace, name: str, extra: Iterable[str] = ()) -> dict:
     preset, overrides = VARIANTS[name]
     if any("{SOURCE}" in o for o in overrides):  # a pretrained source of the preset's own ViT, saved as timm's
-        plain = load_cfg(args, [o for o in overrides if "{SOURCE}" not in o] + list(extra), preset)
+        shape = None if preset == "distill" else preset  # a teacher shaped as DINO's student; else the run's own
+        plain = load_cfg(args, [o for o in overrides if "{SOURCE}" not in o] + list(extra), shape)
         source = timm_source(plain)
         overrides = [o.replace("{SOURCE}", source) for o in overrides]
     return load_cfg(args, list(overrides) + list(extra), preset)

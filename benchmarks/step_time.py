@@ -40,6 +40,7 @@ from common import (  # noqa: E402
 
 TARGET = 1.10  # MST / DINO
 CONTINUE_TARGET = 1.02  # continuing from model.init / the same method from scratch
+DISTILL_TARGET = 0.8  # distillation (one teacher forward, one view) / DINO at the same student and batch
 TINY = {"rounds": 2, "warmup": 1, "refresh_images": 16}
 
 
@@ -130,6 +131,17 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{cont} / {plain} step time ({measure}) = {r:.3f}  (from model.init, layer decay 0.75, patch "
                   f"embedding frozen; target <= {CONTINUE_TARGET}: {verdict})")
             result[f"{cont}_over_{plain}"] = r
+    if "distill" in wall and base == "dino":
+        r = result["variants"]["distill"]["ratio_vs_base"]
+        method, x = trainers["distill"].method, batches["distill"].views[0]
+        teacher_w, teacher_c = alternate({"teacher": lambda: method.teacher_targets(x)}, args.rounds, device,
+                                         warmup=args.warmup)
+        share = median(teacher_c["teacher"] if use_cpu_time else teacher_w["teacher"]) / median(primary["distill"])
+        verdict = "OK" if r <= DISTILL_TARGET else "ABOVE TARGET"
+        print(f"DISTILL / DINO step time ({measure}) = {r:.3f}  (the same student and batch; target <= "
+              f"{DISTILL_TARGET}: {verdict}); the frozen teacher's one forward is {share:.0%} of the distil step")
+        result["distill_over_dino"] = r
+        result["distill_teacher_share"] = share
     print(f"total {time.perf_counter() - t0:.0f}s")
     write_json(args.json, result)
     return result

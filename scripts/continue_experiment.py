@@ -78,8 +78,15 @@ def evaluate(ckpt: Path, out: Path, seed: int) -> dict:
     return scores
 
 
-def foundation_file(root: Path, name: str) -> Path:
-    return root / "foundation" / name / "vit.safetensors"
+def foundation_file(root: Path, name: str, wait_s: int = 3600) -> Path:
+    """The exported foundation, waiting for the other lane to finish it."""
+    import time
+
+    path = root / "foundation" / name / "vit.safetensors"
+    deadline = time.time() + wait_s
+    while not path.with_suffix(".json").is_file() and time.time() < deadline:
+        time.sleep(10)
+    return path
 
 
 def jobs(root: Path, stage: str, seeds: int) -> list[tuple[str, callable]]:
@@ -109,11 +116,77 @@ def jobs(root: Path, stage: str, seeds: int) -> list[tuple[str, callable]]:
     return out
 
 
+DISTILL = ["data.subset=12000", "log.knn_every=0", "optim.epochs=4", "optim.batch_size=64", "model.drop_path=0.0",
+           "optim.base_lr=1.5e-3", "optim.warmup_epochs=1", "augment.backend=tensor"]  # 750 steps, MAE's optimiser
+DISTILL_ROWS = {  # the frozen teacher: the MST foundation (classes 0-4); students from random init
+    "distill_vit": ["model.arch=vit_tiny", "model.embed_dim=96", "model.depth=4", "model.num_heads=3",
+                    "model.patch_size=4"],
+    "distill_lcnet_035": ["model.arch=lcnet_035"],  # 0.36 M parameters against the teacher's 0.45 M
+}
+
+
+def distill_jobs(root: Path, seeds: int) -> list[tuple[str, callable]]:
+    out = []
+    for seed in range(seeds):
+        for row, extra in DISTILL_ROWS.items():
+            def job(row=row, extra=extra, seed=seed):
+                run_dir = root / "rows" / row / f"seed{seed}"
+                if not (run_dir / "done").is_file():
+                    teacher = f"timm:vit_tiny_patch16_224={foundation_file(root, 'mst')}"
+                    run(MST + ["pretrain", "--out", str(run_dir), "--teacher", teacher, *Q,
+                               *sets([FIVE_TO_NINE, *DISTILL, *extra, f"seed={seed}"])], run_dir / "pretrain.log")
+                    (run_dir / "done").write_text("")
+                evaluate(run_dir, run_dir, seed)
+                if row == "distill_lcnet_035":  # the same CNN fine-tuned from random init: its only other path
+                    scratch = root / "rows" / "lcnet_035_scratch" / f"seed{seed}"
+                    path = scratch / "scores.json"
+                    if not path.is_file():
+                        run(MST + ["finetune", "--ckpt", str(run_dir), "--random-init", "--out", str(scratch / "ft"),
+                                   "--train-subset", "500", "--epochs", "30", "--json", str(scratch / "finetune.json"),
+                                   *Q, *sets([FIVE_TO_NINE, f"seed={seed}", "log.knn_every=10"])], scratch / "eval.log")
+                        path.write_text(json.dumps({"finetune": json.loads((scratch / "finetune.json").read_text())
+                                                    ["top1"]}))
+            out.append((f"{row} seed {seed}", job))
+    return out
+
+
+PHOTO_STEPS = 400  # the second case: the 1-channel, 28 px, patch-4 MAE foundation continued on colour photos
+PHOTO_ROWS = {  # name -> (--init or None, overrides); the own-images CPU preset (MAE, 64 px), batch 32
+    "photos_scratch": (None, ["model.patch_size=8"]),
+    "photos_continue_patch8": ("mae", ["model.patch_size=8"]),  # channels 1 -> 3 and patch 4 -> 8 resampled
+    "photos_continue_patch4": ("mae", []),  # the default: the source's own patch (16x16 tokens at 64 px)
+}
+
+
+def photo_jobs(root: Path, photos: Path, seeds: int) -> list[tuple[str, callable]]:
+    """Pretrain on photos/unlabelled for PHOTO_STEPS steps, score k-NN@20 on photos/labelled (and the foundation
+    as it is, at each patch size)."""
+    out = []
+    for seed in range(seeds):
+        for row, (start, extra) in PHOTO_ROWS.items():
+            def job(row=row, start=start, extra=extra, seed=seed):
+                run_dir = root / "photos" / row / f"seed{seed}"
+                init = ["--init", f"timm:vit_tiny_patch16_224={foundation_file(root, start)}"] if start else []
+                if not (run_dir / "done").is_file():
+                    run(MST + ["pretrain", "--data", str(photos / "unlabelled"), "--out", str(run_dir), *init, *Q,
+                               "--max-steps", str(PHOTO_STEPS),
+                               *sets([*extra, f"seed={seed}", "optim.epochs=34"])], run_dir / "pretrain.log")
+                    (run_dir / "done").write_text("")
+                knn = run_dir / "knn.json"
+                if not knn.is_file():
+                    baselines = ["--baselines"] if row == "photos_scratch" else []
+                    shelf = ["--init", f"timm:vit_tiny_patch16_224={foundation_file(root, 'mae')}"] if start else []
+                    run(MST + ["knn", "--ckpt", str(run_dir), "--data", str(photos / "labelled"), "--k", "20",
+                               *shelf, *baselines, "--json", str(knn)], run_dir / "eval.log")
+            out.append((f"{row} seed {seed}", job))
+    return out
+
+
 def report(root: Path) -> str:
     import numpy as np
 
     lines = ["| row | k-NN@20 | linear | fine-tune, 500 labels | seeds |", "|---|---:|---:|---:|---:|"]
-    for row in ["foundation_mae", "foundation_mst", *ROWS]:
+    for row in ["foundation_mae", "foundation_mst", *ROWS, *DISTILL_ROWS, "lcnet_035_scratch"]:
         runs = sorted((root / "rows" / row).glob("seed*/scores.json"))
         if not runs:
             continue
@@ -123,13 +196,27 @@ def report(root: Path) -> str:
             v = np.array([r[key] for r in vals if key in r], dtype=float)
             cells.append(f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}" if len(v) else "–")
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(vals)} |")
+    photo = {}
+    for row in PHOTO_ROWS:
+        for p in sorted((root / "photos" / row).glob("seed*/knn.json")):
+            for name, v in json.loads(p.read_text()).items():
+                label = (name if name in ("raw_pixels", "random_init") else f"foundation as it is, as {row}"
+                         if name.startswith("off-the-shelf") else row)
+                photo.setdefault(label, []).append(v["20"])
+    if photo:
+        lines += ["", "| photos: features | k-NN@20 on photos/labelled | runs |", "|---|---:|---:|"]
+        for label, v in photo.items():
+            v = np.array(v, dtype=float)
+            cell = f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+            lines.append(f"| {label} | {cell} | {len(v)} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
-    p.add_argument("--stage", choices=("foundation", "rows", "report"), default="report")
+    p.add_argument("--stage", choices=("foundation", "rows", "distill", "photos", "report"), default="report")
+    p.add_argument("--photos", default="/tmp/photos", help="scripts/photo_folder.py's output (stage photos)")
     p.add_argument("--lane", default="0/1", metavar="I/N")
     p.add_argument("--seeds", type=int, default=2)
     args = p.parse_args()
@@ -140,7 +227,9 @@ def main() -> None:
         print(table)
         return
     i, n = (int(v) for v in args.lane.split("/"))
-    for k, (name, job) in enumerate(jobs(root, args.stage, args.seeds)):
+    todo = (photo_jobs(root, Path(args.photos), args.seeds) if args.stage == "photos" else
+            distill_jobs(root, args.seeds) if args.stage == "distill" else jobs(root, args.stage, args.seeds))
+    for k, (name, job) in enumerate(todo):
         if k % n == i:
             print(f"[lane {i}] {name}", flush=True)
             job()

@@ -37,9 +37,32 @@ TINY_MIM = ["model.depth=2", "augment.global_size=28", *TINY_RUN]
 TINY_MAE = ["method=mae", *TINY_MIM, "mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]
 TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mim.mask=blocks", "mim.mask_ratio=0.6", "mim.norm_pix_loss=false"]
 TINY_FINETUNE = ["method=finetune", *TINY_MIM]
+def _tiny_teacher() -> str:
+    """A 1-block, 32-wide ViT on Fashion-MNIST's 28 px grey images (random weights), saved as ``mst export`` saves
+    one (safetensors + JSON): the SOURCE of the distillation teacher in the tiny configs."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import timm
+    from safetensors.torch import save_file
+
+    kwargs = dict(img_size=28, patch_size=4, in_chans=1, num_classes=0, dynamic_img_size=True, depth=1,
+                  embed_dim=32, num_heads=2)
+    torch.manual_seed(1)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
+    path = Path(tempfile.mkdtemp(prefix="mst_tiny_teacher_")) / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"model_name": "vit_tiny_patch16_224", "model_kwargs": kwargs}))
+    return f"timm:vit_tiny_patch16_224={path}"
+
+
+TINY_TEACHER = _tiny_teacher()
+TINY_DISTILL = ["method=distill", *TINY_MIM, f"distill.teacher={TINY_TEACHER}"]
 # every registered method's tiny config: tests over all methods read it through tiny_overrides, which fails for a
 # method without one (a new method must add its entry here rather than be left out of those tests)
 TINY_BY_METHOD = {"mst": ["method=mst", *TINY], "dino": ["method=dino", *TINY], "mae": TINY_MAE, "simmim": TINY_SIMMIM,
+                  "distill": TINY_DISTILL,
                   "finetune": TINY_FINETUNE}
 
 

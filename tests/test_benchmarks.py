@@ -91,6 +91,7 @@ def test_step_time_tiny(tmp_path):
         assert positive(amt["refresh_s_per_image"])
         assert amt["with_refresh"] == pytest.approx(amt["step"] + amt["amortised_refresh_s_per_step"]
                                                     / v[plain]["cpu_median_s"])
+    assert res["distill_over_dino"] == v["distill"]["ratio_vs_base"] and 0 < res["distill_teacher_share"] < 1
     for plain in ("mae", "mst"):  # continuing from model.init, paired with the same method from scratch
         assert res[f"{plain}_continued_over_{plain}"] == pytest.approx(
             paired(v[f"{plain}_continued"]["cpu_s"], v[plain]["cpu_s"]))

@@ -84,6 +84,15 @@ def test_data_classes_keep_and_renumber_classes():
     first7 = int(np.flatnonzero(np.isin(labels, [5, 7]))[0])
     assert ds[0][1] == (0 if labels[first7] == 7 else 1)
     assert np.array_equal(np.asarray(ds[0][0]), np.asarray(full[first7][0]))
+    # evaluation's in-memory path (k-NN, linear, the fine-tune's test split) keeps and renumbers the same images
+    from mst.eval.features import load_eval_split
+
+    cfg = load_config(overrides=["data.classes=[7,5]"])
+    x, y = load_eval_split(cfg, "test")
+    test = build_dataset(dict(cfg["data"]), "test")
+    assert len(y) == len(test) == 2000 and torch.equal(y, torch.as_tensor(test.targets))
+    first = torch.as_tensor(np.asarray(test[0][0]), dtype=torch.float32) / 255
+    torch.testing.assert_close(x[0, 0] * 0.3530 + 0.2860, first, atol=1e-5, rtol=0)
     with pytest.raises(DataError, match=r"data.classes=\[3, 12\] must be distinct label indices of the 10"):
         build_dataset({"name": "fashion_mnist", "root": None, "channels": 1, "classes": [3, 12]})
 
@@ -108,5 +117,8 @@ def test_the_off_the_shelf_row_of_a_runs_own_export_equals_the_run(tmp_path, cap
 
     a, b = load_file(str(tmp_path / "vit.safetensors")), load_file(str(tmp_path / "again.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    figs = tmp_path / "figs"
+    assert main(["visualize", "--init", str(tmp_path / "vit.safetensors"), "--n", "1", "--out", str(figs)]) == 0
+    assert list(figs.glob("*.png"))  # the source's attention maps
     err_code = main(["linear", "--ckpt", str(run), "--init", str(tmp_path / "vit.safetensors")])
     assert err_code == 2 and "give --ckpt or --init, not both" in capsys.readouterr().err

@@ -108,6 +108,7 @@ def test_each_method_pretrains_from_a_timm_file(saved, photos, tmp_path, capsys,
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "model.arch = vit_small_patch14_reg4_dinov2" in out and "4 register tokens kept" in out
+    assert "--config = configs/continue_cpu.yaml" in out  # no --config and --init: the continuing preset
     from mst.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run)

@@ -51,15 +51,17 @@ def _data_overrides(data: str | None, overrides: list[str]) -> list[str]:
     return [f"data.root={data}"] + ([] if pinned else ["data.name=auto"]) + list(overrides)
 
 
-def _own_images_preset(data: str | None) -> Path | None:
-    """The preset for a user's own images when no --config is given: sized for the device."""
+def _own_images_preset(data: str | None, init: str | None = None) -> Path | None:
+    """The preset for a user's own images when no --config is given: sized for the device; continue_*.yaml when
+    starting from existing weights (--init)."""
     from mst.data.inspect import detect_kind
 
     if not data or detect_kind(data)[0] == "fashion_mnist":
         return None
     import torch
 
-    return CONFIGS / ("own_images_gpu.yaml" if torch.cuda.is_available() else "own_images_cpu.yaml")
+    kind = "continue" if init else "own_images"
+    return CONFIGS / f"{kind}_{'gpu' if torch.cuda.is_available() else 'cpu'}.yaml"
 
 
 def _resolve(args, notes: list | None = None) -> dict:
@@ -68,10 +70,11 @@ def _resolve(args, notes: list | None = None) -> dict:
 
     config = args.config
     if config is None:
-        config = _own_images_preset(getattr(args, "data", None))
+        config = _own_images_preset(getattr(args, "data", None), getattr(args, "init", None))
         if config is not None and notes is not None:
-            notes.append(Choice("--config", f"configs/{config.name}", "your own images and no --config: sized for "
-                                                                       "this machine"))
+            why = "your own images and no --config: sized for this machine" + (
+                ", continuing from --init" if getattr(args, "init", None) else "")
+            notes.append(Choice("--config", f"configs/{config.name}", why))
     previous = None
     saved = Path(args.out) / "config.yaml" if getattr(args, "out", None) else None
     if saved is not None and saved.is_file():  # a relaunch: the values its first launch took from the data stay
@@ -81,6 +84,9 @@ def _resolve(args, notes: list | None = None) -> dict:
     overrides = _data_overrides(getattr(args, "data", None), args.overrides)
     if getattr(args, "init", None):
         overrides.append(f"model.init={args.init}")
+    if getattr(args, "teacher", None):  # distillation, unless --set method= says otherwise
+        pinned = any(o.split("=", 1)[0].strip() == "method" for o in args.overrides)
+        overrides = ([] if pinned else ["method=distill"]) + overrides + [f"distill.teacher={args.teacher}"]
     return load_config(config, overrides, notes=notes, previous=previous)
 
 
@@ -269,9 +275,13 @@ def cmd_visualize(args) -> int:
     from mst.eval.visualize import run_visualize
     from mst.methods import load_method
 
-    method = load_method(args.ckpt, default_device())
+    _init_row(args)
+    from mst.checkpoint import load_checkpoint
+
+    offtheshelf = load_checkpoint(args.ckpt)["config"]["method"] == "offtheshelf"  # attention only: no method
+    panels = None if offtheshelf else load_method(args.ckpt, default_device()).panels
     for p in run_visualize(args.ckpt, images=args.images or None, n=args.n, out_dir=args.out, which=args.which,
-                           seed=args.seed, method_panels=method.panels):
+                           seed=args.seed, method_panels=panels):
         print(p)
     return 0
 
@@ -321,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from existing weights (model.init): timm:NAME (timm's hub loader), timm:NAME=FILE "
                         "(that timm ViT with a local .safetensors / .pth / .bin), or an mst run, checkpoint or export; "
                         "the architecture comes from the source, fitted to the data's size, patch and channels")
+    p.add_argument("--teacher", default=None, metavar="SOURCE",
+                   help="distil this frozen pretrained model (SOURCE as for --init) into the student model.arch (a "
+                        "ViT or a timm CNN such as resnet18): method=distill, distill.teacher=SOURCE")
     p.add_argument("--max-steps", type=int, default=None, help="stop once the run has trained this many steps in all, "
                    "relaunches included (a checkpoint is written; relaunch with a larger value or none to go on)")
     p.set_defaults(func=cmd_pretrain)
@@ -421,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dense)
 
     p = sub.add_parser("visualize", help="attention, mask and reconstruction figures")
-    p.add_argument("--ckpt", required=True, help="run directory (also plots its training curves) or checkpoint")
+    p.add_argument("--ckpt", default=None, help="run directory (also plots its training curves) or checkpoint")
+    p.add_argument("--init", default=None, metavar="SOURCE", help="the attention of a pretrained source as it is, "
+                                                                 "fitted to --data (timm:NAME, timm:NAME=FILE, an export)")
+    p.add_argument("--data", default=None, help="with --init: the images it is fitted to and drawn on")
     p.add_argument("--images", nargs="*", help="image files; default: --n test images of the dataset")
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--which", default=None, help="backbone whose attention is drawn (default: the checkpoint's)")

@@ -52,6 +52,7 @@ TYPES: dict[str, type | ListOf] = {
     "amt.throw_ratio": float,
     "finetune.init": str,
     "model.init": str,
+    "distill.teacher": str,
     "finetune.init_backbone": str,
     # default []
     "optim.lr_milestones": ListOf(int),

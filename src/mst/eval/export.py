@@ -51,7 +51,9 @@ def export_backbone(
     if clf is not None:  # the whole classifier, in timm's layout
         prefix = clf["prefix"]
         weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
-        kwargs.update(num_classes=int(clf["num_classes"]), global_pool=clf["global_pool"])
+        kwargs.update(num_classes=int(clf["num_classes"]))
+        if clf.get("global_pool"):  # a ViT's token / avg pooling (a CNN keeps its own)
+            kwargs["global_pool"] = clf["global_pool"]
         class_names = classifier_names(state, ckpt_file)
         if class_names is None:
             log(f"warning: {ckpt_file} does not name its {clf['num_classes']} classes (written before class names "
@@ -70,6 +72,7 @@ def export_backbone(
         "mean": list(cfg["data"]["mean"]),
         "std": list(cfg["data"]["std"]),
         "crop_pct": float(cfg["augment"].get("eval_crop", 1.0)),  # the evaluation's centre crop (1: whole image)
+        "img_size": int(cfg["model"]["img_size"]),
     }
     if clf is not None:
         meta["class_names"] = class_names
@@ -123,7 +126,7 @@ def timm_overlay(meta: dict, file: str | Path | None = None, names: bool = True)
     data's ``mean`` / ``std`` and the evaluation's ``crop_pct`` (what ``timm.data.resolve_model_data_config``
     returns), and for a classifier its ``label_names``; ``file`` first when given."""
     kwargs = meta["model_kwargs"]
-    size = int(kwargs["img_size"])
+    size = int(kwargs.get("img_size") or meta["img_size"])  # a CNN's kwargs hold no size
     overlay: dict = {} if file is None else {"file": str(file)}
     overlay.update(num_classes=int(kwargs.get("num_classes", 0)), input_size=(int(kwargs["in_chans"]), size, size),
                    mean=tuple(meta["mean"]), std=tuple(meta["std"]))

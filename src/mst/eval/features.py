@@ -91,6 +91,12 @@ def load_eval_split(
         from mst.data.fashion_mnist import load_fashion_mnist
 
         images, labels = load_fashion_mnist(data["root"], "train" if split == "train_val" else split)
+        if data.get("classes"):  # data.classes: those classes only, renumbered as build_dataset does
+            kept = [int(c) for c in data["classes"]]
+            sel = np.flatnonzero(np.isin(labels, kept))
+            remap = np.full(int(labels.max()) + 1, -1, np.int64)
+            remap[kept] = np.arange(len(kept))
+            images, labels = images[sel], remap[labels[sel]]
         if split == "train_val":  # the training labels held out to choose a recipe (data.val_share)
             from mst.data.dataset import absolute_indices, build_dataset
 

@@ -62,8 +62,8 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
         raise ConfigError(f"AMT throws tokens away and reads a CLS attention: model.arch={model['arch']!r} can "
                           "do neither (a ViT can)")
     if drops_tokens and not BACKBONES.get(model["arch"]).drops_tokens:
-        raise ConfigError(f"model.arch={model['arch']!r} cannot drop tokens (its windows need the whole grid), which "
-                          f"{cfg['method']} does with mim.mask={mim['mask']!r}: use a ViT")
+        raise ConfigError(f"model.arch={model['arch']!r} cannot drop tokens (Swin's windows and a CNN's feature "
+                          f"map need the whole grid), which {cfg['method']} does with mim.mask={mim['mask']!r}: use a ViT")
     ratio = float(mim["mask_ratio"])
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"mim.mask_ratio={mim['mask_ratio']} must lie in [0, 1) (1 would hide every token)")

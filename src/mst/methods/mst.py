@@ -106,7 +106,8 @@ class MST(Method):
                                   "restores the whole view from every token: set mst.decoder=none to throw")
             if not BACKBONES.get(cfg["model"]["arch"]).drops_tokens:
                 raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, which model.arch="
-                                  f"{cfg['model']['arch']!r} cannot (its windows need the whole grid): use a ViT")
+                                  f"{cfg['model']['arch']!r} cannot (Swin's windows and a CNN's feature map need "
+                                  "the whole grid): use a ViT")
         if float(cfg["dino"]["koleo_weight"]) > 0 and int(cfg["optim"]["batch_size"]) < 2:
             raise ConfigError(f"dino.koleo_weight={cfg['dino']['koleo_weight']} needs optim.batch_size >= 2 (KoLeo "
                               "spreads each process's batch: one image has no neighbour); set dino.koleo_weight=0")

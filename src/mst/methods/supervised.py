@@ -79,9 +79,11 @@ class Supervised(Method):
             raise ConfigError(f"finetune.pool={f['pool']!r} is not one of cls, avg")
         if int(f["num_classes"]) < 2:
             raise ConfigError(f"finetune.num_classes={f['num_classes']} must be >= 2")
-        if not isinstance(BACKBONES.get(cfg["model"]["arch"]), ViTArch):
-            raise ConfigError(f"fine-tuning builds a timm ViT classifier; model.arch={cfg['model']['arch']!r} is "
-                              "not a ViT")
+        from mst.models.cnn import CNNArch
+
+        if not isinstance(BACKBONES.get(cfg["model"]["arch"]), (ViTArch, CNNArch)):
+            raise ConfigError(f"fine-tuning builds a timm ViT or CNN classifier; model.arch={cfg['model']['arch']!r} "
+                              "is neither")
         if not 0 < float(f["layer_decay"]) <= 1:
             raise ConfigError(f"finetune.layer_decay={f['layer_decay']} must lie in (0, 1]")
         if (float(f["mixup"]) > 0 or float(f["cutmix"]) > 0) and int(cfg["optim"]["batch_size"]) % 2:
@@ -102,14 +104,15 @@ class Supervised(Method):
                               f"data.channels={self.cfg['data']['channels']}: fine-tune on data like its own")
         weights = backbone_state(state, which)
         missing, unexpected = self.backbone.vit.load_state_dict(weights, strict=False)
-        new = ("head.", "fc_norm.")
+        new = ("head.", "fc_norm.", self.backbone.vit.default_cfg.get("classifier", "head") + ".")
         missing = [k for k in missing if not k.startswith(new)]
         unexpected = [k for k in unexpected if not (self.pool == "avg" and k.startswith("norm."))]
         if missing or unexpected:
             raise ConfigError(f"the backbone of {ckpt} does not fit this model (missing {missing[:4]}, unexpected "
                               f"{unexpected[:4]}): fine-tune with the pretraining's model settings")
-        nn.init.trunc_normal_(self.backbone.vit.head.weight, std=2e-5)  # MAE: a near-zero head on a good backbone
-        nn.init.zeros_(self.backbone.vit.head.bias)
+        head = self.backbone.vit.get_classifier()
+        nn.init.trunc_normal_(head.weight, std=2e-5)  # MAE: a near-zero head on a good backbone
+        nn.init.zeros_(head.bias)
         return which
 
     # -- the step -----------------------------------------------------------------------------------------------
@@ -139,7 +142,8 @@ class Supervised(Method):
         """timm's layer-wise lr decay groups ("lr_scale"), no weight decay on 1-d parameters, CLS token and
         position embeddings; the engine scales every group's lr by its lr_scale and sets decay where it is on."""
         vit = self.backbone.vit
-        groups = param_groups_layer_decay(vit, weight_decay=1.0, no_weight_decay_list=vit.no_weight_decay(),
+        skip = vit.no_weight_decay() if hasattr(vit, "no_weight_decay") else ()
+        groups = param_groups_layer_decay(vit, weight_decay=1.0, no_weight_decay_list=skip,
                                           layer_decay=float(self.cfg["finetune"]["layer_decay"]))
         for g in groups:
             if g["weight_decay"] == 0.0:
@@ -150,8 +154,10 @@ class Supervised(Method):
         return groups
 
     def checkpoint_info(self) -> dict:
+        vit_pool = "token" if self.pool == "cls" else "avg"
+        cnn = not hasattr(self.backbone.vit, "blocks")
         return {"classifier": {"prefix": "backbone.vit.", "num_classes": self.num_classes,
-                               "global_pool": "token" if self.pool == "cls" else "avg"}}
+                               "global_pool": None if cnn else vit_pool}}
 
 
 __all__ = ["Supervised"]

@@ -29,7 +29,14 @@ def timm_vit(name: str) -> ViTArch | None:
                    num_heads=int(model.blocks[0].attn.num_heads))
 
 
-BACKBONES: Registry = Registry("backbone", "model.arch", fallback=timm_vit)
+def timm_backbone(name: str):
+    """The registry's fallback for a timm name: a ViT (:func:`timm_vit`) or a CNN (:func:`mst.models.cnn.timm_cnn`)."""
+    from mst.models.cnn import timm_cnn
+
+    return timm_vit(name) or timm_cnn(name)
+
+
+BACKBONES: Registry = Registry("backbone", "model.arch", fallback=timm_backbone)
 BACKBONES.register("vit_tiny", ViTArch("vit_tiny_patch16_224", embed_dim=192, depth=12, num_heads=3))
 BACKBONES.register("vit_small", ViTArch("vit_small_patch16_224", embed_dim=384, depth=12, num_heads=6))
 BACKBONES.register("vit_base", ViTArch("vit_base_patch16_224", embed_dim=768, depth=12, num_heads=12))

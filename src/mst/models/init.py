@@ -135,7 +135,11 @@ def _timm_model(name: str, text: str, file: Path | None = None, **kwargs) -> tor
     if file.suffix.lower() not in WEIGHT_SUFFIXES:
         raise ConfigError(f"model.init={text!r}: {file} is not a weights file ({' '.join(WEIGHT_SUFFIXES)})")
     try:  # timm's real loader: its checkpoint filter maps original DINOv2 / MAE / DeiT files to timm's layout
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)),
+        overlay = dict(file=str(file))
+        if "in_chans" in kwargs:  # the file's own channels (an export's JSON): no channel adaptation to warn about
+            size = int(kwargs.get("img_size", 224))
+            overlay["input_size"] = (int(kwargs["in_chans"]), size, size)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay,
                                   **{"num_classes": 0, **kwargs})
     except RuntimeError as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]

@@ -1,0 +1,135 @@
+"""Distillation from a frozen pretrained teacher into any student (LightlyTrain's default use; GFM's and MaskDistill's
+feature targets), on the user's unlabelled images.
+
+One step:
+
+    view -> teacher (frozen, no grad): CLS / pooled embedding + patch tokens on its grid
+         -> student (a ViT or a CNN): pooled embedding + its last feature map
+         -> linear maps to the teacher's width; the student's map resized to the teacher's grid (bilinear)
+         -> 1 - cos(student, teacher) on the embedding and on every patch token
+
+The teacher is ``distill.teacher`` (a SOURCE as for ``--init``: ``timm:NAME``, ``timm:NAME=FILE``, an mst run or
+export), fitted to the data's channels and size by :mod:`mst.models.init` and kept in eval mode; it runs once per
+step on the one view both networks see. The student is ``model.arch``: a registered ViT, any timm ViT name, or a
+timm CNN (``resnet18``, ``convnext_atto``, ``efficientnet_b0``, ...). Cosine, not smooth-L1: it leaves each
+teacher feature's scale out of the target (the scales of a CLS token and of patch tokens differ, and differ from
+one pretrained model to the next), so no normalisation statistics need estimating; the student's own scale is free.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mst.data.batch import Batch
+from mst.methods.base import METHODS, Method, StepContext, StepOutput
+from mst.models.backbones import create_backbone
+from mst.registry import ConfigError
+
+DISTILL_DEFAULTS: dict[str, Any] = {
+    "teacher": None,  # SOURCE of the frozen teacher (required): timm:NAME | timm:NAME=FILE | an mst run or export
+    "global_weight": 1.0,  # 1 - cos on the pooled / CLS embedding
+    "patch_weight": 1.0,  # 1 - cos on the patch tokens, the student's map resized to the teacher's grid
+}
+
+
+def build_teacher(source_text: str, cfg: dict) -> nn.Module:
+    """The frozen teacher: the source's ViT at the data's size and channels, its own patch size (timm's fitting)."""
+    from mst.models.init import fit_state, load_source
+
+    try:
+        source = load_source(source_text)
+    except ConfigError as e:  # the same SOURCE rules as --init, named by this key
+        raise ConfigError(str(e).replace("model.init=", "distill.teacher=", 1)) from None
+    arch = source.arch()
+    patch = arch["patch_size"]
+    size = int(cfg["model"]["img_size"])
+    if size % patch:
+        size = max(patch, size // patch * patch)  # the teacher sees the view resized to a multiple of its patch
+    model_cfg = {"arch": arch["arch"].split(".")[0], "embed_dim": arch["embed_dim"], "depth": arch["depth"],
+                 "num_heads": arch["num_heads"], "patch_size": patch, "img_size": size}
+    teacher = create_backbone(model_cfg, in_chans=int(cfg["data"]["channels"]))
+    state, _ = fit_state(source, teacher.vit)
+    teacher.vit.load_state_dict(state, strict=True)
+    teacher.input_size = size
+    return teacher.eval().requires_grad_(False)
+
+
+def resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """(B, h * w, D) tokens on ``grid`` -> (B, H * W, D) on ``target`` by bilinear interpolation of the map
+    (align_corners=False: each token is the centre of its cell)."""
+    b, n, d = tokens.shape
+    fmap = tokens.transpose(1, 2).reshape(b, d, *grid)
+    if tuple(grid) != tuple(target):
+        fmap = F.interpolate(fmap, size=target, mode="bilinear", align_corners=False)
+    return fmap.flatten(2).transpose(1, 2)
+
+
+@METHODS.register("distill")
+class Distill(Method):
+    sections = ("distill",)
+    defaults = {"distill": DISTILL_DEFAULTS}
+    views = "single"
+    backbones = {"student": "student"}
+    default_backbone = "student"
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        d = cfg["distill"]
+        if not d["teacher"]:  # checked here, not in validate: a preset may leave the teacher to --teacher
+            raise ConfigError("method=distill needs a teacher: --teacher SOURCE or --set distill.teacher=SOURCE "
+                              "(timm:NAME, timm:NAME=FILE, or an mst run / export)")
+        channels = int(cfg["data"]["channels"])
+        self.student = create_backbone(cfg["model"], channels, drop_path=float(cfg["model"]["drop_path"]))
+        self.teacher = build_teacher(str(d["teacher"]), cfg)
+        width = int(self.teacher.embed_dim)
+        self.global_map = nn.Linear(int(self.student.embed_dim), width)
+        self.patch_map = nn.Linear(int(getattr(self.student, "patch_dim", self.student.embed_dim)), width)
+        self.global_weight, self.patch_weight = float(d["global_weight"]), float(d["patch_weight"])
+        size = int(cfg["model"]["img_size"])
+        try:  # a student too deep for the images (ConvNeXt's stem needs 32 px) is one line, before training
+            with torch.no_grad():
+                self.student.eval()(torch.zeros(1, channels, size, size))
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f"model.arch={cfg['model']['arch']!r} cannot take {size} px images "
+                              f"(model.img_size): {str(e).splitlines()[0][:120]}") from None
+        self.student.train()
+
+    @classmethod
+    def validate(cls, cfg: dict) -> None:
+        if float(cfg["distill"]["global_weight"]) < 0 or float(cfg["distill"]["patch_weight"]) < 0:
+            raise ConfigError("distill.global_weight / distill.patch_weight must be >= 0")
+
+    def train(self, mode: bool = True) -> "Distill":
+        super().train(mode)
+        self.teacher.eval()  # frozen: no dropout, no drop-path, whatever the engine asks
+        return self
+
+    @torch.no_grad()
+    def teacher_targets(self, x: torch.Tensor):
+        """The teacher's forward, once per step: (CLS, patch tokens, grid)."""
+        size = self.teacher.input_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        out = self.teacher(x)
+        return out.cls.float(), out.patches.float(), out.grid
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        x = batch.views[0]
+        # 1. The frozen teacher's targets (no grad, eval mode).
+        t_cls, t_patches, t_grid = self.teacher_targets(x)
+        # 2. The student on the same view; its features mapped to the teacher's width and grid.
+        s = self.student(x)
+        s_global = self.global_map(s.cls)
+        s_patches = self.patch_map(resize_tokens(s.patches, s.grid, t_grid))
+        # 3. Cosine distances: the embedding and every patch token.
+        loss_global = (1 - F.cosine_similarity(s_global, t_cls, dim=-1)).mean()
+        loss_patch = (1 - F.cosine_similarity(s_patches, t_patches, dim=-1)).mean()
+        loss = self.global_weight * loss_global + self.patch_weight * loss_patch
+        return StepOutput(loss, {"loss": loss.item(), "loss_global": loss_global.item(),
+                                 "loss_patch": loss_patch.item()})
+
+
+__all__ = ["Distill", "build_teacher", "resize_tokens"]
