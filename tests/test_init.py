@@ -18,7 +18,7 @@ from timm.models import adapt_input_conv
 from mst.cli import main
 from mst.config import load_config
 from mst.methods import build_method
-from mst.models.init import load_source, parse_source
+from mst.sources import load_source, parse_source
 from mst.registry import ConfigError
 
 SIZE = 56  # 4x4 tokens of 14 px, 7x7 of 8 px: small enough for a ViT-S step on a CPU
@@ -118,7 +118,7 @@ def test_each_method_pretrains_from_a_timm_file(saved, photos, tmp_path, capsys,
     for which, prefix in ckpt["backbones"].items():
         w = ckpt["method"][prefix + "blocks.11.mlp.fc2.weight"]
         assert torch.allclose(w, state["blocks.11.mlp.fc2.weight"], atol=5e-2), which
-    from mst.models import init as init_module
+    from mst import sources as init_module
 
     init_module._LOADED.clear()  # as a new process: nothing of the source is cached
     path.rename(path.with_suffix(".moved"))  # a resume does not read the source again
@@ -183,3 +183,28 @@ def test_offline_hub_is_one_line_with_the_way_out(photos, tmp_path):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "--init timm:vit_small_patch14_dinov2.lvd142m=FILE" in err
+
+
+def test_an_mae_vit_base_file_with_its_tag_loads_and_fits(tmp_path):
+    """`timm:vit_base_patch16_224.mae=FILE`: the tag names timm's MAE config, the file a ViT-B/16; fitted to 32 px
+    grey images: patch 16 kept, pos_embed 14x14 -> 2x2, input channels 3 -> 1, every block tensor the file's."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224.mae", pretrained=False, num_classes=0)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / "mae_vitb.safetensors"
+    save_file(state, str(path))
+    cfg = load_config(None, ["method=mae", "model.img_size=32", "data.channels=1", "data.mean=[0.5]",
+                             "data.std=[0.25]", f"model.init=timm:vit_base_patch16_224.mae={path}",
+                             *SMALL["mae"]])
+    assert (cfg["model"]["arch"], cfg["model"]["patch_size"], cfg["model"]["embed_dim"]) == ("vit_base_patch16_224",
+                                                                                             16, 768)
+    from mst.engine.trainer import init_backbones
+
+    method = build_method(cfg)
+    init_backbones(method, cfg["model"]["init"])
+    got = method.encoder.vit.state_dict()
+    torch.testing.assert_close(got["patch_embed.proj.weight"], adapt_input_conv(1, state["patch_embed.proj.weight"]),
+                               rtol=0, atol=0)
+    pos = resample_abs_pos_embed(state["pos_embed"], [2, 2], [14, 14], num_prefix_tokens=1)
+    torch.testing.assert_close(got["pos_embed"], pos, rtol=0, atol=0)
+    assert all(torch.equal(got[k], v) for k, v in state.items() if k.startswith("blocks."))

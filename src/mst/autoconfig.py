@@ -280,7 +280,7 @@ def _from_init(cfg: dict, out: list[Choice], previous: dict | None = None):
             m[key] = old[key]
         out.append(Choice("model.arch", m["arch"], f"from --init {m['init']}, as the run's config.yaml resolved it"))
         return None
-    from mst.models.init import load_source
+    from mst.sources import load_source
 
     source = load_source(str(m["init"]))
     arch = source.arch()
@@ -340,7 +340,7 @@ def resolve_auto(cfg: dict, previous: dict | None = None) -> list[Choice]:
     source = _from_init(cfg, out, previous)
     _sizes(cfg, median, out)
     if source is not None:
-        from mst.models.init import planned_changes
+        from mst.sources import planned_changes
 
         m = cfg["model"]
         for line in planned_changes(source, int(m["patch_size"]), int(m["img_size"]), int(d["channels"])):

@@ -12,7 +12,7 @@ def source_checkpoint(init: str, ckpt: str | None, data: str | None, overrides: 
     """The checkpoint of ``init`` as it is: fitted to ``ckpt``'s data, size and patch when a run is given (so the
     two compare on equal terms), else resolved from ``--data`` (channels, statistics, size; the patch is the
     source's) with ``preset`` as pretraining would."""
-    from mst.checkpoint import load_checkpoint, offtheshelf_checkpoint
+    from mst.checkpoint import load_checkpoint
 
     if ckpt:
         cfg = load_checkpoint(ckpt)["config"]
@@ -40,3 +40,35 @@ def resolve_eval_ckpt(args, preset: Path | None) -> str | None:
         return path
     args.ckpt = path
     return None
+
+
+def offtheshelf_checkpoint(source_text: str, cfg: dict, directory: str | Path | None = None) -> Path:
+    """A checkpoint of a pretrained source used as it is (``--init`` on an evaluation: the "off-the-shelf" row):
+    the source's backbone fitted to ``cfg``'s data (channels, image size, patch) and nothing else, written once
+    per source, size and channel count under ``directory`` (default: the system's temporary folder). Every
+    evaluation and ``mst export`` read it like a pretraining checkpoint; its method is ``offtheshelf`` (fine-tuning
+    gives it the default recipe)."""
+    import copy
+    import tempfile
+
+    from mst.checkpoint import save_checkpoint
+    from mst.models.backbones import create_backbone
+    from mst.sources import fit_state, load_source
+
+    source = load_source(source_text)
+    cfg = copy.deepcopy(cfg)
+    arch = source.arch()
+    m = cfg["model"]
+    m.update(arch=arch["arch"].split(".")[0], embed_dim=arch["embed_dim"], depth=arch["depth"],
+             num_heads=arch["num_heads"], init=source_text)
+    backbone = create_backbone(m, in_chans=int(cfg["data"]["channels"]))
+    state, notes = fit_state(source, backbone.vit)
+    cfg["method"] = "offtheshelf"
+    directory = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / "mst-offtheshelf"
+    path = directory / (f"{source.sha256[:16]}-{m['img_size']}px-p{m['patch_size']}-c{cfg['data']['channels']}-"
+                        f"{'-'.join(map(str, cfg['data']['mean']))}.pt")
+    record = {"source": source_text, "sha256": source.sha256, "timm_name": source.timm_name, "adaptations": notes}
+    save_checkpoint({"config": cfg, "method": {"backbone.vit." + k: v for k, v in state.items()},
+                     "backbones": {"offtheshelf": "backbone.vit."}, "default_backbone": "offtheshelf",
+                     "init": record, "epoch": 0, "step_in_epoch": 0, "global_step": 0}, path)
+    return path

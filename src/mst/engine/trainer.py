@@ -103,7 +103,7 @@ def init_backbones(method, source_text: str) -> dict:
     """Load ``model.init`` into every backbone of ``method`` (MST / DINO: student and teacher; MAE / SimMIM: the
     encoder), fitted to it by timm's tools; returns what the checkpoint records: the source, its sha256, the timm
     architecture and the adaptations."""
-    from mst.models.init import fit_state, load_source
+    from mst.sources import fit_state, load_source
 
     source = load_source(source_text)
     notes: list[str] = []

@@ -9,7 +9,7 @@ One step:
          -> 1 - cos(student, teacher) on the embedding and on every patch token
 
 The teacher is ``distill.teacher`` (a SOURCE as for ``--init``: ``timm:NAME``, ``timm:NAME=FILE``, an mst run or
-export), fitted to the data's channels and size by :mod:`mst.models.init` and kept in eval mode; it runs once per
+export), fitted to the data's channels and size by :mod:`mst.sources` and kept in eval mode; it runs once per
 step on the one view both networks see. The student is ``model.arch``: a registered ViT, any timm ViT name, or a
 timm CNN (``resnet18``, ``convnext_atto``, ``efficientnet_b0``, ...). Cosine, not smooth-L1: it leaves each
 teacher feature's scale out of the target (the scales of a CLS token and of patch tokens differ, and differ from
@@ -37,7 +37,7 @@ DISTILL_DEFAULTS: dict[str, Any] = {
 
 def build_teacher(source_text: str, cfg: dict) -> nn.Module:
     """The frozen teacher: the source's ViT at the data's size and channels, its own patch size (timm's fitting)."""
-    from mst.models.init import fit_state, load_source
+    from mst.sources import fit_state, load_source
 
     try:
         source = load_source(source_text)
