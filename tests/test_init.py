@@ -143,6 +143,24 @@ def test_an_mst_run_and_its_export_are_sources(photos, tmp_path, capsys):
         assert source.arch()["embed_dim"] == 48 and source.arch()["depth"] == 2
         for k, v in want.items():
             assert torch.equal(source.state[k], v), (text, k)
+    # fitted to 1-channel data: timm's adapt_input_conv sums the RGB filters; back to 3 channels, a grey source
+    # would repeat its filter over the channels at a third of its weight
+    from mst.models.backbones import create_backbone
+    from mst.sources import fit_state
+
+    grey = create_backbone({**load_checkpoint(run)["config"]["model"]}, in_chans=1)
+    state, notes = fit_state(load_source(str(run)), grey.vit)
+    w = want["patch_embed.proj.weight"]
+    torch.testing.assert_close(state["patch_embed.proj.weight"], w.sum(1, keepdim=True), rtol=0, atol=1e-6)
+    assert notes == ["input channels 3 -> 1 (timm's adapt_input_conv)"]
+    grey.vit.load_state_dict(state)
+    from mst.sources import Source
+
+    grey_source = Source("grey", "vit_tiny_patch16_224", grey.vit, "0" * 64)
+    rgb = create_backbone({**load_checkpoint(run)["config"]["model"]}, in_chans=3)
+    state, _ = fit_state(grey_source, rgb.vit)
+    torch.testing.assert_close(state["patch_embed.proj.weight"], w.sum(1, keepdim=True).repeat(1, 3, 1, 1) / 3,
+                               rtol=0, atol=1e-6)
 
 
 def one_line(capsys, argv) -> str:

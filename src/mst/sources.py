@@ -265,7 +265,7 @@ def fit_state(source: Source, target: torch.nn.Module) -> tuple[dict[str, torch.
     if tuple(w.shape[-2:]) != tuple(want[key].shape[-2:]):
         w = resample_patch_embed(w, list(want[key].shape[-2:]))
     if w.shape[1] != want[key].shape[1]:
-        w = adapt_input_conv(int(want[key].shape[1]), w)
+        w = adapt_input_conv(int(want[key].shape[1]), w, base_chans=int(w.shape[1]))  # grey -> RGB too
     state[key] = w
     grid = tuple(int(g) for g in target.patch_embed.grid_size)
     if "pos_embed" in state and state["pos_embed"].shape != want["pos_embed"].shape:
