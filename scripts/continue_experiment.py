@@ -224,6 +224,11 @@ def main() -> None:
     if args.stage == "report":
         table = report(root)
         (root / "table.md").write_text(table + "\n")
+        scores = {str(p.relative_to(root).parent): json.loads(p.read_text())
+                  for p in sorted(root.glob("rows/*/seed*/scores.json"))}
+        scores.update({str(p.relative_to(root).parent): json.loads(p.read_text())
+                       for p in sorted(root.glob("photos/*/seed*/knn.json"))})
+        (root / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
         print(table)
         return
     i, n = (int(v) for v in args.lane.split("/"))

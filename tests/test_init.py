@@ -79,7 +79,7 @@ def test_every_tensor_is_the_files_or_timms_adaptation_of_it(saved, photos, name
     text = "\n".join(c.line() for c in notes)
     assert "resample_patch_embed" in text and "adapt_input_conv" in text and "resample_abs_pos_embed" in text
     method = build_method(cfg)
-    from mst.engine.trainer import init_backbones
+    from mst.engine.continued import init_backbones
 
     record = init_backbones(method, cfg["model"]["init"])
     got = method.encoder.vit.state_dict()
@@ -216,7 +216,7 @@ def test_an_mae_vit_base_file_with_its_tag_loads_and_fits(tmp_path):
                              *SMALL["mae"]])
     assert (cfg["model"]["arch"], cfg["model"]["patch_size"], cfg["model"]["embed_dim"]) == ("vit_base_patch16_224",
                                                                                              16, 768)
-    from mst.engine.trainer import init_backbones
+    from mst.engine.continued import init_backbones
 
     method = build_method(cfg)
     init_backbones(method, cfg["model"]["init"])

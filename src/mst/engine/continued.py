@@ -1,5 +1,6 @@
-"""Continued pretraining from existing weights (``model.init``): layer-wise lr decay and freezing the first layers
-of the backbone being trained, both off by default and both method-agnostic (they read ``Method.backbones``).
+"""Continued pretraining from existing weights (``model.init``): loading them into every backbone of a method
+(:func:`init_backbones`), layer-wise lr decay and freezing the first layers of the backbone being trained, both off
+by default and method-agnostic (they read ``Method.backbones``).
 
 Layer ids follow the fine-tuning recipe (timm's ``param_groups_layer_decay``, MAE / BEiT): the patch embedding,
 CLS / register tokens and position embeddings are layer 0, block i is layer i + 1, the final norm goes with the
@@ -69,3 +70,18 @@ def continued_groups(method, groups: list[dict], layer_decay: float = 1.0, freez
                 group["frozen_until"] = int(freeze_epochs)
             out.append(group)
     return out
+
+
+def init_backbones(method, source_text: str) -> dict:
+    """Load ``model.init`` into every backbone of ``method`` (MST / DINO: student and teacher; MAE / SimMIM: the
+    encoder), fitted to it by timm's tools; returns what the checkpoint records: the source, its sha256, the timm
+    architecture and the adaptations."""
+    from mst.sources import fit_state, load_source
+
+    source = load_source(source_text)
+    notes: list[str] = []
+    for prefix in method.backbones.values():
+        vit = method.get_submodule(prefix).vit
+        state, notes = fit_state(source, vit)
+        vit.load_state_dict(state, strict=True)
+    return {"source": source_text, "sha256": source.sha256, "timm_name": source.timm_name, "adaptations": notes}

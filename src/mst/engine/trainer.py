@@ -41,7 +41,7 @@ from mst.engine.distributed import (
     check_same_length,
     init_distributed,
 )
-from mst.engine.continued import continued_groups, freeze_for_run
+from mst.engine.continued import continued_groups, freeze_for_run, init_backbones
 from mst.engine.ema import TeacherEMA, unwrap
 from mst.engine.logger import MetricLogger
 from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
@@ -97,21 +97,6 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b and not name.startswith(RESUMABLE_CHANGES) and not (name == "method" and same_training(a, b)):
             out.append(f"{name}: {a!r} -> {b!r}")
     return out
-
-
-def init_backbones(method, source_text: str) -> dict:
-    """Load ``model.init`` into every backbone of ``method`` (MST / DINO: student and teacher; MAE / SimMIM: the
-    encoder), fitted to it by timm's tools; returns what the checkpoint records: the source, its sha256, the timm
-    architecture and the adaptations."""
-    from mst.sources import fit_state, load_source
-
-    source = load_source(source_text)
-    notes: list[str] = []
-    for prefix in method.backbones.values():
-        vit = method.get_submodule(prefix).vit
-        state, notes = fit_state(source, vit)
-        vit.load_state_dict(state, strict=True)
-    return {"source": source_text, "sha256": source.sha256, "timm_name": source.timm_name, "adaptations": notes}
 
 
 def check_batch_fits(batch_size: int, n_images: int, world_size: int = 1) -> None:
