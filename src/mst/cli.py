@@ -150,7 +150,9 @@ def _init_row(args) -> str | None:
     if both and args.command != "knn":
         raise ConfigError(f"mst {args.command}: give --ckpt or --init, not both (mst knn --ckpt RUN --init SOURCE "
                           "--baselines scores them side by side)")
-    return resolve_eval_ckpt(args, _own_images_preset(getattr(args, "data", None)))
+    data_keys = [o for o in getattr(args, "overrides", []) if o.split("=", 1)[0].strip().startswith("data.")]
+    return resolve_eval_ckpt(args, _own_images_preset(getattr(args, "data", None)),
+                             _data_overrides(getattr(args, "data", None), data_keys))
 
 
 def cmd_knn(args) -> int:
