@@ -258,7 +258,7 @@ def synthetic_base_dataset(cfg: dict, n: int | None = None):
     from mst.data import ArrayDataset
 
     n = int(n or cfg["optim"]["batch_size"])
-    size = int(cfg["augment"]["global_size"])
+    size = int(cfg["model"]["img_size"])
     c = int(cfg["data"]["channels"])
     rng = np.random.default_rng(0)
     shape = (n, size, size) if c == 1 else (n, size, size, 3)
@@ -307,7 +307,7 @@ def single_view_size(cfg: dict) -> int | None:
         return None
     from mst.degradations import build_degradation
 
-    return build_degradation(cfg["mim"]["degradation"], cfg["degrade"]).view_size(int(cfg["augment"]["global_size"]))
+    return build_degradation(cfg["mim"]["degradation"], cfg["degrade"]).view_size(int(cfg["model"]["img_size"]))
 
 
 def make_batch(cfg: dict, device: torch.device | str = "cpu", batch: int | None = None, seed: int = 0):

@@ -88,7 +88,7 @@ def preset_base(cfg: dict):
     from mst.data import build_dataset
 
     try:
-        return build_dataset(cfg["data"], min_size=int(cfg["augment"]["global_size"])), "real"
+        return build_dataset(cfg["data"], min_size=int(cfg["model"]["img_size"])), "real"
     except (FileNotFoundError, ValueError) as e:
         print(f"  (data not found: {e}; using synthetic images of the same size)")
         return synthetic_base_dataset(cfg, 4096), "synthetic"
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_cfg(args)
     batch = int(cfg["optim"]["batch_size"])
     a = cfg["augment"]
-    desc = f"2 x {a['global_size']} + {a['n_local']} x {a['local_size']} px, {cfg['data']['channels']} ch"
+    desc = f"2 x {cfg['model']['img_size']} + {a['n_local']} x {a['local_size']} px, {cfg['data']['channels']} ch"
     base, kind = preset_base(cfg)
     pipe = build_pipeline("multicrop", with_backend(cfg, "pil"), base)
     ms = per_sample_ms(pipe.dataset, 2 * batch, use_cpu_time)
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         big = load_config(args.big_config)
         ab = big["augment"]
-        big_desc = f"2 x {ab['global_size']} + {ab['n_local']} x {ab['local_size']} px RGB"
+        big_desc = f"2 x {big['model']['img_size']} + {ab['n_local']} x {ab['local_size']} px RGB"
         with tempfile.TemporaryDirectory(prefix="mst_jpegs_") as tmp:
             make_jpeg_folder(Path(tmp), args.big_images)
             data_cfg = dict(copy.deepcopy(big["data"]), name="folder", root=tmp, subset=None)

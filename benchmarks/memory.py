@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = cfg["augment"]
     print(f"device: {device_name(device)}  torch {torch.__version__}")
     print(f"config: {args.config} {' '.join(args.overrides)}: {cfg['model']['arch']}/{cfg['model']['patch_size']}, "
-          f"2 x {a['global_size']} + {a['n_local']} x {a['local_size']} px, head out_dim {cfg['dino']['out_dim']}, "
+          f"2 x {cfg['model']['img_size']} + {a['n_local']} x {a['local_size']} px, head out_dim {cfg['dino']['out_dim']}, "
           f"amp={cfg['optim']['amp'] if device.type == 'cuda' else 'fp32 (CPU)'}; mae / simmim: {args.mae_config}, "
           f"{args.simmim_config}")
     batches = [int(b) for b in args.batches.split(",") if b]

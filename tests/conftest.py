@@ -33,7 +33,7 @@ TINY = [
 ]
 
 # the same tiny model for the MIM methods (no DINO head, a 1-block 32-wide MAE decoder)
-TINY_MIM = ["model.depth=2", "augment.global_size=28", *TINY_RUN]
+TINY_MIM = ["model.depth=2", "model.img_size=28", *TINY_RUN]
 TINY_MAE = ["method=mae", *TINY_MIM, "mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]
 TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mim.mask=blocks", "mim.mask_ratio=0.6", "mim.norm_pix_loss=false"]
 TINY_FINETUNE = ["method=finetune", *TINY_MIM]
@@ -108,7 +108,7 @@ def views_for(method, b=4, seed=0):
     """Random views of the shapes ``method`` trains on (its global and local crops, or one view)."""
     g = torch.Generator().manual_seed(seed)
     c = int(method.cfg["data"]["channels"])
-    size = int(method.cfg["augment"]["global_size"])
+    size = int(method.cfg["model"]["img_size"])
     if method.views == "multicrop":
         local = int(method.cfg["augment"]["local_size"])
         return [torch.randn(b, c, size, size, generator=g) for _ in range(2)] + \
@@ -124,17 +124,17 @@ def save_method(method, path, epoch: int = 0):
     return path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_sections():
     """Config sections and keys a test declares (a method or degradation class defined in the test) are gone after
-    it, so no other test sees them."""
-    import mst.defaults as defaults
+    it, so no other test sees them (every test: a class registered in a test module's body declares on first use)."""
+    import mst.settings as settings
     from mst.config import sections
 
     sections()  # the built-in ones first
-    saved, owners = copy.deepcopy(defaults.SECTIONS), dict(defaults._OWNERS)
+    saved, classes = copy.deepcopy(settings._KEYS), dict(settings._CLASSES)
     yield
-    defaults.SECTIONS.clear()
-    defaults.SECTIONS.update(saved)
-    defaults._OWNERS.clear()
-    defaults._OWNERS.update(owners)
+    settings._KEYS.clear()
+    settings._KEYS.update(saved)
+    settings._CLASSES.clear()
+    settings._CLASSES.update(classes)

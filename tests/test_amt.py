@@ -15,6 +15,7 @@ from mst.engine.trainer import Trainer
 from mst.masking import AMTMask, AMTSpec, crop_maps
 from mst.masking.amt import normalised_head_mean
 from mst.methods import build_method
+from mst.methods.mim_common import amt_spec
 from mst.registry import ConfigError
 from tests.conftest import TINY_MAE, TINY_SIMMIM, step
 from tests.test_models import explicit_last_block_attention
@@ -151,7 +152,7 @@ def test_amt_refusals(tmp_path):
         load_config(overrides=TINY_MAE + AMT + ["amt.mask_ratio=1.2"])
     with pytest.raises(ConfigError, match=r"model.arch='swin_tiny' can do neither"):
         load_config(overrides=TINY_SIMMIM + AMT + ["model.arch=swin_tiny", "model.depth=null", "model.img_size=64",
-                                                   "augment.global_size=64"])
+                                                   "model.img_size=64"])
     with pytest.raises(ConfigError, match="set amt.enabled=true"):
         load_config(overrides=TINY_MAE + ["mim.mask=amt"])
     with pytest.raises(ConfigError, match="amt.order='middle' is not one of"):
@@ -232,12 +233,12 @@ def test_null_ratios_are_the_methods_reference():
     from mst.methods import MAE, SimMIM
 
     assert MAE.amt_reference == (0.45, 0.40) and SimMIM.amt_reference == (0.44, 0.26)
-    assert AMTSpec.from_config(load_config(overrides=TINY_MAE + AMT)) == AMTSpec(0.45, 0.40, 1, "mask_first", "floor")
-    simmim = load_config(overrides=TINY_SIMMIM + AMT + ["augment.global_size=32", "model.img_size=32",
+    assert amt_spec(load_config(overrides=TINY_MAE + AMT)) == AMTSpec(0.45, 0.40, 1, "mask_first", "floor")
+    simmim = load_config(overrides=TINY_SIMMIM + AMT + ["model.img_size=32", "model.img_size=32",
                                                      "mim.mask_patch_size=8", "amt.order=throw_lowest"])
-    assert AMTSpec.from_config(simmim) == AMTSpec(0.44, 0.26, 2, "throw_lowest", "ceil")  # blocks: SimMIM's ceil
+    assert amt_spec(simmim) == AMTSpec(0.44, 0.26, 2, "throw_lowest", "ceil")  # blocks: SimMIM's ceil
     half = load_config(overrides=TINY_MAE + AMT + ["amt.throw_ratio=0.1"])  # only the null one is filled in
-    assert AMTSpec.from_config(half) == AMTSpec(0.45, 0.1, 1, "mask_first", "floor")
+    assert amt_spec(half) == AMTSpec(0.45, 0.1, 1, "mask_first", "floor")
 
 
 def test_a_method_without_reference_ratios_must_set_them():
@@ -245,22 +246,22 @@ def test_a_method_without_reference_ratios_must_set_them():
     for method in ("mst", "not_registered"):  # mst: registered, no amt_reference
         with pytest.raises(ConfigError, match=rf"^amt.mask_ratio and amt.throw_ratio null: method='{method}' has no "
                                               r"reference AMT ratios"):
-            AMTSpec.from_config({**cfg, "method": method})
+            amt_spec({**cfg, "method": method})
     half = {**cfg, "method": "mst", "amt": {**cfg["amt"], "mask_ratio": 0.3}}
     with pytest.raises(ConfigError, match=r"^amt.throw_ratio null: method='mst'"):
-        AMTSpec.from_config(half)
+        amt_spec(half)
     both = {**cfg, "method": "mst", "amt": {**cfg["amt"], "mask_ratio": 0.3, "throw_ratio": 0.2}}
-    assert AMTSpec.from_config(both) == AMTSpec(0.3, 0.2)
+    assert amt_spec(both) == AMTSpec(0.3, 0.2)
 
 
 @pytest.mark.parametrize("tiny", [TINY_MAE, TINY_SIMMIM])
 def test_the_validator_and_the_step_resolve_the_same_spec(tiny, monkeypatch):
-    """Config validation and MIMMasking both go through AMTSpec.from_config, and the step draws with its result."""
+    """Config validation and MIMMasking both go through AMTSpec.from_config (via amt_spec), and the step draws with its result."""
     seen = []
     resolve = AMTSpec.from_config.__func__
 
-    def recording(cls, cfg, need_reference=True):
-        seen.append(resolve(cls, cfg, need_reference))
+    def recording(cls, *args, **kwargs):
+        seen.append(resolve(cls, *args, **kwargs))
         return seen[-1]
 
     monkeypatch.setattr(AMTSpec, "from_config", classmethod(recording))

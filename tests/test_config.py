@@ -57,13 +57,42 @@ def test_unknown_override_names_closest_key():
         load_config(overrides=["mst.mask_nun=4"])
 
 
-def test_keys_of_old_presets_say_where_they_went(tmp_path):
-    with pytest.raises(ConfigError, match=r"'mask.strategy' in --set was renamed: use mst.mask"):
-        load_config(overrides=["mask.strategy=none"])
+def test_old_key_names_are_read_as_the_new_ones_with_a_one_line_notice(tmp_path):
+    from mst.config import RenamedKeyNotice
+
+    with pytest.warns(RenamedKeyNotice, match=r"^config key 'mask.strategy' in --set is now 'mst.mask' \(read as it\)$"):
+        cfg = load_config(overrides=["mask.strategy=none"])
+    assert cfg["mst"]["mask"] == "none"
     f = tmp_path / "old.yaml"
-    f.write_text("head:\n  out_dim: 64\n")
-    with pytest.raises(ConfigError, match=r"'head.out_dim' in .*old.yaml was renamed: use dino.out_dim"):
+    f.write_text("head:\n  out_dim: 64\naugment:\n  global_size: 32\n")
+    with pytest.warns(RenamedKeyNotice) as notices:
+        cfg = load_config(f)
+    assert sorted(str(n.message) for n in notices) == [
+        f"config key 'augment.global_size' in {f} is now 'model.img_size' (read as it)",
+        f"config key 'head.out_dim' in {f} is now 'dino.out_dim' (read as it)"]
+    assert cfg["dino"]["out_dim"] == 64 and cfg["model"]["img_size"] == 32 and "head" not in cfg
+    assert "global_size" not in cfg["augment"]  # one size key
+    f.write_text("augment:\n  global_size: 32\nmodel:\n  img_size: 28\n")
+    with pytest.raises(ConfigError, match=r"^augment.global_size=32 and model.img_size=28 in .*old.yaml: "
+                                          r"augment.global_size is the old name of model.img_size; set only "
+                                          r"model.img_size$"):
         load_config(f)
+
+
+def test_a_checkpoint_written_before_a_rename_loads_with_the_new_keys(tmp_path):
+    """Its config is upgraded when read: old names moved, keys newer than it at their defaults."""
+    import torch
+
+    from mst.checkpoint import load_checkpoint
+
+    cfg = load_config(overrides=["optim.epochs=1"])
+    old = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
+    old["augment"]["global_size"] = old["model"].pop("img_size")
+    del old["augment"]["eval_crop"]  # a key that did not exist yet
+    torch.save({"config": old, "method": {}}, tmp_path / "checkpoint.pth")
+    loaded = load_checkpoint(tmp_path / "checkpoint.pth")["config"]
+    assert loaded["model"]["img_size"] == 28 and "global_size" not in loaded["augment"]
+    assert loaded["augment"]["eval_crop"] == 1.0 and loaded == cfg
 
 
 def test_unknown_key_in_file(tmp_path):
@@ -104,8 +133,8 @@ def test_registries_name_the_valid_choices():
 
 
 def test_bad_values():
-    with pytest.raises(ConfigError, match=r"augment.global_size=30 is not divisible by model.patch_size=4"):
-        load_config(overrides=["augment.global_size=30", "model.patch_size=4"])
+    with pytest.raises(ConfigError, match=r"model.img_size=30 is not divisible by model.patch_size=4"):
+        load_config(overrides=["model.img_size=30", "model.patch_size=4"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(overrides=["optim.base_lr"])
     with pytest.raises(ConfigError, match="data.mean"):
@@ -126,9 +155,9 @@ def test_mask_ratio_outside_0_1_is_refused(ratio):
 def test_mask_patch_size_must_be_a_multiple_of_the_patch_and_divide_the_image():
     with pytest.raises(ConfigError, match=r"mim.mask_patch_size=6 is not a multiple of model.patch_size=4"):
         load_config(overrides=["method=simmim", "mim.mask_patch_size=6"])
-    with pytest.raises(ConfigError, match=r"mim.mask_patch_size=8 does not divide the image \(augment.global_size=28"):
+    with pytest.raises(ConfigError, match=r"mim.mask_patch_size=8 does not divide the image \(model.img_size=28"):
         load_config(overrides=["method=simmim", "mim.mask_patch_size=8"])
-    cfg = load_config(overrides=["method=simmim", "mim.mask_patch_size=8", "augment.global_size=32",
+    cfg = load_config(overrides=["method=simmim", "mim.mask_patch_size=8", "model.img_size=32",
                                  "model.img_size=32"])
     assert cfg["mim"]["mask_patch_size"] == 8
 

@@ -8,9 +8,12 @@ import mst.config as config
 from mst.cli import main
 from mst.config import (ConfigError, _flatten, apply_override, check_types, default_of, defaults_for, load_config,
                         merge_dict, register_section, validate)
-from mst.config_checks import RANGES, TYPES, show
-from mst.defaults import COMMON, SECTIONS
+from mst import settings
+from mst.config_checks import show
 from mst.methods import METHODS, Method
+
+# the keys that may be "auto" (derived from the data), as their fields say
+AUTO_KEYS = {f"{s}.{k}" for s, keys in settings.sections().items() for k, spec in keys.items() if spec.auto}
 
 MAE, SIMMIM, FINETUNE = ["method=mae"], ["method=simmim"], ["method=finetune"]
 
@@ -28,7 +31,7 @@ def typed(key: str, shown: str, what: str) -> str:
 
 # every key of AUTO_KEYS set to a value, as the data would make them (so no check depends on the data)
 CONCRETE = ["data.channels=1", "data.mean=[0.286]", "data.std=[0.353]", "model.img_size=28", "model.patch_size=4",
-            "augment.global_size=28", "augment.local_size=12", "model.arch=vit_tiny", "mst.decoder_channels=[64, 32]",
+            "augment.local_size=12", "model.arch=vit_tiny", "mst.decoder_channels=[64, 32]",
             "optim.epochs=10", "optim.batch_size=8"]
 
 
@@ -86,7 +89,7 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key(overrides, message
     (["dino.momentum_teacher=-0.1"], "dino.momentum_teacher=-0.1 must lie in [0, 1]"),
     (["dino.out_dim=0"], "dino.out_dim=0 must be >= 1"),
     (["augment.n_local=-1"], "augment.n_local=-1 must be >= 0"),
-    (["augment.global_size=0"], "augment.global_size=0 must be >= 1"),
+    (["model.img_size=0"], "model.img_size=0 must be >= 1"),
     (["augment.local_size=-4"], "augment.local_size=-4 must be >= 1"),
     (["augment.flip_p=1.5"], "augment.flip_p=1.5 must lie in [0, 1]"),
     (["augment.color_jitter_p=-0.1"], "augment.color_jitter_p=-0.1 must lie in [0, 1]"),
@@ -185,29 +188,28 @@ def test_valid_values_still_load_and_are_brought_to_the_key_type(tmp_path):
     assert cfg["amt"]["mask_ratio"] == 0.0
 
 
-def test_auto_keys_accept_auto_and_skip_the_checks_that_need_their_value(monkeypatch):
-    auto = [f"{k}=auto" for k in sorted(config.AUTO_KEYS)]
+def test_auto_keys_accept_auto_and_skip_the_checks_that_need_their_value(restore_sections):
+    assert {"data.channels", "data.mean", "data.std", "model.img_size", "model.patch_size", "augment.local_size",
+            "mst.decoder_channels", "optim.epochs", "optim.batch_size", "optim.base_lr"} <= AUTO_KEYS
+    assert "optim.amp" not in AUTO_KEYS  # "auto" is one of its choices, not a value from the data
+    auto = [f"{k}=auto" for k in sorted(AUTO_KEYS) if k.split(".")[0] in defaults_for("mst")]
     cfg = unresolved(*auto)
     check_types(cfg)  # "auto" passes the type and range checks of every AUTO key
-    assert all(cfg[k.split(".")[0]][k.split(".")[1]] == "auto" for k in config.AUTO_KEYS)
+    assert all(cfg[k.split(".")[0]][k.split(".")[1]] == "auto" for k in (i.split("=")[0] for i in auto))
     # the checks of combinations skip what is still "auto" (here the data's channels and statistics)
     cfg = unresolved(*CONCRETE, "data.channels=auto", "data.mean=auto", "data.std=auto")
     validate(cfg)
     with exactly("augment.n_local='auto' must be an integer (default 6)"):  # not an AUTO key
         load_config(overrides=["augment.n_local=auto"])
-    # once a key's default is "auto", a value of its own type still loads, and "auto" is named in the error
-    monkeypatch.setitem(COMMON["data"], "channels", "auto")
-    monkeypatch.setitem(COMMON["data"], "mean", "auto")
-    monkeypatch.setitem(COMMON["data"], "std", "auto")
+    # a key whose default is "auto" still loads a value of its own type, and "auto" is named in the error
     cfg = load_config(overrides=["data.channels=3", "data.mean=[0.5, 0.5, 0.5]", "data.std=[0.2, 0.2, 0.2]"])
     assert cfg["data"]["channels"] == 3
     with exactly("data.channels='three' must be an integer or 'auto' (default 'auto')"):
         load_config(overrides=["data.channels=three"])
     with exactly("data.channels=0 must be >= 1"):
         load_config(overrides=["data.channels=0"])
-    # a new key of AUTO_KEYS whose default is "auto" and which has no type in the table takes anything
-    monkeypatch.setitem(COMMON["data"], "bands", "auto")
-    monkeypatch.setattr(config, "AUTO_KEYS", config.AUTO_KEYS | {"data.bands"})
+    # a new key declared with the default "auto" and no type takes anything
+    settings.declare("data", {"bands": settings.make_spec("auto", strict=False)}, "tests.test_config_types")
     cfg = unresolved("data.bands=[1, 2]")
     check_types(cfg)
     assert cfg["data"]["bands"] == [1, 2]
@@ -220,7 +222,7 @@ class _Typed(Method):
         raise NotImplementedError
 
 
-def test_a_section_registered_at_run_time_is_checked_by_its_own_defaults():
+def test_a_section_registered_at_run_time_is_checked_by_its_own_defaults(restore_sections):
     register_section("typed_probe", {"scale": 1.0, "steps": 3, "name": "x", "on": True})
     METHODS.register("typed_probe_method", _Typed)
     try:
@@ -234,7 +236,6 @@ def test_a_section_registered_at_run_time_is_checked_by_its_own_defaults():
             load_config(overrides=["method=typed_probe_method", "typed_probe.scal=2"])
     finally:
         METHODS.unregister("typed_probe_method")
-        SECTIONS.pop("typed_probe", None)
 
 
 @pytest.mark.parametrize("method", ["mst", "mae", "simmim", "finetune"])
@@ -245,12 +246,19 @@ def test_every_key_is_type_checked(method):
             load_config(overrides=[f"method={method}", f"{key}={{bad: 1}}"])
 
 
-def test_the_tables_name_keys_that_exist():
-    every = set(_flatten(COMMON)) | {f"{s}.{k}" for s, d in SECTIONS.items() for k in _flatten(d)}
-    assert set(RANGES) <= every and set(TYPES) <= every and config.AUTO_KEYS <= every
-    none_default = {k for k, v in _flatten(COMMON).items() if v is None}
-    none_default |= {f"{s}.{k}" for s, d in SECTIONS.items() for k, v in _flatten(d).items() if v is None}
-    assert none_default <= set(TYPES)  # every None-default key has a documented type
+def test_every_built_in_key_has_its_type_and_doc_on_its_field():
+    """One home: each key's type and one-line doc are on its field (a None, "auto" or [] default must name its
+    type, or the declaration fails), and every old name leads to a key that exists."""
+    every = settings.sections()
+    for section, keys in every.items():
+        for key, spec in keys.items():
+            if settings.owner(section, key).startswith("mst."):  # not a test module's method
+                assert spec.kind is not None and spec.doc, f"{section}.{key}"
+    for old, new in settings.old_names().items():
+        section, key = new.split(".")
+        assert key in every[section] and old not in {f"{s}.{k}" for s, ks in every.items() for k in ks}
+    with pytest.raises(ValueError, match="needs kind="):
+        settings.make_spec(None, "a key with no type")
 
 
 def test_the_cli_prints_one_line_and_exits_2(tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch
 
 from mst.checkpoint import load_backbone
 from mst.config import COMMON, load_config
-from mst.defaults import SECTIONS
+from mst.config import sections as method_sections
 from mst.degradations import DEGRADATIONS, build_degradation
 from mst.masking import MASKS, MaskResult, MaskStrategy, build_mask_strategy
 from mst.methods import METHODS, StepOutput, build_method
@@ -194,7 +194,7 @@ def test_degradation_contract(name):
     """From a clean view (view_size of the input size): the input at the input size with input_channels, the target
     the clean view; values within the clean range (resampling, crops and zero padding only); the same degradation
     from the same generator, another from another."""
-    d = build_degradation(name, SECTIONS["degrade"])
+    d = build_degradation(name, method_sections()["degrade"])
     c, size = DEGRADE_CHANNELS.get(name, 1), 28
     d.check(c, size, 4)
     view = d.view_size(size)
@@ -221,7 +221,7 @@ def test_every_degradation_trains_with_every_method_that_takes_one(name):
         cfg = load_config(overrides=tiny_overrides(method_name) + channels + [f"{DEGRADATIONS.key}={name}"])
         torch.manual_seed(0)
         method = build_method(cfg).train()
-        size = getattr(method, "view_size", None) or int(cfg["augment"]["global_size"])
+        size = getattr(method, "view_size", None) or int(cfg["model"]["img_size"])
         out = step(method, [torch.randn(2, int(cfg["data"]["channels"]), size, size, generator=gen(0))])
         assert torch.isfinite(out.loss), (method_name, name)
 
@@ -279,13 +279,13 @@ class LowestQuarter(MaskStrategy):
 
 def strategy_keys(method: str) -> list[str]:
     """The config keys that select ``method``'s mask strategy: each of its sections' ``mask`` key."""
-    return [f"{s}.mask" for s in METHODS.get(method).sections if "mask" in SECTIONS.get(s, {})]
+    return [f"{s}.mask" for s in METHODS.get(method).sections if "mask" in method_sections().get(s, {})]
 
 
 def importance_keys(method: str) -> list[str]:
     """``key=source`` for each of ``method``'s sections with an ``importance`` key: its first importance source."""
     cls = METHODS.get(method)
-    return [f"{s}.importance={cls.importance_sources[0]}" for s in cls.sections if "importance" in SECTIONS.get(s, {})]
+    return [f"{s}.importance={cls.importance_sources[0]}" for s in cls.sections if "importance" in method_sections().get(s, {})]
 
 
 @pytest.mark.parametrize("strategy", [RandomQuarter, LowestQuarter])

@@ -265,7 +265,7 @@ def test_corrupt_small_and_truncated_files(tmp_path):
     small = save(gray(9, (20, 30)), tmp_path / "s" / "small.png")
     ImageFolderDataset(tmp_path / "s", labelled=False, channels=1, min_size=20)  # exactly min_size is fine
     with pytest.raises(DataError, match=m(small) + r" is 20x30, smaller than the global crop 28 px; resize it or "
-                       r"lower augment.global_size"):
+                       r"lower model.img_size"):
         ImageFolderDataset(tmp_path / "s", labelled=False, channels=1, min_size=28)
 
     for ext in (".jpg", ".png"):

@@ -3,6 +3,8 @@ the registry (a degradation registered here trains by name), de-colourisation's 
 from __future__ import annotations
 
 import pytest
+
+from mst.settings import make_spec
 import torch
 
 from mst.config import load_config
@@ -210,7 +212,7 @@ def test_a_degradation_registered_here_trains_by_name(restore_sections):
     class _Invert(Degradation):
         """A degradation registered by the test: the encoder sees the negative of the view, times its own setting."""
 
-        defaults = {"invert_gain": 1.0}  # a key of the shared degrade section, declared here only
+        settings = {"invert_gain": make_spec(1.0, "invert: the negative's gain")}  # a degrade key, declared here only
 
         def __init__(self, gain: float = 1.0) -> None:
             self.gain = gain
@@ -235,7 +237,7 @@ def test_a_degradation_registered_here_trains_by_name(restore_sections):
             load_config(overrides=TINY_MAE + ["mim.degradation=invert", "degrade.invert_gain=strong"])
         with pytest.raises(ValueError, match=r"config key degrade.zoom_in is declared by mst.degradations.zoom.ZoomIn"):
             class Twice(_Invert):
-                defaults = {"zoom_in": 2.0}
+                settings = {"zoom_in": make_spec(2.0, "a clash")}
         with pytest.raises(ConfigError, match=r"mim.degradation='inverted' is not a registered degradation"):
             load_config(overrides=TINY_MAE + ["mim.degradation=inverted"])
         with pytest.raises(ConfigError, match="built on MAE"):

@@ -200,7 +200,7 @@ def test_dense_probe_names_a_float_file_it_cannot_paste(tmp_path, mixed):
 
 
 def _finetune_cfg(root: Path, rand_augment: str | None) -> dict:
-    return load_config(overrides=["method=finetune", "model.depth=1", "augment.global_size=28",
+    return load_config(overrides=["method=finetune", "model.depth=1", "model.img_size=28",
                                   "data.name=image_folder", f"data.root={root}", "data.channels=1",
                                   "data.mean=[0.3]", "data.std=[0.3]", "data.num_workers=0",
                                   f"augment.rand_augment={rand_augment or 'null'}"])

@@ -138,9 +138,9 @@ def test_what_cannot_work_is_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="method=distill needs a teacher"):
         build_method(load_config(overrides=[o for o in TINY_DISTILL if not o.startswith("distill.teacher")]))
     with pytest.raises(ConfigError, match="resnet18' cannot drop tokens .*a CNN's feature map"):
-        load_config(overrides=["method=mae", "model.arch=resnet18", "augment.global_size=28"])
+        load_config(overrides=["method=mae", "model.arch=resnet18", "model.img_size=28"])
     with pytest.raises(ConfigError, match="is a CNN: it has no tokens to mask"):
-        build_method(load_config(overrides=["method=simmim", "model.arch=resnet18", "augment.global_size=28"]))
+        build_method(load_config(overrides=["method=simmim", "model.arch=resnet18", "model.img_size=28"]))
     with pytest.raises(ConfigError, match=r"model.arch='convnext_atto' cannot take 28 px images"):
         build_method(load_config(overrides=TINY_DISTILL + ["model.arch=convnext_atto"]))
     code = main(["pretrain", "--out", str(tmp_path / "r"), "--teacher", "timm:beit_base_patch16_224=/nowhere.pth",

@@ -64,7 +64,7 @@ def pretrained(folder, tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = load_config(overrides=PRETRAIN + DATA + [f"data.root={folder}"])
-    assert cfg["data"]["name"] == "image_folder" and cfg["augment"]["global_size"] == SIZE
+    assert cfg["data"]["name"] == "image_folder" and cfg["model"]["img_size"] == SIZE
     run = tmp_path_factory.mktemp("pre") / "run"
     assert Trainer(cfg, run, log=quiet).fit() == "done"
     return run

@@ -190,7 +190,7 @@ def test_maps_without_amt_and_throwing_on_swin_are_refused():
     with pytest.raises(ConfigError, match=r"^mim.importance='maps' reads AMT's stored per-image maps, which exist "
                                           r"only with amt.enabled=true"):
         load_config(overrides=tiny_overrides("mae") + ["mim.mask=attmask", "mim.importance=maps"])
-    swin = ["model.arch=swin_tiny", "model.depth=null", "model.img_size=64", "augment.global_size=64",
+    swin = ["model.arch=swin_tiny", "model.depth=null", "model.img_size=64", "model.img_size=64",
             "augment.local_size=32", "mst.decoder=none", "mst.mask=amt"]
     with pytest.raises(ConfigError, match=r"^mst.mask='amt' throws tokens away, which model.arch='swin_tiny' cannot"):
         load_config(overrides=tiny_overrides("mst") + swin)

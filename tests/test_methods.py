@@ -57,7 +57,7 @@ def test_mae_step_equals_a_hand_computation():
 
 
 def test_simmim_step_equals_the_reference_l1_on_masked_pixels():
-    cfg = load_config(overrides=TINY_SIMMIM + ["augment.global_size=32", "model.img_size=32",
+    cfg = load_config(overrides=TINY_SIMMIM + ["model.img_size=32", "model.img_size=32",
                                                "mim.mask_patch_size=8", "model.drop_path=0.0"])
     torch.manual_seed(0)
     sim = build_method(cfg).eval()
@@ -175,8 +175,8 @@ def test_a_method_registered_here_is_configured_and_trained_by_name(tmp_path):
 def test_a_section_has_one_owner_and_one_default_per_key(restore_sections):
     """A method declaring a section another owner declared with other defaults is refused when its class is
     defined; re-declaring the same defaults (a subclass) is not; register_section still adds a section by hand."""
-    with pytest.raises(ValueError, match=r"config section 'mst' is declared by mst.methods.mst.MST and, with "
-                                         r"other defaults, by tests.test_methods.*Clash"):
+    with pytest.raises(ValueError, match=r"config key mst.mask is declared by mst.methods.mst.MSTSettings and, "
+                                         r"with another default, by tests.test_methods.*Clash"):
         class Clash(_MeanColour):
             defaults = {"mst": {"mask": "random"}}
     with pytest.raises(ValueError, match="'data', a common config section"):

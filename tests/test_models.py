@@ -6,7 +6,8 @@ import torch
 from mst.engine.ema import TeacherEMA
 from mst.models.backbones import create_backbone
 from mst.models.decoders import DECODERS, GlobalImageDecoder, LinearPixelDecoder, MAEDecoder, build_decoder
-from mst.models.encoder import build_student_teacher
+from mst.methods.mst import student_teacher
+from mst.settings import Config
 from mst.models.tokens import gather_tokens, keep_indices, patchify, scatter_tokens, unpatchify
 from tests.conftest import make_tiny_cfg
 
@@ -33,7 +34,7 @@ def explicit_last_block_attention(vit, x, tokens=None):
 
 @pytest.mark.parametrize("patch,size", [(4, 28), (16, 64)])
 def test_captured_attention_equals_explicit(patch, size):
-    cfg = make_tiny_cfg(f"model.patch_size={patch}", f"model.img_size={size}", f"augment.global_size={size}",
+    cfg = make_tiny_cfg(f"model.patch_size={patch}", f"model.img_size={size}", f"model.img_size={size}",
                         "augment.local_size=32" if patch == 16 else "augment.local_size=12")
     torch.manual_seed(0)
     bb = ViTBackbone(cfg["model"], in_chans=1).eval()
@@ -131,7 +132,7 @@ def test_decoder_of_a_patch_that_is_no_power_of_two_ends_on_the_rest():
 
 def test_student_teacher_split_and_ema_by_name():
     cfg = make_tiny_cfg()
-    student, teacher = build_student_teacher(cfg)
+    student, teacher = student_teacher(Config.of(cfg))
     s_names = set(dict(student.named_parameters()))
     t_names = set(dict(teacher.named_parameters()))
     assert t_names < s_names
@@ -158,7 +159,7 @@ def test_student_teacher_split_and_ema_by_name():
 
 def test_ema_rejects_teacher_only_parameter():
     cfg = make_tiny_cfg()
-    student, teacher = build_student_teacher(cfg)
+    student, teacher = student_teacher(Config.of(cfg))
     teacher.extra = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(KeyError, match="extra"):
         TeacherEMA(student, teacher)

@@ -233,7 +233,7 @@ def test_build_folder_datasets(tmp_path):
     val = build_dataset(cfg, split="val")
     assert val.classes == ["dog"] and len(val) == 1
     with pytest.raises(DataError, match="smaller than the global crop 16 px"):
-        build_dataset(cfg, split="val", min_size=16)
+        build_dataset({**cfg, "small_images": "error"}, split="val", min_size=16)
     test = build_dataset(cfg, split="test")  # no test/: val/ stands in (ImageNet layout)
     assert test.classes == ["dog"] and len(test) == 1
     with pytest.raises(DataError, match=m(tmp_path / "val" / "dog") + " has no 'test' or 'val' subfolder"):

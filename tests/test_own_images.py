@@ -14,7 +14,7 @@ from PIL import Image
 
 from mst.autoconfig import decoder_widths, local_for, patch_for, summary
 from mst.cli import main
-from mst.config import load_config
+from mst.config import RenamedKeyNotice, load_config
 from mst.data import DataError, build_dataset
 from mst.data.folders import BandMismatchError, load_image
 from mst.data.inspect import detect_kind, measure_stats
@@ -88,7 +88,7 @@ def test_defaults_come_from_the_data(tmp_path):
     np.testing.assert_allclose(cfg["data"]["mean"], pixels.mean(0), rtol=1e-3)
     np.testing.assert_allclose(cfg["data"]["std"], pixels.std(0), rtol=1e-3)
     # median shorter side 90, capped at 64 on a CPU -> patch 8, 64 px; local crops 3/7 of it; MST decoder log2(8)
-    assert (cfg["model"]["img_size"], cfg["augment"]["global_size"], cfg["model"]["patch_size"]) == (64, 64, 8)
+    assert (cfg["model"]["img_size"], cfg["model"]["img_size"], cfg["model"]["patch_size"]) == (64, 64, 8)
     assert cfg["augment"]["local_size"] == 24 and cfg["mst"]["decoder_channels"] == [256, 128, 64]
     text = summary(notes, cfg)
     assert "data.channels = 3" in text and "--set data.channels=" in text and "median shorter side 90 px" in text
@@ -96,11 +96,13 @@ def test_defaults_come_from_the_data(tmp_path):
 
 def test_one_key_for_the_image_size():
     cfg = load_config(overrides=["model.img_size=64"])
-    assert cfg["augment"]["global_size"] == 64 and cfg["model"]["patch_size"] == 8 and cfg["augment"]["local_size"] == 24
-    with pytest.raises(ConfigError, match=r"augment.global_size=28 contradicts model.img_size=64: set only "
-                                          r"model.img_size"):
+    assert cfg["model"]["img_size"] == 64 and cfg["model"]["patch_size"] == 8 and cfg["augment"]["local_size"] == 24
+    with pytest.raises(ConfigError, match=r"^augment.global_size=28 and model.img_size=64 in --set: "
+                                          r"augment.global_size is the old name of model.img_size; set only "
+                                          r"model.img_size$"):
         load_config(overrides=["model.img_size=64", "augment.global_size=28"])
-    assert load_config(overrides=["augment.global_size=32"])["model"]["img_size"] == 32  # either key alone works
+    with pytest.warns(RenamedKeyNotice, match="'augment.global_size' in --set is now 'model.img_size'"):
+        assert load_config(overrides=["augment.global_size=32"])["model"]["img_size"] == 32  # the old name alone
     assert [patch_for(s) for s in (28, 30, 64, 96, 224, 200)] == [4, 2, 8, 8, 16, 8]
     assert local_for(224, 16) == 96 and local_for(28, 4) == 12
     assert decoder_widths(4) == [256, 128] and decoder_widths(16) == [256, 128, 64, 32]

@@ -13,7 +13,8 @@ from PIL import Image
 from mst.config import load_config
 from mst.data.multicrop import EvalTransform, eval_resize
 from mst.methods import build_method
-from mst.models.encoder import build_student_teacher
+from mst.methods.mst import student_teacher
+from mst.settings import Config
 from tests.conftest import make_tiny_cfg
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -60,7 +61,7 @@ def test_mst_head_bn_statistics_by_hand():
     batch mean of the first linear layer's output on the global views' CLS tokens, whatever the local crops hold."""
     cfg = make_tiny_cfg("dino.use_bn=true", "model.drop_path=0.0")
     torch.manual_seed(0)
-    student, _ = build_student_teacher(cfg)
+    student, _ = student_teacher(Config.of(cfg))
     g = torch.randn(8, 1, 28, 28)
     locals_ = torch.randn(8, 1, 12, 12) * 5 + 3
     with torch.no_grad():

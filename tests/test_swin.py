@@ -10,7 +10,7 @@ from mst.config import load_config
 from tests.conftest import TINY_MAE, make_tiny_cfg, save_method, step
 
 SWIN = ["model.arch=swin_tiny", "model.patch_size=4", "model.img_size=64", "model.depth=null",
-        "augment.global_size=64", "augment.local_size=32", "mst.decoder_channels=[16,16,8,8,8]"]
+        "model.img_size=64", "augment.local_size=32", "mst.decoder_channels=[16,16,8,8,8]"]
 
 
 def explicit_pooled_attention(bb: SwinBackbone, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ import torch
 from mst.checkpoint import load_checkpoint
 from mst.engine.trainer import NonFiniteLossError, Trainer
 from mst.methods import METHODS, build_method
-from mst.models.encoder import build_student_teacher
+from mst.methods.mst import student_teacher
+from mst.settings import Config
 from mst.registry import ConfigError
 from tests.conftest import TINY, make_tiny_cfg, step
 
@@ -36,14 +37,14 @@ def test_train_step_gradients_reach_mask_token_and_decoder_not_teacher():
 def test_head_bn_statistics_from_global_views_only():
     cfg = make_tiny_cfg("dino.use_bn=true", "model.drop_path=0.0")
     torch.manual_seed(0)
-    student, teacher = build_student_teacher(cfg)
+    student, teacher = student_teacher(Config.of(cfg))
     g = [torch.randn(4, 1, 28, 28) for _ in range(2)]
     locals_ = [torch.randn(4, 1, 12, 12) * 5 + 3 for _ in range(2)]
     bn = student.head.mlp[1]
     student(torch.cat(g), None, n_global=2, n_local=0)
     after_global = bn.running_mean.clone()
     torch.manual_seed(0)
-    student2, _ = build_student_teacher(cfg)
+    student2, _ = student_teacher(Config.of(cfg))
     student2(torch.cat(g), torch.cat(locals_), n_global=2, n_local=2)
     # adding local crops must not change the running statistics
     assert torch.allclose(student2.head.mlp[1].running_mean, after_global, atol=1e-6)

@@ -2,17 +2,18 @@
 once, before validation, and each choice is reported (:class:`Choice`) so the CLI can say what it inferred and how
 to override it. A preset or ``--set`` pins any of them.
 
-One key sets the image size, ``model.img_size``: ``augment.global_size`` follows it (setting both to different
-values is an error), ``model.patch_size`` suits it, ``augment.local_size`` is 3/7 of it (DINO's 96 of 224) and MST's
+One key sets the image size, ``model.img_size`` (``augment.global_size`` is its old name): ``model.patch_size``
+suits it, ``augment.local_size`` is 3/7 of it (DINO's 96 of 224) and MST's
 decoder has one width per 2x upsampling of the patch.
 
 >>> from mst.config import load_config
 >>> cfg = load_config(overrides=["model.img_size=56"])  # Fashion-MNIST (no --data): 1 channel, its statistics
->>> cfg["augment"]["global_size"], cfg["augment"]["local_size"], cfg["model"]["patch_size"]
+>>> cfg["model"]["img_size"], cfg["augment"]["local_size"], cfg["model"]["patch_size"]
 (56, 24, 8)
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,24 +99,17 @@ def _resolve_name(cfg: dict, out: list[Choice]) -> str:
 
 def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
     m, a = cfg["model"], cfg["augment"]
-    img, glob = m["img_size"], a["global_size"]
-    if not is_auto(img) and not is_auto(glob) and int(img) != int(glob):
-        raise ConfigError(f"augment.global_size={glob} contradicts model.img_size={img}: set only model.img_size "
-                          "(the global crop follows it)")
-    if is_auto(img) and not is_auto(glob):
-        m["img_size"] = int(glob)
-    elif not is_auto(img):
-        if is_auto(glob):
-            a["global_size"] = int(img)
+    if not is_auto(m["img_size"]):
+        pass  # pinned by a preset or --set
     elif median is None:  # Fashion-MNIST
-        m["img_size"] = a["global_size"] = 28
+        m["img_size"] = 28
         out.append(Choice("model.img_size", 28, "Fashion-MNIST's 28 px"))
     else:
         cap, device = _device_cap()
         size = min(median, cap)
         patch = int(m["patch_size"]) if not is_auto(m["patch_size"]) else preferred_patch(size)
         size = max(2 * patch, size // patch * patch)  # a multiple of the patch: 150 px -> 144 at patch 8
-        m["img_size"] = a["global_size"] = size
+        m["img_size"] = size
         out.append(Choice("model.img_size", size, f"the images' median shorter side {median} px, at most {cap} on "
                                                   f"this {device}, a multiple of the patch"))
     if is_auto(m["patch_size"]) and str(m["arch"]).startswith("swin"):
@@ -132,7 +126,7 @@ def _sizes(cfg: dict, median: int | None, out: list[Choice]) -> None:
                                                                 "tokens; --set model.img_size=32 upscales them to "
                                                                 "8x8 tokens of 4 px instead"))
     if is_auto(a["local_size"]):
-        a["local_size"] = local_for(int(a["global_size"]), int(m["patch_size"]))
+        a["local_size"] = local_for(int(m["img_size"]), int(m["patch_size"]))
         from mst.methods import METHODS
 
         if cfg.get("method") in METHODS and METHODS.get(cfg["method"]).views == "multicrop":
@@ -152,7 +146,7 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
 
     d = cfg["data"]
     root, _, skip = split_layout(d["root"])  # the train split (statistics never see test images)
-    scan = scan_folder(root, seed=int(d.get("subset_seed", 0)), exclude=skip, alpha=d["alpha"])
+    scan = scan_folder(root, seed=int(d["subset_seed"]), exclude=skip, alpha=d["alpha"])
     bands = ", ".join(f"{n} file{'s' if n != 1 else ''} with {b} band{'s' if b != 1 else ''}"
                       for b, n in sorted(scan.bands.items()))
     sampled = f" (headers of {scan.sampled} of {scan.n_files})" if scan.sampled < scan.n_files else ""
@@ -172,7 +166,7 @@ def _folder_data(cfg: dict, out: list[Choice]) -> int:
                                                                     "65535, floats as stored); 16-bit PNGs are read "
                                                                     "in 8 bits"))
     if is_auto(d["mean"]) or is_auto(d["std"]):
-        mean, std, n = measure_stats(scan.files, c, seed=int(d.get("subset_seed", 0)), alpha=d["alpha"])
+        mean, std, n = measure_stats(scan.files, c, seed=int(d["subset_seed"]), alpha=d["alpha"])
         if is_auto(d["mean"]):
             d["mean"] = mean
         if is_auto(d["std"]):
@@ -304,7 +298,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _from_previous(cfg: dict, previous: dict, out: list[Choice]) -> None:
     """A relaunch on a run directory keeps the values its first launch resolved (a resume must not re-measure the
     data, nor pick another size on another machine)."""
-    old = _flat(previous)
+    from mst.config import upgrade
+
+    old = _flat(upgrade(copy.deepcopy(previous)))
     for key, value in _flat(cfg).items():
         if is_auto(value) and key in old and not is_auto(old[key]):
             section, leaf = key.rsplit(".", 1)
@@ -333,7 +329,7 @@ def resolve_auto(cfg: dict, previous: dict | None = None) -> list[Choice]:
         if is_auto(d["std"]):
             d["std"] = list(std) * int(d["channels"])
     elif any(is_auto(d[k]) for k in ("channels", "mean", "std")) or is_auto(cfg["optim"]["epochs"]) \
-            or is_auto(cfg["model"]["img_size"]) and is_auto(cfg["augment"]["global_size"]):
+            or is_auto(cfg["model"]["img_size"]):
         if d["root"] is None:
             raise ConfigError(f"data.name={name} needs data.root (or --data DIR)")
         median = _folder_data(cfg, out)
@@ -349,11 +345,11 @@ def resolve_auto(cfg: dict, previous: dict | None = None) -> list[Choice]:
     _held_out_note(cfg, scan, out)
     _schedule(cfg, scan, out)
     if scan is not None and d.get("small_images") != "error":
-        small = scan.smaller_than(int(cfg["augment"]["global_size"]))
+        small = scan.smaller_than(int(cfg["model"]["img_size"]))
         if small:
             verb = "upscaled" if d["small_images"] == "upscale" else "skipped"
             out.append(Choice("data.small_images", d["small_images"],
-                              f"{small} of {scan.n_files} images are smaller than {cfg['augment']['global_size']} px "
+                              f"{small} of {scan.n_files} images are smaller than {cfg['model']['img_size']} px "
                               f"and are {verb} (upscale | skip | error)"))
     return out
 

@@ -39,11 +39,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint (run directory or file), its config's old key names read as their new ones and keys newer than
+    it at their defaults (a run written before a rename resumes, evaluates and exports)."""
+    from mst.config import upgrade
+
     path = resolve_checkpoint(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated or not a torch file: name it
         raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("config"), dict):
+        upgrade(state["config"], str(path), fill=True)
+    return state
 
 
 def method_checkpoint(method, **extra: Any) -> dict[str, Any]:

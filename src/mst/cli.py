@@ -319,6 +319,16 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from mst.config import method_class, sections
+    from mst.config_doc import describe
+
+    sections()
+    method_class(args.method)  # an unknown method: one line naming the registered ones
+    print(describe(args.method))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mst", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -476,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the reports from the runs that have finished (fewer seeds allowed)")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("config", help="every config key of a method: default, type, range, doc")
+    p.add_argument("--method", default="mst", help="a registered method (default: mst)")
+    p.set_defaults(func=cmd_config)
     return parser
 
 

@@ -1,12 +1,13 @@
-"""Configuration: defaults, YAML presets and ``--set key=value`` overrides, validated against the registries.
+"""Configuration: defaults, YAML presets and ``--set key=value`` overrides, validated against the settings' fields.
 
 A resolved config holds the common sections (``data``, ``augment``, ``model``, ``optim``, ``log``) and the sections
 of its ``method`` only (e.g. ``dino`` + ``mst`` for MST, ``mim`` + ``mae`` + ``amt`` for MAE). A key in no section,
 or a section the method does not use, is an error naming the closest valid keys, so a typo never silently falls
-back to a default. Names of methods, backbones, mask strategies and decoders are checked against their registries.
+back to a default. A key's old name (``augment.global_size``, ``head.out_dim``) is read as its new one with a
+one-line notice.
 
-Every value is checked against the type of its default and, where a key has one, its range (``mst.config_checks``:
-``TYPES``, ``RANGES``); every problem (a bad value, a YAML error, an impossible combination) is one ConfigError line
+Every fact about a key — default, type, range, choices, ``auto``, resumable, old names — is on its field
+(:mod:`mst.settings`); every problem (a bad value, a YAML error, an impossible combination) is one ConfigError line
 naming the key.
 """
 from __future__ import annotations
@@ -19,26 +20,23 @@ from typing import Any
 
 import yaml
 
+from mst import settings
 from mst.autoconfig import is_auto
-from mst.config_checks import AUTO, check_range, check_value, expected_type
-from mst.defaults import COMMON, RENAMED, SECTIONS, add_section  # every key and its default (re-exported)
-from mst.data.folders import ALPHA_POLICIES, SMALL_POLICIES
+from mst.config_checks import check_range, check_value
+from mst.defaults import COMMON, COMMON_SECTIONS, TOP, add_section, common, method_sections  # every key and its default (re-exported)
 from mst.registry import ConfigError
 
-# Keys that may be "auto" (derived from the data) besides a value of their type; range checks and the checks of
-# combinations skip "auto". Their type, for when the default is "auto" itself, is in mst.config_checks.TYPES.
-AUTO_KEYS: set[str] = {
-    "data.channels", "data.mean", "data.std", "model.img_size", "model.patch_size", "augment.global_size",
-    "augment.local_size", "mst.decoder_channels", "optim.epochs", "optim.batch_size", "optim.base_lr",
-}
+
+class RenamedKeyNotice(UserWarning):
+    """A config key given by its old name (read as the new one)."""
 
 
 def sections() -> dict[str, dict[str, Any]]:
-    """Every method section with its defaults: the registry of mst.defaults, filled as the owners' classes are
-    defined (importing the methods defines them, and the degradations MAE reads)."""
+    """Every method section with its defaults, as their owners declared them (importing the methods declares
+    them, and the degradations MAE reads)."""
     import mst.methods  # noqa: F401  (registers the built-in methods' sections)
 
-    return SECTIONS
+    return method_sections()
 
 
 def register_section(name: str, defaults: dict[str, Any]) -> None:
@@ -66,13 +64,13 @@ def method_class(name: str):
 def defaults_for(method: str) -> dict[str, Any]:
     """The default config of ``method``: the common sections and the method's own, with the defaults the method
     changes (``Method.changed_defaults``: ``dino`` is MST with ``mst.mask`` and ``mst.decoder`` none)."""
-    cfg = copy.deepcopy(COMMON)
+    cfg = common()
     cfg["method"] = method
     cls = method_class(method)
     for section in cls.sections:
         if section not in sections():
             raise ConfigError(f"method {method!r} reads config section {section!r}, which is not registered")
-        cfg[section] = copy.deepcopy(sections()[section])
+        cfg[section] = settings.defaults(section)
     for section, changes in cls.changed_defaults.items():
         cfg[section].update(copy.deepcopy(changes))
     return cfg
@@ -81,8 +79,6 @@ def defaults_for(method: str) -> dict[str, Any]:
 def _unknown(key: str, where: str, cfg: dict) -> ConfigError:
     key = str(key)
     section = key.split(".")[0]
-    if key in RENAMED:
-        return ConfigError(f"config key '{key}' in {where} was renamed: use {RENAMED[key]}")
     if section in sections() and section not in cfg:
         users = [m for m, cls in _method_items() if section in cls.sections]
         return ConfigError(f"config section '{section}' (key '{key}' in {where}) is not used by method "
@@ -104,8 +100,6 @@ def _merge(base: dict, update: dict, where: str, root: dict, prefix: str = "") -
     for k, v in update.items():
         key = f"{prefix}{k}"
         if k not in base:
-            if isinstance(v, dict):  # an old section (head:, mask:): name the first key that moved
-                key = next((f"{key}.{sub}" for sub in v if f"{key}.{sub}" in RENAMED), key)
             raise _unknown(key, where, root)
         if isinstance(base[k], dict):
             if not isinstance(v, dict):
@@ -162,9 +156,9 @@ def apply_override(cfg: dict, item: str) -> None:
             if isinstance(node[part], dict):
                 raise ConfigError(f"--set {key}: '{key}' is a section; set one of its keys, e.g. {key}.{next(iter(node[part]))}")
             value = parse_value(text, key)
-            default = default_of(key)
+            spec = key_spec(key)
             if (value is not None and not isinstance(value, (str, bool, list, dict))
-                    and expected_type(key, default, AUTO_KEYS) is str):
+                    and spec is not None and spec.kind is str):
                 value = text.strip()  # a string key: --data 2024 names the folder "2024" (YAML: a number, a date)
             node[part] = value
         else:
@@ -202,6 +196,57 @@ def _lay_over(base: dict, top: dict) -> None:
             base[k] = v
 
 
+def upgrade(cfg: dict, where: str = "", notice: bool = False, fill: bool = False) -> dict:
+    """``cfg`` (a nested dict: a preset, or a checkpoint's config) with every key given by an old name moved to the
+    key that now holds it (:func:`mst.settings.old_names`), in place. ``notice``: one :class:`RenamedKeyNotice`
+    line per key. A key set under both names, to different values, is a ConfigError naming both. ``fill`` (a
+    checkpoint's resolved config): a key newer than it takes its default, which keeps the old behaviour."""
+    for old, new in settings.old_names().items():
+        osec, okey = old.split(".", 1)
+        if not isinstance(cfg.get(osec), dict) or okey not in cfg[osec]:
+            continue
+        value = cfg[osec].pop(okey)
+        if not cfg[osec] and osec not in COMMON_SECTIONS and osec not in TOP and osec not in settings.sections():
+            del cfg[osec]  # an old section (head:, loss:) left empty
+        nsec, nkey = new.split(".", 1)
+        target = cfg.setdefault(nsec, {})
+        if nkey in target and target[nkey] != value:
+            raise ConfigError(f"{old}={value!r} and {new}={target[nkey]!r} in {where or 'the config'}: {old} is the "
+                              f"old name of {new}; set only {new}")
+        target[nkey] = value
+        if notice:
+            warnings.warn(f"config key '{old}' in {where} is now '{new}' (read as it)", RenamedKeyNotice,
+                          stacklevel=3)
+    if fill:
+        for name, values in cfg.items():
+            if isinstance(values, dict):
+                for key, s in settings.specs(name).items():
+                    values.setdefault(key, copy.deepcopy(s.default))
+    return cfg
+
+
+def _upgrade_overrides(items: list[str]) -> list[str]:
+    """``--set old.key=v`` as ``--set new.key=v``, with a notice; one key set under both names, to different
+    values, is a ConfigError naming both."""
+    old = settings.old_names()
+    out, given = [], {}  # given: new key -> (the name it was set by, its text)
+    for item in items:
+        key, text = _split_override(item)
+        new = old.get(key, key)
+        if key in old:
+            warnings.warn(f"config key '{key}' in --set is now '{new}' (read as it)", RenamedKeyNotice,
+                          stacklevel=3)
+            item = f"{new}={text}"
+        if new in given and given[new][0] != key and given[new][1].strip() != text.strip():
+            names = {given[new][0]: given[new][1].strip(), key: text.strip()}
+            was = next(n for n in names if n != new)
+            raise ConfigError(f"{was}={names[was]} and {new}={names[new]} in --set: {was} is the old name of "
+                              f"{new}; set only {new}")
+        given[new] = (key, text)
+        out.append(item)
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 notes: list | None = None, previous: dict | None = None) -> dict:
     """Defaults of the method, then the YAML preset at ``path``, then each ``key=value`` override, then the values
@@ -209,9 +254,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     resumed run's ``previous`` resolved config keeps its values), validated.
 
     The method is the last ``method=`` override, else the preset's ``method``, else ``mst``."""
-    data = _read_yaml(path) if path is not None else {}
-    method = data.get("method", COMMON["method"])
-    for item in overrides or []:
+    sections()  # every owner's keys (and old names) declared
+    data = upgrade(_read_yaml(path), str(path), notice=True) if path is not None else {}
+    overrides = _upgrade_overrides(list(overrides or []))
+    method = data.get("method", TOP["method"].default)
+    for item in overrides:
         key, text = _split_override(item)
         if key == "method":
             method = parse_value(text, key)
@@ -220,12 +267,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for section in [k for k in data if k in sections() and k not in cfg]:
             del data[section]
     _merge(cfg, data, str(path), cfg)
-    for item in overrides or []:
+    for item in overrides:
         apply_override(cfg, item)
     from mst.autoconfig import resolve_auto
 
-    check_types(cfg)  # a bad value is named before anything reads the data
-    check_choices(cfg)
+    check_types(cfg)  # a bad value (or choice) is named before anything reads the data
     choices = resolve_auto(cfg, previous)
     if notes is not None:
         notes.extend(choices)
@@ -241,73 +287,39 @@ def merge_dict(cfg: dict, update: dict, where: str = "config") -> dict:
     return out
 
 
-def _section_defaults(cfg: dict) -> dict[str, Any]:
-    """Dotted key -> default, for every key of ``cfg``'s sections (common ones and the method's, from COMMON and
-    SECTIONS, so a section registered at run time is checked by its own defaults)."""
-    out: dict[str, Any] = {}
-    for name in cfg:
-        default = COMMON[name] if name in COMMON else sections().get(name)
-        if isinstance(default, dict):
-            out.update(_flatten(default, name + "."))
-        elif name in COMMON:
-            out[name] = default
-    return out
+def key_spec(key: str) -> settings.Spec | None:
+    """The spec of the dotted ``key`` (a top-level one too: ``seed``, ``method``); None if there is no such key."""
+    return TOP.get(key) if "." not in key else settings.spec(key)
 
 
 def default_of(key: str) -> Any:
     """The default of the dotted ``key`` (None if it has none)."""
-    return _section_defaults({key.split(".")[0]: None}).get(key)
+    s = key_spec(key)
+    return None if s is None else copy.deepcopy(s.default)
 
 
 def check_types(cfg: dict) -> None:
-    """Every value of ``cfg`` against its default's type, then its range (``mst.config_checks``); numbers are
+    """Every value of ``cfg`` against its key's type, then its range and choices (the fields' specs); numbers are
     brought to the key's type in place (1 -> 1.0 for a float key, 2.0 -> 2 for an int key, '1e-3' -> 0.001)."""
-    present = []  # (key, default, the dict holding the key, its last part)
-    for key, default in _section_defaults(cfg).items():
-        *path, last = key.split(".")
-        node: Any = cfg
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and last in node:  # (a checkpoint's older config may lack a key)
-            present.append((key, default, node, last))
-    for key, default, node, last in present:
-        node[last] = check_value(key, node[last], default, AUTO_KEYS)
-    for key, _, node, last in present:
-        check_range(key, node[last])
-
-
-def choice(cfg: dict, key: str, options) -> None:
-    """``key`` (dotted) must hold one of ``options``."""
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part]
-    if node not in options:
-        raise ConfigError(f"{key}={node!r} is not one of {', '.join(map(str, options))}")
-
-
-def check_choices(cfg: dict) -> None:
-    """The keys that take one of a few words; checked before anything reads the data (a bad data.alpha is named,
-    not reported as unreadable images)."""
-    choice(cfg, "data.bad_files", ("error", "skip"))
-    choice(cfg, "data.small_images", SMALL_POLICIES)
-    choice(cfg, "data.alpha", ALPHA_POLICIES)
-    choice(cfg, "data.name", ("auto", "fashion_mnist", "folder", "image_folder"))
-    choice(cfg, "optim.amp", ("auto", "bf16", "fp16", "none"))
-    choice(cfg, "optim.clip_mode", ("param", "norm"))
-    choice(cfg, "optim.lr_schedule", ("cosine", "multistep"))
-    choice(cfg, "augment.backend", ("pil", "tensor"))
-    choice(cfg, "augment.crop", ("rrc", "pad"))
-    choice(cfg, "model.pos_embed", ("learned", "sincos"))
+    present = []  # (key, spec, the dict holding the key, its last part)
+    for name, value in cfg.items():
+        if name in TOP:
+            present.append((name, TOP[name], cfg, name))
+        elif isinstance(value, dict):
+            present += [(f"{name}.{k}", s, value, k) for k, s in settings.specs(name).items() if k in value]
+    for key, spec, node, last in present:
+        node[last] = check_value(key, node[last], spec)
+    for key, spec, node, last in present:
+        check_range(key, node[last], spec)
 
 
 def validate(cfg: dict) -> None:
     """Types and ranges of every key, the common checks, then the method's own (``Method.validate``). Mutates
     nothing but numbers brought to their key's type (:func:`check_types`) and ``log.knn_every`` on unlabelled
-    data (switched off with a warning). Values still "auto" (``AUTO_KEYS``) skip the checks that need them."""
+    data (switched off with a warning). Values still "auto" skip the checks that need them."""
     from mst.models.backbones import BACKBONES
 
     check_types(cfg)
-    check_choices(cfg)
     d, a, m = cfg["data"], cfg["augment"], cfg["model"]
     BACKBONES.get(m["arch"])
     if not is_auto(d["channels"], d["mean"], d["std"]) and (len(d["mean"]) != d["channels"]
@@ -315,9 +327,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.mean / data.std need {d['channels']} values (data.channels), "
                           f"got {d['mean']} / {d['std']}")
     multicrop = method_class(cfg["method"]).views == "multicrop"
-    for size_key in ("global_size", "local_size") if multicrop else ("global_size",):
-        if not is_auto(a[size_key], m["patch_size"]) and a[size_key] % m["patch_size"]:
-            raise ConfigError(f"augment.{size_key}={a[size_key]} is not divisible by model.patch_size={m['patch_size']}")
+    if multicrop and not is_auto(a["local_size"], m["patch_size"]) and a["local_size"] % m["patch_size"]:
+        raise ConfigError(f"augment.local_size={a['local_size']} is not divisible by model.patch_size={m['patch_size']}")
     if m["embed_dim"] and m["num_heads"] and m["embed_dim"] % m["num_heads"]:
         raise ConfigError(f"model.embed_dim={m['embed_dim']} is not divisible by model.num_heads={m['num_heads']}")
     if not is_auto(m["img_size"], m["patch_size"]) and m["img_size"] % m["patch_size"]:

@@ -1,18 +1,13 @@
-"""Type and range checks of config values: one ``ConfigError`` line naming the key, the value and what is allowed.
+"""The checks a key's :class:`mst.settings.Spec` describes: one ``ConfigError`` line naming the key, the value and
+what is allowed.
 
-* Types (:func:`check_value`, called for every key by ``mst.config.check_types``): a key's value must have the
-  type of its default (the common sections' in :mod:`mst.defaults`, a method section's where its owner declares it:
-  ``Method.defaults``, ``Degradation.defaults``, or ``register_section``); :data:`TYPES` names the type where the default cannot (``None``,
-  ``"auto"`` or an empty list). int keys take integers (an integral float such as 2.0 becomes 2), float keys
-  numbers (ints become floats), bool keys true / false, str keys strings, list keys lists whose elements have the
-  type of the default's. A key whose default is None (or listed in :data:`NULLABLE`) also takes null; a key in
-  ``mst.config.AUTO_KEYS`` also takes ``"auto"``.
-* Ranges (:data:`RANGES`, checked by :func:`check_range` after the types): which values make sense for a key.
-  None (where null is allowed) and ``"auto"`` are not range-checked.
+* Types (:func:`check_value`): int keys take integers (an integral float such as 2.0 becomes 2), float keys
+  numbers (ints become floats), bool keys true / false, str keys strings, list keys lists of the element type. A
+  nullable key also takes null, an ``auto`` key ``"auto"``.
+* Ranges and choices (:func:`check_range`, after the types); null and ``"auto"`` are not range-checked.
 
-Keys in neither table are type-checked only. Choices (``optim.amp`` etc.) and registered names (``model.arch``,
-``mst.mask``, ...) are checked by ``mst.config.validate`` and the registries, combinations of keys there and by
-each method's ``validate``.
+Registered names (``model.arch``, ``mst.mask``, ...) are checked by their registries, combinations of keys by
+``mst.config.validate`` and each method's ``validate``.
 """
 from __future__ import annotations
 
@@ -34,51 +29,7 @@ class ListOf:
 
 # -------------------------------------------------------------------------------------------------------- types
 
-# The type of keys whose default does not tell it: defaults None (these keys also take null), empty lists, and the
-# keys of mst.config.AUTO_KEYS (whose default may become "auto"). A key here is checked against this type, not its
-# default's.
-TYPES: dict[str, type | ListOf] = {
-    # default None
-    "data.root": str,
-    "data.subset": int,
-    "data.classes": ListOf(int),
-    "augment.rand_augment": str,
-    "model.depth": int,
-    "model.embed_dim": int,
-    "model.num_heads": int,
-    "mim.mask_patch_size": int,
-    "mim.importance": str,
-    "amt.mask_ratio": float,
-    "amt.throw_ratio": float,
-    "finetune.init": str,
-    "model.init": str,
-    "distill.teacher": str,
-    "finetune.init_backbone": str,
-    # default []
-    "optim.lr_milestones": ListOf(int),
-    # AUTO_KEYS (data-derived; their default may be "auto")
-    "data.channels": int,
-    "data.mean": ListOf(float),
-    "data.std": ListOf(float),
-    "model.img_size": int,
-    "model.patch_size": int,
-    "model.arch": str,
-    "augment.global_size": int,
-    "augment.local_size": int,
-    "mst.decoder_channels": ListOf(int),
-    "optim.epochs": int,
-    "optim.batch_size": int,
-    "optim.base_lr": float,
-}
-
-# keys whose default is not None that also take null
-NULLABLE = {
-    "log.knn_train_subset",  # null: the whole train split
-    "log.knn_test_subset",  # null: the whole test split
-}
-
-
-def _kind(default: Any) -> type | ListOf | None:
+def kind_of(default: Any) -> type | ListOf | None:
     """The type a default stands for (None: unknown, anything goes)."""
     if isinstance(default, bool):
         return bool
@@ -89,21 +40,11 @@ def _kind(default: Any) -> type | ListOf | None:
     if isinstance(default, str):
         return str
     if isinstance(default, (list, tuple)):
-        kinds = {_kind(v) for v in default}
+        kinds = {kind_of(v) for v in default}
         if kinds == {int, float}:
             return ListOf(float)
         return ListOf(kinds.pop() if len(kinds) == 1 else None)
     return None
-
-
-def expected_type(key: str, default: Any, auto_keys=frozenset()) -> type | ListOf | None:
-    """The type ``key`` takes (None: unchecked): :data:`TYPES`' entry, else its default's. An ``"auto"`` default
-    of a key in ``auto_keys`` with no entry tells nothing."""
-    if key in TYPES:
-        return TYPES[key]
-    if default == AUTO and key in auto_keys:
-        return None
-    return _kind(default)
 
 
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -161,14 +102,12 @@ def _convert(kind: type | None, value: Any) -> Any:
     return float(value)
 
 
-def check_value(key: str, value: Any, default: Any, auto_keys=frozenset()) -> Any:
+def check_value(key: str, value: Any, spec) -> Any:
     """``value`` of ``key`` converted to the key's type (ints of float keys become floats, integral floats of int
     keys ints, '1e-3' a number); a ConfigError naming the key, the value, the type and the default if it has
-    another type."""
-    kind = expected_type(key, default, auto_keys)
-    nullable = default is None or key in NULLABLE
-    auto = key in auto_keys
-    if kind is None or (value is None and nullable) or (value == AUTO and auto):
+    another type. ``spec``: the key's :class:`mst.settings.Spec`."""
+    kind, default = spec.kind, spec.default
+    if kind is None or (value is None and spec.nullable) or (value == AUTO and spec.auto):
         return value
     try:
         if isinstance(kind, ListOf):
@@ -178,7 +117,7 @@ def check_value(key: str, value: Any, default: Any, auto_keys=frozenset()) -> An
         return _convert(kind, value)
     except _Bad:
         # "auto" is named where it is the default (elsewhere it is accepted, but not advertised)
-        what = _describe(kind, nullable, auto and default == AUTO)
+        what = _describe(kind, spec.nullable, spec.auto and default == AUTO)
         if kind in (int, float) and isinstance(value, float) and not math.isfinite(value):
             what = f"a finite {'integer' if kind is int else 'number'}"
         raise ConfigError(f"{key}={show(value)} must be {what} (default {show(default)})") from None
@@ -259,111 +198,13 @@ RATIO = Range(0, 1, hi_open=True)  # [0, 1)
 SCALE = Each(Range(0, 1, lo_open=True), n=2, ordered=True)  # a crop's share of the image: 0 < low <= high <= 1
 SIGMA = Each(POSITIVE, n=2, ordered=True)  # a blur's sigma range: 0 < low <= high
 
-# Every key with a sensible range (keys of all sections; a section the method does not read is not checked). Keys
-# missing here: seeds, names and choices (checked against their registries / options), booleans, data.mean.
-RANGES: dict[str, Range | Each | Rule] = {
-    # data
-    "data.subset": AT_LEAST_1,
-    "data.channels": AT_LEAST_1,
-    "data.num_workers": NON_NEGATIVE,
-    "data.holdout": Range(0, 1, lo_open=True, hi_open=True),
-    "data.val_share": Range(0, 1, hi_open=True),
-    "data.std": Each(POSITIVE),
-    # augment
-    "augment.global_size": AT_LEAST_1,
-    "augment.local_size": AT_LEAST_1,
-    "augment.n_local": NON_NEGATIVE,
-    "augment.global_scale": SCALE,
-    "augment.local_scale": SCALE,
-    "augment.flip_p": PROBABILITY,
-    "augment.color_jitter": Rule(lambda v: len(v) == 4 and all(x >= 0 for x in v) and v[3] <= 0.5,
-                                 "be four numbers >= 0 (brightness, contrast, saturation, hue), hue <= 0.5"),
-    "augment.color_jitter_p": PROBABILITY,
-    "augment.grayscale_p": PROBABILITY,
-    "augment.blur_p": Each(PROBABILITY, n=3, what="global 1, global 2, locals"),
-    "augment.blur_sigma": SIGMA,
-    "augment.solarize_p": PROBABILITY,
-    # model
-    "model.patch_size": AT_LEAST_1,
-    "model.img_size": AT_LEAST_1,
-    "model.depth": AT_LEAST_1,
-    "model.embed_dim": AT_LEAST_1,
-    "model.num_heads": AT_LEAST_1,
-    "model.drop_path": RATIO,
-    # optim
-    "optim.epochs": AT_LEAST_1,
-    "optim.batch_size": AT_LEAST_1,
-    "optim.base_lr": POSITIVE,
-    "optim.min_lr": NON_NEGATIVE,
-    "optim.warmup_epochs": NON_NEGATIVE,
-    "optim.lr_milestones": Each(NON_NEGATIVE),
-    "optim.lr_gamma": POSITIVE,
-    "optim.weight_decay": NON_NEGATIVE,
-    "optim.layer_decay": Range(0, 1, lo_open=True),
-    "optim.freeze_blocks": Range(-1),
-    "optim.freeze_epochs": NON_NEGATIVE,
-    "optim.weight_decay_end": NON_NEGATIVE,
-    "optim.betas": Each(RATIO, n=2),
-    "optim.clip_grad": NON_NEGATIVE,
-    # log
-    "log.every": AT_LEAST_1,
-    "log.knn_every": NON_NEGATIVE,
-    "log.knn_train_subset": AT_LEAST_1,
-    "log.knn_test_subset": AT_LEAST_1,
-    "log.knn_k": AT_LEAST_1,
-    "log.checkpoint_every_steps": NON_NEGATIVE,
-    # dino
-    "dino.out_dim": AT_LEAST_1,
-    "dino.hidden_dim": AT_LEAST_1,
-    "dino.bottleneck_dim": AT_LEAST_1,
-    "dino.nlayers": AT_LEAST_1,
-    "dino.teacher_temp": POSITIVE,
-    "dino.warmup_teacher_temp": POSITIVE,
-    "dino.warmup_teacher_temp_epochs": NON_NEGATIVE,
-    "dino.student_temp": POSITIVE,
-    "dino.center_momentum": PROBABILITY,
-    "dino.momentum_teacher": PROBABILITY,
-    "dino.freeze_last_layer": NON_NEGATIVE,
-    "dino.sinkhorn_iters": AT_LEAST_1,
-    "dino.koleo_weight": NON_NEGATIVE,
-    # mst
-    "mst.mask_num": AT_LEAST_1,
-    "mst.mask_p": PROBABILITY,
-    "mst.decoder_channels": Each(AT_LEAST_1),
-    "mst.ce_weight": NON_NEGATIVE,
-    "mst.restore_weight": NON_NEGATIVE,
-    # mim
-    "mim.mask_ratio": RATIO,
-    "mim.mask_patch_size": AT_LEAST_1,
-    # degrade.*: checked by each degradation's constructor (MAE.validate builds every registered one)
-    "augment.eval_crop": Range(0, 1, lo_open=True),
-    "augment.pad": NON_NEGATIVE,
-    # amt (mask_ratio, throw_ratio, order: checked by mst.masking.AMTSpec, the one place that resolves them)
-    "amt.start": NON_NEGATIVE,
-    "amt.interval": AT_LEAST_1,
-    "amt.batch_size": AT_LEAST_1,
-    # mae
-    "mae.decoder_dim": AT_LEAST_1,
-    "mae.decoder_depth": AT_LEAST_1,
-    "mae.decoder_heads": AT_LEAST_1,
-    # finetune
-    "finetune.num_classes": Range(2),
-    "finetune.layer_decay": Range(0, 1, lo_open=True),
-    "finetune.label_smoothing": PROBABILITY,
-    "finetune.mixup": NON_NEGATIVE,
-    "finetune.cutmix": NON_NEGATIVE,
-    "finetune.mixup_prob": PROBABILITY,
-    "finetune.mixup_switch_prob": PROBABILITY,
-    "finetune.reprob": PROBABILITY,
-}
-
-
-def check_range(key: str, value: Any) -> None:
-    """A ConfigError if ``value`` (already of the key's type) is outside the key's range in :data:`RANGES`; null and
-    ``"auto"`` pass."""
-    rule = RANGES.get(key)
-    if rule is None or value is None or value == AUTO:
+def check_range(key: str, value: Any, spec) -> None:
+    """A ConfigError if ``value`` (already of the key's type) is outside the key's range or choices (``spec``: its
+    :class:`mst.settings.Spec`); null and ``"auto"`` pass."""
+    if value is None or (value == AUTO and spec.auto):
         return
-    problem = rule.check(key, value)
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{key}={show(value)} is not one of {', '.join(map(str, spec.choices))}")
+    problem = spec.range.check(key, value) if spec.range is not None else None
     if problem:
         raise ConfigError(f"{key}={show(value)} {problem}")

@@ -39,7 +39,7 @@ def default_preset(pre: dict, random_init: bool) -> Path:
     return CHOSEN_PRESETS.get(kind, DEFAULT_PRESET)
 FROM_CHECKPOINT = ("model.arch", "model.patch_size", "model.img_size", "model.depth", "model.embed_dim",
                    "model.num_heads", "data.name", "data.root", "data.channels", "data.mean", "data.std",
-                   "data.alpha", "data.holdout", "data.classes", "augment.global_size")
+                   "data.alpha", "data.holdout", "data.classes")
 
 
 def _get(cfg: dict, key: str):
@@ -90,7 +90,7 @@ def fitting_batch(cfg: dict, n_images: int) -> int | None:
     if int(cfg["optim"]["batch_size"]) <= n:
         return None
     f = cfg["finetune"]
-    even = float(f.get("mixup", 0)) > 0 or float(f.get("cutmix", 0)) > 0
+    even = float(f["mixup"]) > 0 or float(f["cutmix"]) > 0
     return max(2 if even else 1, n - (n % 2 if even else 0))
 
 

@@ -40,7 +40,7 @@ def build_schedules(cfg: dict, iters_per_epoch: int, world_size: int) -> dict[st
     global_batch = int(o["batch_size"]) * world_size
     lr = float(o["base_lr"]) * global_batch / 256.0
     epochs, warm = int(o["epochs"]), int(o["warmup_epochs"])
-    if o.get("lr_schedule", "cosine") == "multistep":
+    if o["lr_schedule"] == "multistep":
         lrs = multistep_schedule(lr, list(o["lr_milestones"]), float(o["lr_gamma"]), epochs, iters_per_epoch, warm)
     else:
         lrs = cosine_schedule(lr, float(o["min_lr"]), epochs, iters_per_epoch, warm)

@@ -16,6 +16,8 @@ import torch
 from .fashion_mnist import DEFAULT_ROOT, ArrayDataset, FashionMNIST
 from .folders import DataError, ImageFolderDataset
 from .multicrop import MultiCropTransform
+from .settings import DataSettings  # noqa: F401  (declares the data section typed() reads)
+from mst.settings import typed
 
 DATASET_NAMES = ("fashion_mnist", "folder", "image_folder")
 
@@ -172,58 +174,60 @@ def build_dataset(data_cfg: dict, split: str | None = None, min_size: int = 0):
     keeps a fixed random N images (numpy default_rng(0), sorted), identical across runs and processes.
     ``min_size`` (folders only) rejects images whose shorter side is below it, e.g. the global crop size.
     ``val_share`` > 0 carves that share of each class out of the train split (after the subset): ``train`` is the
-    rest and ``train_val`` the carved images, where a recipe is chosen without touching the test split.
+    rest and ``train_val`` the carved images, where a recipe is chosen without touching the test split. Keys
+    ``data_cfg`` lacks take their declared defaults (:class:`mst.data.settings.DataSettings`).
     """
+    data_cfg = typed("data", data_cfg)
     name = data_cfg["name"]
-    split = split if split is not None else data_cfg.get("split", "train")
+    split = split if split is not None else data_cfg["split"]
     carved_split = split == "train_val"
     split = "train" if carved_split else split
-    channels = int(data_cfg.get("channels", 1))
+    channels = int(data_cfg["channels"])
     if name == "fashion_mnist":
-        ds = FashionMNIST(data_cfg.get("root") or DEFAULT_ROOT, split=split, channels=channels)
+        ds = FashionMNIST(data_cfg["root"] or DEFAULT_ROOT, split=split, channels=channels)
     elif name in ("folder", "image_folder"):
-        if data_cfg.get("root") is None:
+        if data_cfg["root"] is None:
             raise DataError(f"data.root must be set for data.name={name} (or pass --data DIR)")
         train_dir, test_dir, skip = split_layout(data_cfg["root"])
         held_out = name == "image_folder" and test_dir is None
         if split in ("test", "val") and test_dir is None and not held_out:
             raise DataError(f"data directory {data_cfg['root']} has no 'test' or 'val' subfolder for split={split!r}")
-        small = data_cfg.get("small_images", "error")
+        small = data_cfg["small_images"]
         ds = ImageFolderDataset(
             train_dir if split == "train" or held_out else test_dir,
             labelled=(name == "image_folder"),
             channels=channels,
-            bad_files=data_cfg.get("bad_files", "error"),
+            bad_files=data_cfg["bad_files"],
             min_size=min_size,
-            alpha=data_cfg.get("alpha", "black"),
+            alpha=data_cfg["alpha"],
             small="upscale" if held_out else small,  # a held-out split applies the policy after it is drawn
             exclude=skip if split == "train" else (),
         )
         if held_out:  # no val/ or test/: a fixed share of each class is the test split, the rest the train split
-            test = holdout_indices(ds.targets, float(data_cfg.get("holdout", 0.2)), HOLDOUT_SEED)
+            test = holdout_indices(ds.targets, float(data_cfg["holdout"]), HOLDOUT_SEED)
             keep = test if split in ("test", "val") else np.setdiff1d(np.arange(len(ds)), test)
             ds = SubsetDataset(ds, _apply_small_policy(ds, keep, min_size, small).tolist())
     else:
         raise DataError(f"data.name={name!r} is not one of {', '.join(DATASET_NAMES)}")
-    if data_cfg.get("classes"):
+    if data_cfg["classes"]:
         ds = keep_classes(ds, [int(c) for c in data_cfg["classes"]])
-    subset = data_cfg.get("subset")
+    subset = data_cfg["subset"]
     if subset is not None:
         if int(subset) < 1:
             raise DataError(f"data.subset={subset} must be a positive number of images (or null)")
         if int(subset) > len(ds):
             raise DataError(f"data.subset={subset} is larger than the {len(ds)} images of the {split} split of "
-                            f"{data_cfg.get('root') or name}; lower it or set data.subset=null")
-        if data_cfg.get("balanced"):
-            idx = balanced_subset_indices(np.asarray(ds.targets), int(subset), int(data_cfg.get("subset_seed", 0)))
+                            f"{data_cfg['root'] or name}; lower it or set data.subset=null")
+        if data_cfg["balanced"]:
+            idx = balanced_subset_indices(np.asarray(ds.targets), int(subset), int(data_cfg["subset_seed"]))
         else:
-            idx = subset_indices(len(ds), int(subset), int(data_cfg.get("subset_seed", 0)))
+            idx = subset_indices(len(ds), int(subset), int(data_cfg["subset_seed"]))
         ds = SubsetDataset(ds, idx.tolist())
-    share = float(data_cfg.get("val_share") or 0.0)
+    share = float(data_cfg["val_share"])
     if carved_split and share <= 0:
         raise DataError("split 'train_val' needs data.val_share > 0 (the share of the training labels held out)")
     if share > 0 and split == "train":
-        carved = holdout_indices(np.asarray(ds.targets), share, int(data_cfg.get("subset_seed", 0)))
+        carved = holdout_indices(np.asarray(ds.targets), share, int(data_cfg["subset_seed"]))
         keep = carved if carved_split else np.setdiff1d(np.arange(len(ds)), carved)
         ds = SubsetDataset(ds, keep.tolist())
     return ds
@@ -295,10 +299,10 @@ def collate_crops(batch: list[tuple[list[torch.Tensor], int]]) -> tuple[list[tor
 
 def build_pretrain_dataset(cfg: dict, split: str | None = None) -> AugmentedDataset:
     """Base dataset + multi-crop transform + per-sample seeding, all from a full config."""
-    base = build_dataset(cfg["data"], split=split, min_size=int(cfg["augment"]["global_size"]))
+    base = build_dataset(cfg["data"], split=split, min_size=int(cfg["model"]["img_size"]))
     d = cfg["data"]
-    transform = MultiCropTransform(cfg["augment"], d["mean"], d["std"], int(d["channels"]))
-    return AugmentedDataset(base, transform, seed=int(cfg.get("seed", 0)))
+    transform = MultiCropTransform({**cfg["augment"], "global_size": int(cfg["model"]["img_size"])}, d["mean"], d["std"], int(d["channels"]))
+    return AugmentedDataset(base, transform, seed=int(cfg["seed"]))
 
 
 __all__ = [

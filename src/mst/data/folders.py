@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
-from .readers import _PIL_MODES, Header, is_dicom, is_tiff, read_dicom, read_header, read_tiff, to_unit_float
+from .formats import extensions, is_supported
+from .formats.pil import PIL_MODES
+from .readers import Header, read_header, read_pixels, to_unit_float
 
-EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 ALPHA_POLICIES = ("black", "white", "drop", "keep")  # data.alpha: composite onto black / white, drop, or keep as a band
 SMALL_POLICIES = ("upscale", "skip", "error")  # data.small_images
 
@@ -38,8 +39,9 @@ class BadFileWarning(UserWarning):
     """Files were skipped under ``data.bad_files=skip`` or ``data.small_images=skip``."""
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(EXTENSIONS)
+def _is_image(name: str, exts: tuple[str, ...] | None = None) -> bool:
+    """A registered format's file (:mod:`mst.data.formats`); ``exts``: ``extensions()``, read once per scan."""
+    return is_supported(name, exts)
 
 
 def _walk(root: Path) -> tuple[list[Path], Counter]:
@@ -61,7 +63,7 @@ def _walk(root: Path) -> tuple[list[Path], Counter]:
 def _no_images_error(where: Path, suffixes: Counter) -> DataError:
     found = ", ".join(f"{s} ({n})" for s, n in suffixes.most_common(5))
     return DataError(
-        f"{where} has no images with a supported extension ({', '.join(EXTENSIONS)}, any case); found: {found}"
+        f"{where} has no images with a supported extension ({', '.join(extensions())}, any case); found: {found}"
     )
 
 
@@ -159,14 +161,10 @@ def compatible(bands: int, channels: int) -> bool:
     return bands == channels or {bands, channels} == {1, 3}
 
 
-def _read_array(path: Path, channels: int, alpha: str):
-    """8-bit grey or RGB TIFF -> PIL. Anything else -> a float32 (C, H, W) tensor at full precision: TIFF integers
-    divided by their type's maximum (uint16 / 65535), floats as stored, DICOM in the modality's units (rescale slope
-    / intercept applied). The measured statistics normalise them; nothing is windowed to 8 bits."""
-    if is_dicom(path):
-        arr, has_alpha = read_dicom(path), False
-    else:
-        arr, has_alpha = read_tiff(path)
+def _from_array(path: Path, arr: np.ndarray, has_alpha: bool, channels: int, alpha: str):
+    """A reader's (H, W, B) array: 8-bit grey or RGB -> PIL. Anything else -> a float32 (C, H, W) tensor at full
+    precision: integers divided by their type's maximum (uint16 / 65535), floats as stored (DICOM in the modality's
+    units). The measured statistics normalise them; nothing is windowed to 8 bits."""
     if has_alpha and not keeps_alpha(arr.shape[-1] - 1, True, channels, alpha):
         top = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
         arr = remove_alpha(arr, alpha, top).astype(arr.dtype)
@@ -179,6 +177,20 @@ def _read_array(path: Path, channels: int, alpha: str):
     if arr.shape[-1] != channels:  # a grey file in colour data (repeated), or the reverse (ITU-R 601-2 luma)
         arr = np.repeat(arr, 3, -1) if channels == 3 else (arr @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _from_pil(path: Path, im: Image.Image, channels: int, alpha: str):
+    """A decoded PIL image -> 'L' / 'RGB' (:func:`to_channels`), or a float32 tensor when the alpha band is kept."""
+    bands, has_alpha = PIL_MODES.get(im.mode, (1, False) if im.mode.startswith("I;16") else (3, False))
+    has_alpha = has_alpha or (im.mode == "P" and "transparency" in im.info)
+    if keeps_alpha(bands, has_alpha, channels, alpha):  # every sample, alpha as data: a float tensor
+        if channels != bands + 1:
+            raise _bands_error(path, bands + 1, False, channels)
+        arr = np.asarray(im.convert("LA" if bands == 1 else "RGBA"), dtype=np.float32) / 255.0
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    if channels not in (1, 3):
+        raise _bands_error(path, bands, has_alpha, channels)
+    return to_channels(im, channels, alpha)
 
 
 def _upscale(img, min_size: int):
@@ -208,23 +220,9 @@ def load_image(path: str | Path, channels: int, min_size: int = 0, alpha: str = 
     saved = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not load grey
     try:
-        if is_tiff(path) or is_dicom(path):
-            img = _read_array(path, channels, alpha)
-        else:
-            with Image.open(path) as im:
-                im.load()
-                im = ImageOps.exif_transpose(im) or im
-                bands, has_alpha = _PIL_MODES.get(im.mode, (1, False) if im.mode.startswith("I;16") else (3, False))
-                has_alpha = has_alpha or (im.mode == "P" and "transparency" in im.info)
-                if keeps_alpha(bands, has_alpha, channels, alpha):  # every sample, alpha as data: a float tensor
-                    if channels != bands + 1:
-                        raise _bands_error(path, bands + 1, False, channels)
-                    arr = np.asarray(im.convert("LA" if bands == 1 else "RGBA"), dtype=np.float32) / 255.0
-                    img = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-                elif channels not in (1, 3):
-                    raise _bands_error(path, bands, has_alpha, channels)
-                else:
-                    img = to_channels(im, channels, alpha)
+        pixels = read_pixels(path)  # the registered format's full read
+        img = _from_pil(path, pixels, channels, alpha) if isinstance(pixels, Image.Image) else \
+            _from_array(path, *pixels, channels, alpha)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
@@ -243,7 +241,7 @@ def _check_size(path: str | Path, size: tuple[int, int], min_size: int) -> None:
     if min(size) < min_size:
         raise SmallImageError(
             f"image {path} is {size[0]}x{size[1]}, smaller than the global crop {min_size} px; resize it or "
-            f"lower augment.global_size (model.img_size), or set data.small_images=upscale (or skip)"
+            f"lower model.img_size, or set data.small_images=upscale (or skip)"
         )
 
 
@@ -300,7 +298,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         files = [p for p in files if p.relative_to(self.root).parts[0] not in self.exclude]
         if not files:
             raise DataError(f"data directory {self.root} is empty")
-        images = [p for p in files if _is_image(p.name)]
+        exts = extensions()
+        images = [p for p in files if _is_image(p.name, exts)]
         if not images:
             raise _no_images_error(self.root, suffixes)
         return [(p, -1) for p in images]
@@ -316,9 +315,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 f"root/CLASS/image.jpg); use data.name=folder for unlabelled images"
             )
         samples: list[tuple[Path, int]] = []
+        exts = extensions()
         for idx, cls in enumerate(self.classes):
             files, suffixes = _walk(self.root / cls)
-            images = [p for p in files if _is_image(p.name)]
+            images = [p for p in files if _is_image(p.name, exts)]
             if not images:
                 if not files:
                     raise DataError(f"class folder {self.root / cls} is empty (no images)")

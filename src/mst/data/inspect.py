@@ -15,6 +15,7 @@ from PIL import Image
 
 from .fashion_mnist import _FILES
 from .folders import BandMismatchError, DataError, _is_image, _walk, load_image
+from .formats import extensions, format_for
 from .readers import read_header
 
 SPLITS = ("train", "val", "test")
@@ -25,7 +26,8 @@ def has_idx_files(root: Path) -> bool:
 
 
 def _holds_images(folder: Path) -> bool:
-    return any(_is_image(e) and not e.startswith(".") and (folder / e).is_file() for e in os.listdir(folder))
+    exts = extensions()
+    return any(_is_image(e, exts) and not e.startswith(".") and (folder / e).is_file() for e in os.listdir(folder))
 
 
 def _image_subdirs(folder: Path, exclude: tuple[str, ...] = ()) -> tuple[list[str], list[str], bool]:
@@ -77,7 +79,7 @@ class FolderScan:
     sampled: int
     bands: Counter = field(default_factory=Counter)  # data bands (alpha excluded) -> files
     alpha: int = 0  # files with an alpha band
-    alpha_tiff: list[str] = field(default_factory=list)  # TIFF files among them (a 4th band may be data: RGB + NIR)
+    alpha_tiff: list[str] = field(default_factory=list)  # those whose alpha tag may mark data (TIFF: RGB + NIR)
     high_bit: int = 0  # files of more than 8 bits per sample
     short_sides: list[int] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
@@ -110,7 +112,8 @@ class FolderScan:
 
 def image_files(root: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
     files, _ = _walk(root)
-    return [p for p in files if _is_image(p.name) and p.relative_to(root).parts[0] not in exclude]
+    exts = extensions()
+    return [p for p in files if _is_image(p.name, exts) and p.relative_to(root).parts[0] not in exclude]
 
 
 def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude: tuple[str, ...] = (),
@@ -121,8 +124,7 @@ def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude:
     root = Path(root)
     files = image_files(root, exclude)
     if not files:
-        raise DataError(f"data directory {root} holds no images (supported: .jpg .jpeg .png .bmp .tif .tiff .webp "
-                        ".dcm)")
+        raise DataError(f"data directory {root} holds no images (supported: {' '.join(extensions())})")
     chosen = files
     if len(files) > max_files:
         idx = np.sort(np.random.default_rng(seed).choice(len(files), max_files, replace=False))
@@ -138,7 +140,7 @@ def scan_folder(root: str | Path, max_files: int = 2000, seed: int = 0, exclude:
         scan.bands[bands] += 1
         scan.example.setdefault(bands, str(path))
         scan.alpha += int(h.alpha)
-        if h.alpha and path.suffix.lower() in (".tif", ".tiff"):
+        if h.alpha and format_for(path).alpha_may_be_data:
             scan.alpha_tiff.append(str(path))
         scan.high_bit += int(h.bits > 8)
         scan.short_sides.append(min(h.width, h.height))

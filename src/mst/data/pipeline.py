@@ -85,12 +85,17 @@ def _stats(cfg: dict) -> tuple[list, list, int]:
     return d["mean"], d["std"], int(d["channels"])
 
 
+def view_settings(cfg: dict, size: int | None = None) -> dict:
+    """The augment section with ``global_size``: the global views' side (``size``, else ``model.img_size``), the
+    one size the transforms crop to."""
+    return {**dict(cfg["augment"]), "global_size": int(size if size is not None else cfg["model"]["img_size"])}
+
+
 def build_pipeline(kind: str, cfg: dict, base: Dataset, size: int | None = None) -> ViewPipeline:
     """The view pipeline ``kind`` (multicrop | single) over ``base`` for the config's augment section and backend.
     ``size``: the single view's side when the method crops wider than its input (zoom-in); else the global size."""
-    a, seed, backend = dict(cfg["augment"]), int(cfg["seed"]), cfg["augment"]["backend"]
-    if size is not None:
-        a["global_size"] = int(size)
+    # the transforms take the augment section and the global views' side (model.img_size, or the wider view)
+    a, seed, backend = view_settings(cfg, size), int(cfg["seed"]), cfg["augment"]["backend"]
     mean, std, channels = _stats(cfg)
     if kind not in VIEW_KINDS:
         raise ValueError(f"views={kind!r} is not one of {', '.join(VIEW_KINDS)}")
@@ -105,7 +110,7 @@ def build_pipeline(kind: str, cfg: dict, base: Dataset, size: int | None = None)
                 return Batch(aug(images, generator=gen), labels.to(device), index.to(device))
         else:
             single = GPUSingleView(a["global_size"], a["global_scale"], a["flip_p"], mean, std, channels,
-                                   a.get("crop", "rrc"), int(a.get("pad", 0)))
+                                   a["crop"], int(a["pad"]))
 
             def to_batch(loaded, device, gen):
                 (images, labels), index = loaded
@@ -125,8 +130,7 @@ def build_pipeline(kind: str, cfg: dict, base: Dataset, size: int | None = None)
         return ViewPipeline(ds, collate_indexed_crops, to_batch)
 
     transform = SingleViewTransform(a["global_size"], a["global_scale"], a["flip_p"], mean, std, channels,
-                                    rand_augment=a.get("rand_augment"), crop=a.get("crop", "rrc"),
-                                    pad=int(a.get("pad", 0)))
+                                    rand_augment=a["rand_augment"], crop=a["crop"], pad=int(a["pad"]))
     ds = AugmentedDataset(base, transform, seed=seed)
 
     def to_batch(loaded, device, gen):

@@ -24,7 +24,7 @@ randomness is per batch (one generator), so a sample's crops depend on its batch
 
 Usage::
 
-    aug = GPUMultiCrop(cfg["augment"], cfg["data"]["mean"], cfg["data"]["std"], cfg["data"]["channels"])
+    aug = GPUMultiCrop(view_settings(cfg), cfg["data"]["mean"], cfg["data"]["std"], cfg["data"]["channels"])
     loader = DataLoader(RawImageDataset(base, channels), batch_size=B, collate_fn=collate_raw, ...)
     gen = torch.Generator(device).manual_seed(seed)
     for images, labels in loader:               # uint8 (B, C, H, W), or a list of (C, H_i, W_i)

@@ -14,8 +14,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from mst.defaults import add_section_keys
 from mst.registry import ConfigError, Registry
+from mst.settings import Spec, declare
 
 
 @dataclass
@@ -30,14 +30,14 @@ class Degraded:
 
 class Degradation(abc.ABC):
     """``input_channels(c)``: how many channels the encoder takes for c-channel data (de-colourise: 1).
-    ``defaults``: the keys this degradation reads from the shared ``degrade`` config section, with their defaults
-    (registered in mst.defaults.SECTIONS when the class is defined)."""
+    ``settings``: the keys this degradation reads from the shared ``degrade`` config section, each with its
+    :class:`~mst.settings.Spec` (``make_spec(default, doc)``), registered when the class is defined."""
 
-    defaults: ClassVar[dict[str, Any]] = {}
+    settings: ClassVar[dict[str, Spec]] = {}
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        add_section_keys("degrade", cls.__dict__.get("defaults", {}), f"{cls.__module__}.{cls.__qualname__}")
+        declare("degrade", cls.__dict__.get("settings", {}), f"{cls.__module__}.{cls.__qualname__}")
 
     @classmethod
     def from_config(cls, section: dict) -> "Degradation":

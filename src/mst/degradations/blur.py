@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from mst.data.image_ops import gaussian_blur
 from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
+from mst.settings import make_spec
 
 
 class Blur(Degradation):
-    defaults = {"blur_kernel": 7, "blur_sigma": [0.5, 2.0]}
+    settings = {"blur_kernel": make_spec(7, "blur: odd kernel side in px (>= 3)"),
+                "blur_sigma": make_spec([0.5, 2.0], "blur: sigma range [low, high]")}
 
     def __init__(self, kernel: int = 7, sigma: tuple[float, float] = (0.5, 2.0)) -> None:
         if kernel < 3 or kernel % 2 == 0:

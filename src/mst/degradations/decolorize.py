@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 
 from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
+from mst.settings import make_spec
 
 
 class Decolorize(Degradation):
-    defaults = {"decolor_max": 2 / 3}  # channel weights ~ U(0, 2/3)
+    settings = {"decolor_max": make_spec(2 / 3, "decolorize: channel weights ~ U(0, decolor_max)")}
 
     def __init__(self, high: float = 2 / 3) -> None:
         if not high > 0:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
+from mst.settings import make_spec
 
 
 def fisheye_grid(centres: torch.Tensor, strength: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -24,7 +25,7 @@ def fisheye_grid(centres: torch.Tensor, strength: torch.Tensor, h: int, w: int) 
 
 
 class Distort(Degradation):
-    defaults = {"distort": [0.15, 0.25]}  # fisheye strength range
+    settings = {"distort": make_spec([0.15, 0.25], "distort: fisheye strength range [low, high]")}
 
     def __init__(self, strength: tuple[float, float] = (0.15, 0.25)) -> None:
         if len(strength) != 2:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mst.degradations.base import DEGRADATIONS, Degradation, Degraded, uniform
+from mst.settings import make_spec
 
 
 _AREA: dict[tuple, torch.Tensor] = {}
@@ -64,9 +65,9 @@ def strip_weights(big: int, b: int, device: torch.device | str = "cpu") -> torch
 
 
 class ZoomIn(Degradation):
-    defaults = {
-        "zoom_in": 9 / 7,  # the input is the centre 224 of a 288 px field of view
-        "ring_weight": 0.2,  # share of the loss on the border ring the input does not show
+    settings = {
+        "zoom_in": make_spec(9 / 7, "zoom_in: the view is this much wider than the input (centre 224 of 288 px)"),
+        "ring_weight": make_spec(0.2, "zoom_in: share of the loss on the border ring the input does not show"),
     }
 
     def __init__(self, zoom: float = 9 / 7, ring_weight: float = 0.2) -> None:
@@ -124,7 +125,7 @@ class ZoomIn(Degradation):
 
 
 class ZoomOut(Degradation):
-    defaults = {"zoom_out": 1.4}  # 7/5: a 160 px image in a 224 px mirror-padded canvas
+    settings = {"zoom_out": make_spec(1.4, "zoom_out: canvas / image side (7/5: 160 px in a 224 px mirror-padded canvas)")}
 
     def __init__(self, zoom: float = 7 / 5) -> None:
         if not zoom > 1:

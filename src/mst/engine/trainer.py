@@ -48,6 +48,7 @@ from mst.engine.optim import build_optimizer, clip_gradients, set_lr_wd
 from mst.schedules import build_schedules
 from mst.methods.base import EpochData, StepContext, build_method, same_training
 from mst.registry import ConfigError
+from mst.settings import spec
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,13 +80,14 @@ class _StopRequest:
             signal.signal(s, old)
 
 
-# keys that may change between a run and its resumption (they do not change what is trained)
-RESUMABLE_CHANGES = ("log.", "data.num_workers", "data.root", "data.bad_files", "optim.compile", "optim.amp",
-                     "optim.channels_last_decoder", "model.grad_checkpointing")
+def _resumable(name: str) -> bool:
+    """A key a resumed run may change (its field says ``resumable``: it does not change what is trained)."""
+    s = spec(name)
+    return s is not None and s.resumable
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: old -> new' for each setting that differs and is not in :data:`RESUMABLE_CHANGES`."""
+    """'key: old -> new' for each setting that differs and may not change on resume (:func:`_resumable`)."""
     out = []
     for key in sorted(set(old) | set(new)):
         name = prefix + key
@@ -94,7 +96,7 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_changes(a, b, name + ".")
-        elif a != b and not name.startswith(RESUMABLE_CHANGES) and not (name == "method" and same_training(a, b)):
+        elif a != b and not _resumable(name) and not (name == "method" and same_training(a, b)):
             out.append(f"{name}: {a!r} -> {b!r}")
     return out
 
@@ -165,7 +167,7 @@ class Trainer:
             self.init_record = init_backbones(self.method, cfg["model"]["init"])
             self.log(f"started {', '.join(self.method.backbones)} from {self.init_record['source']} "
                      f"(sha256 {self.init_record['sha256'][:12]}); the heads, decoders and [MASK] are new")
-        base = build_dataset(cfg["data"], min_size=int(cfg["augment"]["global_size"]))  # reject too-small images
+        base = build_dataset(cfg["data"], min_size=int(cfg["model"]["img_size"]))  # reject too-small images
         if self.method.needs_labels and (len(base) == 0 or int(np.min(getattr(base, "targets", [-1]))) < 0):
             raise DataError(f"method {cfg['method']} trains on labels, but data.name={cfg['data']['name']} has none "
                             "(use image_folder with class subfolders, or fashion_mnist)")

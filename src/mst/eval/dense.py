@@ -379,7 +379,7 @@ def run_dense(
         raise DataError(f"the images at {d.get('root')} are unlabelled (data.name=folder): the dense probe needs a "
                         "labelled folder (class subfolders, optionally under train/ val/ test/) or Fashion-MNIST")
     if canvas is None:
-        canvas = int(cfg["augment"]["global_size"]) if on_folder else 56
+        canvas = int(cfg["model"]["img_size"]) if on_folder else 56
     if canvas % patch:
         raise ValueError(f"canvas size {canvas} is not divisible by the patch size {patch}")
     if on_folder:

@@ -71,7 +71,7 @@ def export_backbone(
         "epoch": state.get("epoch"),
         "mean": list(cfg["data"]["mean"]),
         "std": list(cfg["data"]["std"]),
-        "crop_pct": float(cfg["augment"].get("eval_crop", 1.0)),  # the evaluation's centre crop (1: whole image)
+        "crop_pct": float(cfg["augment"]["eval_crop"]),  # the evaluation's centre crop (1: whole image)
         "img_size": int(cfg["model"]["img_size"]),
     }
     if clf is not None:

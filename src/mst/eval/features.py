@@ -86,7 +86,7 @@ def load_eval_split(
     data = dict(cfg["data"])
     if root is not None:
         data["root"] = str(root)
-    size = int(cfg["augment"]["global_size"])
+    size = int(cfg["model"]["img_size"])
     if data["name"] == "fashion_mnist":
         from mst.data.fashion_mnist import load_fashion_mnist
 
@@ -112,7 +112,7 @@ def load_eval_split(
             data.update(split=split, subset=None)
         base = build_dataset(data, split)
         idx = _subset(np.asarray(base.targets), subset, seed, balanced)
-        crop = float(cfg["augment"].get("eval_crop", 1.0))  # a checkpoint of an older version has none: 1
+        crop = float(cfg["augment"]["eval_crop"])
         ds = _Transformed(base, EvalTransform(size, data["mean"], data["std"], data["channels"], crop))
         return Subset(ds, idx.tolist()) if len(idx) < len(base) else ds
     from mst.data import DataError

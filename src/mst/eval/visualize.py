@@ -198,8 +198,8 @@ def load_image_tensor(path: str | Path, cfg: dict) -> torch.Tensor:
     from mst.data import EvalTransform, load_image
 
     d = cfg["data"]
-    transform = EvalTransform(int(cfg["augment"]["global_size"]), d["mean"], d["std"], int(d["channels"]),
-                              float(cfg["augment"].get("eval_crop", 1.0)))
+    transform = EvalTransform(int(cfg["model"]["img_size"]), d["mean"], d["std"], int(d["channels"]),
+                              float(cfg["augment"]["eval_crop"]))
     return transform(load_image(path, int(d["channels"])))
 
 

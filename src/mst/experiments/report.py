@@ -8,19 +8,8 @@ import re
 import statistics
 from pathlib import Path
 
-from mst.experiments.specs import ABLATIONS, EXTRA_METRICS, METRICS, Protocol, protocol_dict
-
-LABELS = {
-    "knn_top1_k20": "k-NN top-1 k=20 (%)",
-    "knn_top1_k10": "k-NN top-1 k=10 (%)",
-    "linear_top1": "Linear top-1 (%)",
-    "dense_miou": "Dense mIoU (%)",
-    "linear_best_top1": "Linear best-epoch top-1 (%)",
-    "dense_pixel_acc": "Dense pixel acc. (%)",
-    "finetune_top1": "Low-label fine-tune top-1 (%)",
-    "finetune_best_top1": "Low-label fine-tune best top-1 (%)",
-}
-PLOTTED = ("knn_top1_k20", "linear_top1", "dense_miou", "finetune_top1")
+from mst.experiments.evaluations import extra_metrics, metric_labels, plotted_metrics, table_metrics
+from mst.experiments.specs import ABLATIONS, Protocol, protocol_dict
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -91,7 +80,7 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
                              "cpu_step_ms": cpu_step_ms(p.parent, result, records),
                              "resumed": bool(steps) and steps < last_step(records)})
         stats = {}
-        for m in METRICS + EXTRA_METRICS:
+        for m in table_metrics() + extra_metrics():  # every registered evaluation's scores
             vals = [r["metrics"][m] for r in runs if r["metrics"].get(m) is not None]
             if vals:
                 mu, sd = mean_std(vals)
@@ -128,7 +117,7 @@ def aggregate(name: str, out_dir: Path, proto: Protocol, seeds: int, variants: l
         "user_overrides": list(user_overrides or []),
         "paper_source": ABLATIONS[name].paper_source,
         "paper_label": ABLATIONS[name].paper_label,
-        "metrics": [m for m in METRICS if any(m in r["stats"] for r in rows)],
+        "metrics": [m for m in table_metrics() if any(m in r["stats"] for r in rows)],
         "variants": rows,
         "failures": list(failures or []),
         "total_wall_s": sum(r["wall_s_per_run"]["mean"] * r["n_seeds"] for r in rows if r["wall_s_per_run"]),
@@ -192,7 +181,8 @@ def _minutes(runs: list[dict]) -> str:
 
 def markdown_table(agg: dict) -> str:
     metrics = agg["metrics"]
-    head = ["Variant", "Settings", *(LABELS[m] for m in metrics), "Pretraining, wall / CPU (min)", "Seeds",
+    labels = metric_labels()
+    head = ["Variant", "Settings", *(labels.get(m, m) for m in metrics), "Pretraining, wall / CPU (min)", "Seeds",
             agg.get("paper_label") or "Paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in agg["variants"]:
@@ -217,6 +207,7 @@ def markdown_body(agg: dict) -> str:
     p = agg["protocol"]
     walls = [r["wall_s_per_run"]["mean"] for r in agg["variants"] if r["wall_s_per_run"]]
     n_runs = sum(r["n_seeds"] for r in agg["variants"])
+    labels = metric_labels()
     out = [
         f"Protocol `{p['name']}`: {p['description']}. Values are mean ± sample std over seeds (a variant with one "
         "seed: its value; the checkpoint's default backbone: MST's teacher, MIM's encoder; k-NN and linear probe "
@@ -235,7 +226,7 @@ def markdown_body(agg: dict) -> str:
         out.append("One seed per variant: no estimate of the spread over seeds.")
     else:
         out.append("Spread over seeds: " + "; ".join(
-            f"{LABELS[m]} largest gap between variants {s['max_gap']:.2f} vs largest seed std {s['max_std']:.2f}"
+            f"{labels.get(m, m)} largest gap between variants {s['max_gap']:.2f} vs largest seed std {s['max_std']:.2f}"
             + (" (within noise)" if s["max_std"] and s["max_gap"] < 2 * s["max_std"] else "")
             for m, s in agg["spread"].items()) + ".")
     if walls:
@@ -257,7 +248,8 @@ def plot(agg: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     variants = [r["variant"] for r in agg["variants"]]
-    plotted = [m for m in PLOTTED if m in agg["metrics"]]
+    plotted = [m for m in plotted_metrics() if m in agg["metrics"]]
+    labels = metric_labels()
     fig, axes = plt.subplots(1, len(plotted), figsize=(4.2 * len(plotted), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m in zip(axes[0], plotted):
@@ -280,7 +272,7 @@ def plot(agg: dict, path: Path) -> Path:
             pad = max(0.5, 0.25 * (hi - lo))
             ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right", rotation_mode="anchor")
-        ax.set_title(LABELS[m])
+        ax.set_title(labels.get(m, m))
     fig.suptitle(f"ablation {agg['ablation']} ({agg['protocol']['name']} protocol): mean ± std over seeds, "
                  "dots = seeds")
     fig.tight_layout()

@@ -1,8 +1,9 @@
 """Small-scale reruns of the paper's ablations, several seeds each, with one command.
 
 ``run_ablation("mask", protocol="cpu", seeds=3, out_dir="runs/ablation_mask")`` pretrains every variant of
-:data:`ABLATIONS` ``["mask"]`` once per seed into ``out_dir/<variant>/seed<k>/``, evaluates each run (weighted
-k-NN, linear probe, dense probe), and writes ``out_dir/results.{json,md,png}`` with mean ± std over seeds; it
+:data:`ABLATIONS` ``["mask"]`` once per seed into ``out_dir/<variant>/seed<k>/``, evaluates each run with the
+registered evaluations the protocol runs (:mod:`mst.experiments.evaluations`: weighted k-NN, linear probe, dense
+probe, low-label fine-tune), and writes ``out_dir/results.{json,md,png}`` with mean ± std over seeds; it
 then regenerates the ablation's section of ``docs/results.md``. An interrupted ablation continues where it
 stopped: a run whose pretraining finished is not retrained (an unfinished one resumes from its checkpoint) and a
 run whose ``results.json`` exists is not re-evaluated.
@@ -22,22 +23,15 @@ from typing import Callable
 import yaml
 
 from mst.config import ConfigError, _flatten, _read_yaml, load_config, method_class
-from mst.experiments.specs import ABLATIONS, PROTOCOLS, Protocol, Variant
+from mst.experiments.evaluations import EvalContext, evaluations
+from mst.experiments.specs import ABLATIONS, PROTOCOLS, Protocol, Variant, check_protocol
+from mst.experiments.specs import preset_path as _preset_path
 from mst.methods import same_training
 
 Log = Callable[[str], None]
 
 DEFAULT_DOC = "docs/results.md"
 _NOT_COMPARED = ("data.root", "data.num_workers", "log.")  # config keys that may differ on a rerun
-
-
-def _preset_path(preset: str | None) -> Path | None:
-    if preset is None:
-        return None
-    for base in (Path(__file__).resolve().parents[2] / "configs", Path.cwd() / "configs"):
-        if (base / preset).is_file():
-            return base / preset
-    raise ConfigError(f"protocol preset configs/{preset} not found (run from the repository root)")
 
 
 def _method_of(preset: Path | None, overrides: list[str]) -> str:
@@ -134,54 +128,20 @@ def pretrain(cfg: dict, run_dir: Path, log: Log = print) -> dict:
 
 def evaluate(run_dir: Path, proto: Protocol, log: Log = print, device=None,
              random_init: bool = False) -> tuple[dict, dict]:
-    """k-NN (k=10, 20) and a linear probe on the same frozen CLS features of the checkpoint's default backbone
-    (teacher for MST, encoder for MIM; extracted once), then the dense probe and the low-label fine-tune when the
-    protocol has them. ``random_init``: the same architecture untrained (seed 0), the no-pretraining reference
-    (its fine-tune is the from-scratch baseline). Returns (metrics, wall seconds per evaluation)."""
-    from mst.eval.dense import run_dense
-    from mst.eval.features import default_device, extract_features, load_eval_backbone, load_eval_split
-    from mst.eval.knn import knn_accuracy
-    from mst.eval.linear import train_linear_probe
-
-    dev = default_device(device)
-    wall = {}
-    t0 = time.perf_counter()
-    backbone, cfg = load_eval_backbone(run_dir, None, dev, random_init=random_init, seed=0)
-    if proto.knn.get("split") == "val":  # choosing a recipe: bank and queries are disjoint training images
-        n_bank, n_query = int(proto.knn["train_subset"]), int(proto.knn["test_subset"])
-        x, y = load_eval_split(cfg, "train", n_bank + n_query, seed=0)
-        train, test = (x[:n_bank], y[:n_bank]), (x[n_bank:], y[n_bank:])
-    else:
-        train = load_eval_split(cfg, "train", proto.knn.get("train_subset"), seed=0)
-        test = load_eval_split(cfg, "test", proto.knn.get("test_subset"), seed=1)
-    train_f, train_y = extract_features(backbone, train, "cls", 256, dev)
-    test_f, test_y = extract_features(backbone, test, "cls", 256, dev)
-    acc = knn_accuracy(train_f.to(dev), train_y.to(dev), test_f.to(dev), test_y.to(dev), ks=(10, 20))
-    wall["knn_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    lin = train_linear_probe((train_f, train_y), (test_f, test_y), epochs=proto.linear["epochs"],
-                             lr=proto.linear["lr"], batch_size=proto.linear["batch_size"],
-                             eval_every=proto.linear["epochs"], device=dev, seed=0, log=lambda s: None)
-    wall["linear_s"] = time.perf_counter() - t0
-    metrics = {"knn_top1_k20": acc[20], "knn_top1_k10": acc[10], "linear_top1": lin["top1"],
-               "linear_best_top1": lin["best_top1"]}
-    if proto.dense:
+    """Every registered evaluation the protocol runs (:data:`~mst.experiments.evaluations.EVALUATIONS`, in their
+    order: k-NN and the linear probe on the same frozen CLS features of the checkpoint's default backbone, extracted
+    once; the dense probe and the low-label fine-tune when the protocol has them). ``random_init``: the same
+    architecture untrained (seed 0), the no-pretraining reference (its fine-tune is the from-scratch baseline).
+    Returns (scores, wall seconds per evaluation as ``<name>_s``)."""
+    ctx = EvalContext(run_dir, proto, device, random_init)
+    metrics, wall = {}, {}
+    for name, ev in evaluations():
+        settings = ev.settings(proto)
+        if settings is None:
+            continue
         t0 = time.perf_counter()
-        d = proto.dense
-        dense = run_dense(run_dir, n_train=d["n_train"], n_test=d["n_test"], canvas=d["canvas"], epochs=d["epochs"],
-                          seed=0, device=dev, random_init=random_init, log=lambda s: None)
-        wall["dense_s"] = time.perf_counter() - t0
-        metrics.update(dense_miou=dense["miou"], dense_pixel_acc=dense["pixel_acc"])
-    if proto.finetune:
-        from mst.finetune import run_finetune
-
-        t0 = time.perf_counter()
-        f = proto.finetune
-        res = run_finetune(run_dir, run_dir / ("finetune_scratch" if random_init else "finetune"),
-                           preset=_preset_path(f["preset"]), overrides=list(f.get("overrides", ())),
-                           train_subset=f["train_subset"], random_init=random_init, log=lambda s: None)
-        wall["finetune_s"] = time.perf_counter() - t0
-        metrics.update(finetune_top1=res["top1"], finetune_best_top1=res["best_top1"])
+        metrics.update(ev.run(ctx, settings))
+        wall[f"{name}_s"] = time.perf_counter() - t0
     log("  " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return metrics, wall
 
@@ -222,6 +182,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     if shard is not None and not (len(shard) == 2 and shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ConfigError(f"shard={shard} must be (i, n) with 0 <= i < n")
     proto = PROTOCOLS[protocol]
+    check_protocol(proto)
     chosen = [v for v in ABLATIONS[name].names if variants is None or v in variants]
     if variants is not None and len(chosen) != len(set(variants)):
         raise ConfigError(f"unknown variants {sorted(set(variants) - set(chosen))} for ablation {name!r}")

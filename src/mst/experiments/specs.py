@@ -1,11 +1,16 @@
 """What an ablation is: variants (each a set of overrides, optionally on its own preset), the protocols they run
 under (a preset, pinned settings, evaluation sizes), and the paper's numbers to print beside ours.
 
-Adding an ablation is one entry in :data:`ABLATIONS`; a protocol, one entry in :data:`PROTOCOLS`.
+Adding an ablation is one entry in :data:`ABLATIONS`; a protocol, one entry in :data:`PROTOCOLS`; an evaluation,
+one entry in :data:`mst.experiments.evaluations.EVALUATIONS` (:func:`check_protocol` validates its settings).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mst.experiments.evaluations import evaluations, extra_metrics, table_metrics
+from mst.registry import ConfigError
 
 
 @dataclass(frozen=True)
@@ -278,8 +283,44 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
 }
 
-METRICS = ("knn_top1_k20", "knn_top1_k10", "linear_top1", "dense_miou", "finetune_top1")  # aggregated, tabulated
-EXTRA_METRICS = ("linear_best_top1", "dense_pixel_acc", "finetune_best_top1")  # aggregated, in results.json only
+
+
+def __getattr__(name: str):
+    """``METRICS`` (aggregated, tabulated) and ``EXTRA_METRICS`` (aggregated, in results.json only): the registered
+    evaluations' scores now, not a copied list."""
+    if name == "METRICS":
+        return table_metrics()
+    if name == "EXTRA_METRICS":
+        return extra_metrics()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_protocol(proto: Protocol) -> None:
+    """Every registered evaluation the protocol runs has the settings it needs, and no two evaluations report a
+    score of one name: a malformed protocol fails before hours of training, not after them."""
+    owner: dict[str, str] = {}
+    for name, ev in evaluations():
+        for m in (*ev.metrics, *ev.extra):
+            if m in owner:
+                raise ConfigError(f"evaluations {owner[m]!r} and {name!r} both report a score {m!r}; rename one")
+            owner[m] = name
+        settings = ev.settings(proto)
+        if settings is None:
+            continue
+        missing = [k for k in ev.needs if k not in settings]
+        if missing:
+            raise ConfigError(f"protocol {proto.name!r} runs evaluation {name!r} without {', '.join(missing)} "
+                              f"(its settings: {settings}); add them, or give it no settings to skip it")
+
+
+def preset_path(preset: str | None) -> Path | None:
+    """A protocol's or variant's preset, a file in configs/ (None: the defaults)."""
+    if preset is None:
+        return None
+    for base in (Path(__file__).resolve().parents[2] / "configs", Path.cwd() / "configs"):
+        if (base / preset).is_file():
+            return base / preset
+    raise ConfigError(f"protocol preset configs/{preset} not found (run from the repository root)")
 
 
 def protocol_dict(proto: Protocol) -> dict:

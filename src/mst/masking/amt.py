@@ -12,7 +12,7 @@ the model's own attention, from maps stored per training image.
   (``order: mask_first``, the reference code's). ``throw_first`` throws first; ``throw_lowest`` throws the
   lowest-weight tokens and draws the masked ones from the rest (the abstract's "redundant patch throwing").
 * :class:`AMTSpec`: the draw's settings (ratios, mask unit, order, rounding of the counts), resolved from a config
-  and checked once; a method's reference ratios are its class attribute ``amt_reference``.
+  and checked once; a method passes its reference ratios in (its class attribute ``amt_reference``).
 """
 from __future__ import annotations
 
@@ -55,31 +55,29 @@ class AMTSpec:
             raise ConfigError(f"AMT mask unit={self.unit} tokens must be a whole number >= 1 (mim.mask_patch_size)")
 
     @classmethod
-    def from_config(cls, cfg: dict, need_reference: bool = True) -> "AMTSpec":
-        """The spec of a resolved config: ``amt.mask_ratio`` / ``amt.throw_ratio``, where null the reference's of
-        the method (its class attribute ``amt_reference``: no guess for a method without one); units of
-        ``mim.mask_patch_size``; counts rounded up with ``mim.mask: blocks`` (SimMIM's reference), else down (MAE's).
-        ``need_reference=False`` (checking a config whose AMT is off): a null ratio of a method without a reference
-        is not an error (it counts as 0 for the checks)."""
+    def from_config(cls, amt, mim, patch_size: int, reference: tuple[float, float] | None, method: str = "",
+                    need_reference: bool = True) -> "AMTSpec":
+        """The spec of a method's resolved ``amt`` and ``mim`` sections: ``amt.mask_ratio`` / ``amt.throw_ratio``,
+        where null the method's ``reference`` ratios (None: the method has none, so no guess); units of
+        ``mim.mask_patch_size``; counts rounded up with ``mim.mask: blocks`` (SimMIM's reference), else down
+        (MAE's). ``need_reference=False`` (checking a config whose AMT is off): a null ratio of a method without a
+        reference is not an error (it counts as 0 for the checks). ``method`` names the method in errors."""
         from mst.masking.ratio import mask_unit_tokens
-        from mst.methods.base import METHODS
 
-        a, method = cfg["amt"], cfg["method"]
-        null = [f"amt.{k}" for k in ("mask_ratio", "throw_ratio") if a[k] is None]
-        reference = getattr(METHODS.get(method), "amt_reference", None) if method in METHODS else None
+        null = [f"amt.{k}" for k in ("mask_ratio", "throw_ratio") if amt[k] is None]
         if null and reference is None and not need_reference:
             reference = (0.0, 0.0)
         if null and reference is None:
             raise ConfigError(f"{' and '.join(null)} null: method={method!r} has no reference AMT ratios "
                               "(amt_reference) to fill in, so set them")
-        mask_ratio = float(reference[0] if a["mask_ratio"] is None else a["mask_ratio"])
-        throw_ratio = float(reference[1] if a["throw_ratio"] is None else a["throw_ratio"])
+        mask_ratio = float(reference[0] if amt["mask_ratio"] is None else amt["mask_ratio"])
+        throw_ratio = float(reference[1] if amt["throw_ratio"] is None else amt["throw_ratio"])
         try:
-            unit = mask_unit_tokens(cfg["mim"], int(cfg["model"]["patch_size"]))
+            unit = mask_unit_tokens(mim, int(patch_size))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        rounding = "ceil" if cfg["mim"]["mask"] == "blocks" else "floor"
-        return cls(mask_ratio, throw_ratio, unit, a["order"], rounding)
+        rounding = "ceil" if mim["mask"] == "blocks" else "floor"
+        return cls(mask_ratio, throw_ratio, unit, amt["order"], rounding)
 
     def counts(self, n: int) -> tuple[int, int]:
         """(masked, thrown) units of ``n``."""
@@ -105,7 +103,7 @@ class AMTMask(MaskStrategy):
     @classmethod
     def from_config(cls, section, patch_size):
         """The registry's way, from a section holding resolved ratios (mask_ratio, throw_ratio; optional order,
-        rounding) and ``mask_patch_size``; a method's whole config goes through :meth:`AMTSpec.from_config`."""
+        rounding) and ``mask_patch_size``; a method's sections go through :meth:`AMTSpec.from_config`."""
         from mst.masking.ratio import mask_unit_tokens
 
         optional = {k: section[k] for k in ("order", "rounding") if k in section}

@@ -8,8 +8,8 @@ clipping, the optimizer, EMA over the pairs the method names, checkpoints, resum
 A method says:
 
 * ``sections``: the config sections it reads besides the common ones (``load_config`` adds their defaults);
-* ``defaults``: the sections it introduces, every key with its default (registered when the class is defined;
-  a section another owner declares, e.g. ``degrade``, is only named in ``sections``);
+* its sections' keys: a frozen dataclass per section beside it (``class MSTSettings(Settings, section="mst")``,
+  :mod:`mst.settings`), or ``defaults`` ({section: {key: default}}) for a quick method of one's own;
 * ``views``: ``multicrop`` or ``single`` (see :mod:`mst.data.pipeline`); ``needs_labels`` for supervised methods;
 * ``validate(cfg)``: its own config checks (raise :class:`~mst.registry.ConfigError` naming the key);
 * ``schedules``: per-iteration values it needs besides lr / wd (e.g. the teacher momentum);
@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from mst.data.batch import Batch
-from mst.defaults import SECTIONS, add_section
+from mst.defaults import add_section
+from mst.settings import Config, specs
 from mst.figures import Panel
 from mst.registry import Registry
 
@@ -77,8 +78,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     small_budget_base_lr: ClassVar[float] = 1.5e-3
     # the importance sources (mst.methods.importance.IMPORTANCE) the method can feed a mask strategy
     importance_sources: ClassVar[tuple[str, ...]] = ()
-    # the config sections this class introduces, every key with its default (registered in mst.defaults.SECTIONS
-    # when the class is defined; ``sections`` may also name sections other owners declare, e.g. "degrade")
+    # a section declared as a plain {key: default} mapping (a method defined outside the package; the built-in ones
+    # declare theirs as dataclasses of mst.settings beside the method, e.g. MSTSettings)
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # keys of sections it reads whose default differs for this method (a variant: {section: {key: default}}), laid
     # over the sections' defaults by mst.config.defaults_for; the sections themselves stay their owner's
@@ -95,14 +96,15 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         for name, changes in cls.__dict__.get("changed_defaults", {}).items():
             if name not in cls.sections:
                 raise ValueError(f"{owner} changes defaults of config section {name!r}, which it does not read")
-            unknown = sorted(set(changes) - set(SECTIONS.get(name, changes)))
+            unknown = sorted(set(changes) - set(specs(name) or changes))
             if unknown:
                 raise ValueError(f"{owner} changes the default of {', '.join(f'{name}.{k}' for k in unknown)}, "
                                  f"not a key of section {name!r}")
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg  # the resolved mapping: what checkpoints save
+        self.settings = Config.of(cfg)  # the same, typed: what the method reads (self.settings.mst.mask_p)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

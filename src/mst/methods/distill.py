@@ -17,6 +17,7 @@ one pretrained model to the next), so no normalisation statistics need estimatin
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,12 +28,15 @@ from mst.data.batch import Batch
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.models.backbones import create_backbone
 from mst.registry import ConfigError
+from mst.settings import NON_NEGATIVE, Settings, setting
 
-DISTILL_DEFAULTS: dict[str, Any] = {
-    "teacher": None,  # SOURCE of the frozen teacher (required): timm:NAME | timm:NAME=FILE | an mst run or export
-    "global_weight": 1.0,  # 1 - cos on the pooled / CLS embedding
-    "patch_weight": 1.0,  # 1 - cos on the patch tokens, the student's map resized to the teacher's grid
-}
+@dataclass(frozen=True)
+class DistillSettings(Settings, section="distill"):
+    teacher: str | None = setting(None, "SOURCE of the frozen teacher (required): timm:NAME | timm:NAME=FILE | an "
+                                  "mst run or export", kind=str)
+    global_weight: float = setting(1.0, "1 - cos on the pooled / CLS embedding", range=NON_NEGATIVE)
+    patch_weight: float = setting(1.0, "1 - cos on the patch tokens, the student's map resized to the teacher's "
+                                  "grid", range=NON_NEGATIVE)
 
 
 def build_teacher(source_text: str, cfg: dict) -> nn.Module:
@@ -70,7 +74,6 @@ def resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int
 @METHODS.register("distill")
 class Distill(Method):
     sections = ("distill",)
-    defaults = {"distill": DISTILL_DEFAULTS}
     views = "single"
     backbones = {"student": "student"}
     default_backbone = "student"

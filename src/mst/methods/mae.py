@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.decoders.transformer import xavier_init
 from mst.models.tokens import gather_tokens, keep_indices, patchify, unpatchify
 from mst.registry import ConfigError
+from mst.settings import AT_LEAST_1, Settings, setting
 
 
 def mae_init(vit: nn.Module) -> None:
@@ -46,18 +47,19 @@ def mae_init(vit: nn.Module) -> None:
         nn.init.normal_(vit.cls_token, std=0.02)
 
 
-MAE_DEFAULTS: dict[str, Any] = {  # MAE's decoder
-    "decoder": "transformer",
-    "decoder_dim": 512,
-    "decoder_depth": 8,
-    "decoder_heads": 16,
-}
+@dataclass(frozen=True)
+class MAESettings(Settings, section="mae"):
+    """MAE's decoder."""
+
+    decoder: str = setting("transformer", "a registered decoder")
+    decoder_dim: int = setting(512, "decoder width", range=AT_LEAST_1)
+    decoder_depth: int = setting(8, "decoder blocks", range=AT_LEAST_1)
+    decoder_heads: int = setting(16, "decoder heads", range=AT_LEAST_1)
 
 
 @METHODS.register("mae")
 class MAE(MIMMethod):
     sections = ("mim", "mae", "amt", "degrade")
-    defaults = {"mae": MAE_DEFAULTS}  # "degrade": each degradation declares its keys (Degradation.defaults)
     # AMT's reference ratios (guijiejie/AMT): mask 45 %, throw 40 % of the patches (amt.* null -> these)
     amt_reference = (0.45, 0.40)
 
@@ -66,7 +68,7 @@ class MAE(MIMMethod):
         model = cfg["model"]
         self.degradation = build_degradation(cfg["mim"]["degradation"], cfg["degrade"])
         # the side of the view the pipeline crops: the input's, or wider (zoom-in sees the centre of a wider view)
-        self.view_size = self.degradation.view_size(int(cfg["augment"]["global_size"]))
+        self.view_size = self.degradation.view_size(int(cfg["model"]["img_size"]))
         self.encoder = create_backbone(model, self.degradation.input_channels(self.channels),
                                        drop_path=float(model["drop_path"]))
         mae_init(self.encoder.vit)
@@ -87,13 +89,13 @@ class MAE(MIMMethod):
         if degraded:
             d = build_degradation(mim["degradation"], cfg["degrade"])
             try:
-                d.check(int(cfg["data"]["channels"]), int(cfg["augment"]["global_size"]), int(cfg["model"]["patch_size"]))
+                d.check(int(cfg["data"]["channels"]), int(cfg["model"]["img_size"]), int(cfg["model"]["patch_size"]))
             except ValueError as e:
                 raise ConfigError(str(e)) from None
             if cfg["amt"]["enabled"]:
                 raise ConfigError("mim.degradation and amt.enabled do not combine: a degradation compares the whole "
                                   "reconstructed view, which needs every token decoded, and AMT throws tokens away")
-        grid = (int(cfg["augment"]["global_size"]) // int(cfg["model"]["patch_size"]),) * 2
+        grid = (int(cfg["model"]["img_size"]) // int(cfg["model"]["patch_size"]),) * 2
         if uneven_counts(mim["mask"], mim, int(cfg["model"]["patch_size"]), grid):
             raise ConfigError(f"mim.mask={mim['mask']!r} hides a different number of tokens in each image, but MAE's "
                               "encoder batches the same number of visible tokens per image: choose patches, blocks "
@@ -123,8 +125,8 @@ class MAE(MIMMethod):
 
         # 4. Loss: mean squared error per patch, averaged over the hidden patches (all of them when nothing is
         #    hidden); with a degradation, compared in the frame the degradation says.
-        norm_pix = bool(self.cfg["mim"]["norm_pix_loss"])
-        if self.cfg["mim"]["degradation"] == "none":
+        norm_pix = bool(self.settings.mim.norm_pix_loss)
+        if self.settings.mim.degradation == "none":
             target = gather_tokens(patchify(x, self.patch), decode_index)
             loss = patch_mse(pred, target, gather_tokens(m.mask, decode_index), norm_pix)
         else:
@@ -149,13 +151,13 @@ class MAE(MIMMethod):
         z = self.encoder(shown, keep=keep)
         everything = keep_indices(torch.ones_like(keep))
         pred = self.decoder(z.cls, z.patches, z.keep_index, everything)
-        c = self.cfg["data"]
-        if self.cfg["mim"]["degradation"] != "none":
+        c = self.settings.data
+        if self.settings.mim.degradation != "none":
             shown = shown if shown.shape[1] == images.shape[1] else shown.expand(-1, images.shape[1], -1, -1)
             extra = [[Panel("clean view", to_display(images[i], c["mean"], c["std"]))] for i in range(len(images))]
-        rows = reconstruction_panels(shown, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), c["mean"],
+        rows = reconstruction_panels(shown, m, pred, self.patch, bool(self.settings.mim.norm_pix_loss), c["mean"],
                                      c["std"])
-        if self.cfg["mim"]["degradation"] != "none":  # the reconstruction is of the clean view: no pasting
+        if self.settings.mim.degradation != "none":  # the reconstruction is of the clean view: no pasting
             rows = [[Panel(f"degraded input, {r[0].title}", r[0].image, None), r[1]] for r in rows]
         return [e + r for e, r in zip(extra, rows)]
 

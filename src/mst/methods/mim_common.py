@@ -2,46 +2,60 @@
 with AMT, throws) with the importance from ``mim.importance``, and reconstruction panels."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from mst.masking import AMTMask, AMTSpec, MaskResult, build_mask_strategy
+from mst.masking.amt import ORDERS
 from mst.methods.base import Method
 from mst.methods.importance import AttentionMaps, check_source, encoder_importance
 from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
 from mst.models.tokens import patchify, unpatchify
 from mst.registry import ConfigError
+from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, PROBABILITY, RATIO, Settings, setting
 
 
-MIM_DEFAULTS: dict[str, Any] = {  # masked image modelling, shared by MAE and SimMIM
-    "mask": "patches",  # patches (MAE) | blocks (SimMIM) | random | attmask (needs mim.importance) | ...
-    "mask_ratio": 0.75,  # share of tokens (patches) or mask units (blocks) masked, in [0, 1)
-    "mask_patch_size": None,  # blocks: mask unit side in pixels, a multiple of model.patch_size (null: patch)
-    "mask_num": 8,  # attention (MST's, SimMIM only: varying counts): the lowest 1/num tokens are candidates
-    "mask_p": 0.1,  # attention: probability of masking a candidate; random: any token
-    "norm_pix_loss": True,  # target = per-patch normalised pixels
-    "importance": None,  # encoder (no-grad pass) | maps (AMT's, amt.enabled) | none; null: maps with AMT, else none
-    "degradation": "none",  # Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | decolorize
-}
+@dataclass(frozen=True)
+class MIMSettings(Settings, section="mim"):
+    """Masked image modelling, shared by MAE and SimMIM."""
 
-AMT_DEFAULTS: dict[str, Any] = {  # AMT: attention-driven masking and throwing, an option of MAE and SimMIM
-    "enabled": False,
-    "mask_ratio": None,  # null: the method's reference (its amt_reference: MAE 0.45, SimMIM 0.44 of the units)
-    "throw_ratio": None,  # null: MAE 0.40, SimMIM 0.26
-    "start": 40,  # epoch from which masks follow the maps (plain mim.mask before); the first refresh
-    "interval": 40,  # epochs between refreshes of the maps
-    "order": "mask_first",  # mask_first (reference) | throw_first | throw_lowest
-    "batch_size": 256,  # images per batch of the refresh pass
-}
+    mask: str = setting("patches", "patches (MAE) | blocks (SimMIM) | random | attmask (needs mim.importance) | ...")
+    mask_ratio: float = setting(0.75, "share of tokens (patches) or mask units (blocks) masked", range=RATIO)
+    mask_patch_size: int | None = setting(None, "blocks: mask unit side in pixels, a multiple of model.patch_size "
+                                          "(null: the patch)", kind=int, range=AT_LEAST_1)
+    mask_num: int = setting(8, "attention (MST's, SimMIM only: varying counts): the lowest 1/num tokens are "
+                            "candidates", range=AT_LEAST_1)
+    mask_p: float = setting(0.1, "attention: probability of masking a candidate; random: any token",
+                            range=PROBABILITY)
+    norm_pix_loss: bool = setting(True, "target = per-patch normalised pixels")
+    importance: str | None = setting(None, "encoder (no-grad pass) | maps (AMT's, amt.enabled) | none; null: maps "
+                                     "with AMT, else none", kind=str)
+    degradation: str = setting("none", "Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | "
+                               "decolorize")
+
+
+@dataclass(frozen=True)
+class AMTSettings(Settings, section="amt"):
+    """AMT: attention-driven masking and throwing, an option of MAE and SimMIM."""
+
+    enabled: bool = setting(False, "masks and throws follow the attention maps from amt.start on")
+    mask_ratio: float | None = setting(None, "null: the method's reference (MAE 0.45, SimMIM 0.44 of the units)",
+                                       kind=float, range=RATIO)
+    throw_ratio: float | None = setting(None, "null: MAE 0.40, SimMIM 0.26", kind=float, range=RATIO)
+    start: int = setting(40, "epoch from which masks follow the maps (plain mim.mask before); the first refresh",
+                         range=NON_NEGATIVE)
+    interval: int = setting(40, "epochs between refreshes of the maps", range=AT_LEAST_1)
+    order: str = setting("mask_first", "mask_first (reference) | throw_first | throw_lowest", choices=ORDERS)
+    batch_size: int = setting(256, "images per batch of the refresh pass", range=AT_LEAST_1)
 
 
 class MIMMethod(Method):
     """What MAE and SimMIM have in common: one single-view encoder, which evaluation and export use, on a patch
     grid of img_size / patch_size."""
-    defaults = {"mim": MIM_DEFAULTS, "amt": AMT_DEFAULTS}  # shared by MAE and SimMIM
     views = "single"
     backbones = {"encoder": "encoder"}
     default_backbone = "encoder"
@@ -69,11 +83,11 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
         raise ConfigError(f"mim.mask_ratio={mim['mask_ratio']} must lie in [0, 1) (1 would hide every token)")
     unit = mim["mask_patch_size"]
     if unit is not None:
-        patch, size = int(model["patch_size"]), int(cfg["augment"]["global_size"])
+        patch, size = int(model["patch_size"]), int(cfg["model"]["img_size"])
         if int(unit) % patch:
             raise ConfigError(f"mim.mask_patch_size={unit} is not a multiple of model.patch_size={patch}")
         if size % int(unit):
-            raise ConfigError(f"mim.mask_patch_size={unit} does not divide the image (augment.global_size={size})")
+            raise ConfigError(f"mim.mask_patch_size={unit} does not divide the image (model.img_size={size})")
     if mim["mask"] == "amt":
         raise ConfigError("mim.mask='amt' is not a masking of its own: set amt.enabled=true (AMT takes over from "
                           "mim.mask at amt.start, once the attention maps exist)")
@@ -86,11 +100,21 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
                           "amt.enabled=true: set it, or take mim.importance=encoder")
     # AMT's ratios (null: the method's reference), order and units are checked there alone, also while AMT is off,
     # so a bad value in a preset is named before someone turns AMT on
-    AMTSpec.from_config(cfg, need_reference=bool(cfg["amt"]["enabled"]))
-    # amt.start, amt.interval, amt.batch_size: their ranges are in mst.config_checks.RANGES
+    amt_spec(cfg, need_reference=bool(cfg["amt"]["enabled"]))
     if cfg["amt"]["enabled"] and cfg["augment"]["rand_augment"] and source == "maps":
         raise ConfigError("augment.rand_augment moves pixels within the crop, so AMT's maps would no longer "
                           "follow the view: leave it off for AMT")
+
+
+def amt_spec(cfg: dict, need_reference: bool = True) -> AMTSpec:
+    """AMT's draw for ``cfg``'s method: its sections and its reference ratios (``amt_reference``), resolved by
+    :meth:`AMTSpec.from_config`, the one place that does it (the validator, the step and the figures agree)."""
+    from mst.methods.base import METHODS
+
+    method = cfg["method"]
+    reference = getattr(METHODS.get(method), "amt_reference", None) if method in METHODS else None
+    return AMTSpec.from_config(cfg["amt"], cfg["mim"], int(cfg["model"]["patch_size"]), reference, method,
+                               need_reference)
 
 
 def mim_source(cfg: dict) -> str:
@@ -121,17 +145,17 @@ class MIMMasking(nn.Module):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
-        self.cfg, self.patch = cfg, int(cfg["model"]["patch_size"])
+        self.settings, self.patch = Config.of(cfg), int(cfg["model"]["patch_size"])
         self.random = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
         self.source = mim_source(cfg)
         self.amt = self.maps = None
         if cfg["amt"]["enabled"]:
-            self.amt = AMTMask.from_spec(AMTSpec.from_config(cfg))
+            self.amt = AMTMask.from_spec(amt_spec(cfg))
         if self.source == "maps":
             self.maps = AttentionMaps((int(cfg["model"]["img_size"]) // self.patch,) * 2)
 
     def active(self, epoch: int) -> bool:
-        return self.amt is not None and epoch >= int(self.cfg["amt"]["start"])
+        return self.amt is not None and epoch >= int(self.settings.amt.start)
 
     def forward(self, batch, epoch: int, generator=None, encoder: nn.Module | None = None) -> MaskResult:
         """The step's mask (and keep) for ``batch.views[0]``; ``encoder`` gives the importance of source encoder."""
@@ -156,13 +180,13 @@ class MIMMasking(nn.Module):
         """Refresh the maps at amt.start, amt.start + interval, ... (once per epoch, also after a resume)."""
         if self.maps is None:
             return {}
-        a = self.cfg["amt"]
+        a = self.settings.amt
         self.maps.bind(len(data.dataset))
         due = epoch >= int(a["start"]) and (epoch - int(a["start"])) % int(a["interval"]) == 0
         if not due or self.maps.refreshed_epoch == epoch:
             return {}
-        d = self.cfg["data"]
-        stats = self.maps.refresh(encoder, data.dataset, int(self.cfg["augment"]["global_size"]), d["mean"], d["std"],
+        d = self.settings.data
+        stats = self.maps.refresh(encoder, data.dataset, int(self.settings.model.img_size), d["mean"], d["std"],
                                   epoch, data.device, int(a["batch_size"]), data.rank, data.world_size)
         data.log(f"AMT: attention maps of {len(self.maps.maps)} images refreshed at epoch {epoch} in "
                  f"{stats['amt_refresh_s']:.1f} s ({stats['amt_buffer_mb']:.1f} MB, uint8)")
@@ -178,7 +202,7 @@ def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, gene
     from mst.masking import crop_maps, normalised_head_mean
 
     b, c, h, w = images.shape
-    patch, a = masking.patch, masking.cfg["augment"]
+    patch, a = masking.patch, masking.settings.augment
     grid = (h // patch, w // patch)
     att = encoder(images, return_attention=True, per_head=True).attention
     maps = normalised_head_mean(att.float()).reshape(b, *grid).cpu()

@@ -14,6 +14,7 @@ token); it needs ``mst.decoder: none``, as the decoder restores the whole view f
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,52 +30,84 @@ from mst.masking.replace import REPLACEMENTS
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.figures import Panel, masked_view, to_display
 from mst.models.decoders import decoder_kind
-from mst.models.encoder import build_student_teacher
+from mst.models.encoder import Encoder, build_student_teacher
 from mst.methods.importance import check_source
 from mst.models.backbones import BACKBONES
 from mst.models.head import cancel_last_layer_grads
 from mst.registry import ConfigError
+from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, RATIO, Each, ListOf, Settings, setting
 
 
-DINO_DEFAULTS: dict[str, Any] = {  # self-distillation (DINO; MST's eq. 1-2)
-    "out_dim": 4096,
-    "hidden_dim": 2048,
-    "bottleneck_dim": 256,
-    "nlayers": 3,
-    "norm_last_layer": True,
-    "use_bn": False,  # MST Table 6: BN in the projection head, statistics from the global views only
-    "teacher_temp": 0.04,
-    "warmup_teacher_temp": 0.04,
-    "warmup_teacher_temp_epochs": 0,
-    "student_temp": 0.1,
-    "center_momentum": 0.9,
-    "centering": "center",  # center (DINO: EMA of the teacher's mean output) | sinkhorn (DINOv2: Sinkhorn-Knopp)
-    "sinkhorn_iters": 3,  # DINOv2's number of normalisations
-    "koleo_weight": 0.0,  # KoLeo on the student's global-view CLS tokens (DINOv2: 0.1; 0: off)
-    "momentum_teacher": 0.996,  # cosine to 1 over training
-    "freeze_last_layer": 1,  # epochs during which the prototypes do not move
-}
+@dataclass(frozen=True)
+class DINOSettings(Settings, section="dino"):
+    """Self-distillation (DINO; MST's eq. 1-2)."""
 
-MST_DEFAULTS: dict[str, Any] = {  # MST's mask and decoder (eq. 5-11)
-    "mask": "attention",  # a registered strategy: none | random | attention | attmask | amt (throws: no decoder)
-    "mask_num": 8,  # attention: the lowest 1/num tokens are candidates
-    "mask_p": 0.1,  # probability of masking a candidate (random: any token)
-    "importance": "teacher",  # what importance-driven strategies read: teacher (its CLS attention) | none
-    "mask_ratio": 0.45,  # attmask: share of tokens masked; amt: share masked (AMT's MAE reference)
-    "throw_ratio": 0.40,  # amt: share of the global views' tokens thrown (needs mst.decoder=none; AMT's MAE ref.)
-    "replacement": "learned",  # learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)
-    "decoder": "cnn",  # an image decoder (cnn | linear) or none
-    "decoder_channels": "auto",  # cnn widths, one per 2x upsampling (auto: log2(patch) of 256, 128, 64, ...)
-    "restore_target": "image",  # image (whole view, eq. 9) | masked (masked tokens' pixels only)
-    "ce_weight": 1.0,  # lambda1 of eq. 11
-    "restore_weight": 0.6,  # lambda2 of eq. 11
-}
+    out_dim: int = setting(4096, "prototypes of the projection head", range=AT_LEAST_1, old=("head.out_dim",))
+    hidden_dim: int = setting(2048, "head MLP width", range=AT_LEAST_1, old=("head.hidden_dim",))
+    bottleneck_dim: int = setting(256, "head bottleneck width", range=AT_LEAST_1, old=("head.bottleneck_dim",))
+    nlayers: int = setting(3, "head MLP layers", range=AT_LEAST_1, old=("head.nlayers",))
+    norm_last_layer: bool = setting(True, "weight-normalised prototypes with a fixed norm",
+                                    old=("head.norm_last_layer",))
+    use_bn: bool = setting(False, "BN in the projection head, statistics from the global views only (MST Table 6)",
+                           old=("head.use_bn",))
+    teacher_temp: float = setting(0.04, "teacher softmax temperature", range=POSITIVE, old=("loss.teacher_temp",))
+    warmup_teacher_temp: float = setting(0.04, "its start, warmed up linearly", range=POSITIVE,
+                                         old=("loss.warmup_teacher_temp",))
+    warmup_teacher_temp_epochs: int = setting(0, "epochs of that warm-up", range=NON_NEGATIVE,
+                                              old=("loss.warmup_teacher_temp_epochs",))
+    student_temp: float = setting(0.1, "student softmax temperature", range=POSITIVE, old=("loss.student_temp",))
+    center_momentum: float = setting(0.9, "EMA of the teacher's mean output", range=PROBABILITY,
+                                     old=("loss.center_momentum",))
+    centering: str = setting("center", "center (DINO: EMA of the teacher's mean output) | sinkhorn (DINOv2: "
+                             "Sinkhorn-Knopp)", choices=tuple(CENTERINGS))
+    sinkhorn_iters: int = setting(3, "DINOv2's number of normalisations", range=AT_LEAST_1)
+    koleo_weight: float = setting(0.0, "KoLeo on the student's global-view CLS tokens (DINOv2: 0.1; 0: off)",
+                                  range=NON_NEGATIVE)
+    momentum_teacher: float = setting(0.996, "EMA teacher momentum, cosine to 1 over training", range=PROBABILITY,
+                                      old=("optim.momentum_teacher",))
+    freeze_last_layer: int = setting(1, "epochs during which the prototypes do not move", range=NON_NEGATIVE,
+                                     old=("optim.freeze_last_layer",))
+
+
+@dataclass(frozen=True)
+class MSTSettings(Settings, section="mst"):
+    """MST's mask and decoder (eq. 5-11)."""
+
+    mask: str = setting("attention", "a registered strategy: none | random | attention | attmask | amt (throws: no "
+                        "decoder)", old=("mask.strategy",))
+    mask_num: int = setting(8, "attention: the lowest 1/num tokens are candidates", range=AT_LEAST_1,
+                            old=("mask.num",))
+    mask_p: float = setting(0.1, "probability of masking a candidate (random: any token)", range=PROBABILITY,
+                            old=("mask.p",))
+    importance: str = setting("teacher", "what importance-driven strategies read: teacher (its CLS attention) | none")
+    mask_ratio: float = setting(0.45, "attmask: share of tokens masked; amt: share masked (AMT's MAE reference)",
+                                range=RATIO)
+    throw_ratio: float = setting(0.40, "amt: share of the global views' tokens thrown (needs mst.decoder=none)",
+                                 range=RATIO)
+    replacement: str = setting("learned", "learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)",
+                               choices=tuple(REPLACEMENTS), old=("mask.replacement",))
+    decoder: str = setting("cnn", "an image decoder (cnn | linear) or none")
+    decoder_channels: list | str = setting("auto", "cnn widths, one per 2x upsampling (auto: log2(patch) of 256, "
+                                           "128, 64, ...)", kind=ListOf(int), range=Each(AT_LEAST_1),
+                                           old=("decoder.channels",))
+    restore_target: str = setting("image", "image (whole view, eq. 9) | masked (masked tokens' pixels only)",
+                                  choices=("image", "masked"), old=("decoder.target",))
+    ce_weight: float = setting(1.0, "lambda1 of eq. 11", range=NON_NEGATIVE, old=("loss.ce_weight",))
+    restore_weight: float = setting(0.6, "lambda2 of eq. 11", range=NON_NEGATIVE, old=("loss.restore_weight",))
+
+
+def student_teacher(config: Config) -> tuple[Encoder, Encoder]:
+    """MST's student (with the [MASK] embedding when it masks, and the image decoder) and its EMA teacher."""
+    d, m = config.dino, config.mst
+    head = dict(out_dim=d.out_dim, hidden_dim=d.hidden_dim, bottleneck_dim=d.bottleneck_dim, nlayers=d.nlayers,
+                norm_last_layer=d.norm_last_layer, use_bn=d.use_bn)
+    return build_student_teacher(config.model, int(config.data.channels), head, masks=m.mask != "none",
+                                 decoder=m.decoder, decoder_settings=m)
 
 
 @METHODS.register("mst")
 class MST(Method):
     sections = ("dino", "mst")
-    defaults = {"dino": DINO_DEFAULTS, "mst": MST_DEFAULTS}  # every key of its sections, with its default
     views = "multicrop"
     backbones = {"teacher": "teacher.backbone", "student": "student.backbone"}
     default_backbone = "teacher"  # DINO/MST report and release the teacher
@@ -84,7 +117,7 @@ class MST(Method):
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
         d, m = cfg["dino"], cfg["mst"]
-        self.student, self.teacher = build_student_teacher(cfg)
+        self.student, self.teacher = student_teacher(self.settings)
         if cfg["optim"]["channels_last_decoder"] and self.student.decoder is not None:
             self.student.decoder.to(memory_format=torch.channels_last)  # measured faster on CPU
         self.dino_loss = DINOLoss(
@@ -136,7 +169,7 @@ class MST(Method):
         local_views = torch.cat(views[n_global:]) if n_local else None
 
         # 1. Teacher: the DINO targets and, from the *same* pass, the last block's CLS->patch attention (eq. 4).
-        needs = self.mask_strategy.needs_importance and self.cfg["mst"]["importance"] == "teacher"
+        needs = self.mask_strategy.needs_importance and self.settings.mst.importance == "teacher"
         with torch.no_grad():
             t = self.teacher.backbone(global_views, return_attention=needs)
             teacher_logits = self.teacher.head(t.cls)
@@ -148,21 +181,21 @@ class MST(Method):
         keep = None if result is None or result.keep is None else (result.keep | result.mask).to(global_views.device)
 
         # 3. Student: masked global views + local crops through backbone and head; decoder on the global views.
-        s = self.student(global_views, local_views, mask=mask, keep=keep, replacement=self.cfg["mst"]["replacement"],
+        s = self.student(global_views, local_views, mask=mask, keep=keep, replacement=self.settings.mst.replacement,
                          n_global=n_global, n_local=n_local)
 
         # 4. Losses: self-distillation (eq. 2) and restoration of the whole augmented view (eq. 9), eq. 11.
         loss_ce = self.dino_loss(s.logits, teacher_logits, ctx.epoch)
-        m = self.cfg["mst"]
+        m = self.settings.mst
         loss = float(m["ce_weight"]) * loss_ce
         metrics = {"loss_ce": loss_ce.item()}
-        koleo_weight = float(self.cfg["dino"]["koleo_weight"])
+        koleo_weight = float(self.settings.dino.koleo_weight)
         if koleo_weight > 0:  # DINOv2: spread the student's global CLS tokens, one view's batch at a time
             loss_koleo = sum(koleo_loss(c) for c in s.global_cls.chunk(n_global))
             loss = loss + koleo_weight * loss_koleo
             metrics["loss_koleo"] = loss_koleo.item()
         if s.reconstruction is not None:
-            loss_restore = restore_loss(s.reconstruction, global_views, mask, int(self.cfg["model"]["patch_size"]),
+            loss_restore = restore_loss(s.reconstruction, global_views, mask, int(self.settings.model.patch_size),
                                         m["restore_target"])
             loss = loss + float(m["restore_weight"]) * loss_restore
             metrics["loss_restore"] = loss_restore.item()
@@ -179,13 +212,13 @@ class MST(Method):
     # -- engine hooks -----------------------------------------------------------------------------------------
     def schedules(self, iters_per_epoch: int, epochs: int) -> dict[str, np.ndarray]:
         """The teacher momentum: cosine from dino.momentum_teacher to 1, per iteration (DINO)."""
-        return {"momentum": cosine_schedule(float(self.cfg["dino"]["momentum_teacher"]), 1.0, epochs, iters_per_epoch)}
+        return {"momentum": cosine_schedule(float(self.settings.dino.momentum_teacher), 1.0, epochs, iters_per_epoch)}
 
     def ema_pairs(self):
         return [(self.student, self.teacher)]
 
     def after_backward(self, ctx: StepContext) -> None:
-        cancel_last_layer_grads(self.student, ctx.epoch, int(self.cfg["dino"]["freeze_last_layer"]))
+        cancel_last_layer_grads(self.student, ctx.epoch, int(self.settings.dino.freeze_last_layer))
 
     # -- figures ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -194,7 +227,7 @@ class MST(Method):
         with a decoder, the student's restoration of the attention-masked view."""
         from mst.masking import AttentionGuidedMask, RandomMask
 
-        m, d = self.cfg["mst"], self.cfg["data"]
+        m, d = self.settings.mst, self.settings.data
         t = self.teacher.backbone(images, return_attention=True)
         b, grid = len(images), t.mask_grid
         rand = RandomMask(m["mask_p"])(b, grid, None, generator).mask

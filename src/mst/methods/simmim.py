@@ -11,6 +11,7 @@ embeddings) and the loss; the decoder then maps the remaining tokens one by one.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,17 +26,17 @@ from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.tokens import gather_tokens, patchify, scatter_tokens
 from mst.registry import ConfigError
+from mst.settings import Settings, setting
 
 
-SIMMIM_DEFAULTS: dict[str, Any] = {  # SimMIM's decoder
-    "decoder": "linear",
-}
+@dataclass(frozen=True)
+class SimMIMSettings(Settings, section="simmim"):
+    decoder: str = setting("linear", "SimMIM's decoder: a registered one (linear: one 1x1 conv + pixel shuffle)")
 
 
 @METHODS.register("simmim")
 class SimMIM(MIMMethod):
     sections = ("mim", "simmim", "amt")
-    defaults = {"simmim": SIMMIM_DEFAULTS}
     small_budget_base_lr = 1e-3  # configs/fashion_mnist_simmim.yaml
     # AMT's reference ratios (guijiejie/AMT): mask 44 %, throw 26 % of the mask units (amt.* null -> these)
     amt_reference = (0.44, 0.26)
@@ -64,7 +65,7 @@ class SimMIM(MIMMethod):
 
     def no_weight_decay_names(self) -> tuple[str, ...]:
         """The reference's ``no_weight_decay``: the position embedding and the CLS token (and Swin's [MASK])."""
-        return (".pos_embed", ".cls_token") + ((".mask_token",) if self.cfg["model"]["arch"].startswith("swin") else ())
+        return (".pos_embed", ".cls_token") + ((".mask_token",) if self.settings.model.arch.startswith("swin") else ())
 
     def _predict(self, x: torch.Tensor, m):
         """Encoder + decoder -> (predicted patches, their positions (B, M) or None for all N). The sequence is every
@@ -74,7 +75,7 @@ class SimMIM(MIMMethod):
         if keep is None:
             return patchify(self.decoder(z.patches, z.grid), self.patch), None
         if not hasattr(self.decoder, "patch_pixels"):
-            raise ValueError(f"simmim.decoder={self.cfg['simmim']['decoder']!r} needs the whole token grid, but the "
+            raise ValueError(f"simmim.decoder={self.settings.simmim.decoder!r} needs the whole token grid, but the "
                              "mask strategy throws tokens away: use the per-token decoder (linear)")
         return self.decoder.patch_pixels(z.patches), z.keep_index
 
@@ -92,7 +93,7 @@ class SimMIM(MIMMethod):
         target, masked = patchify(x, self.patch), m.mask
         if where is not None:
             target, masked = gather_tokens(target, where), gather_tokens(masked, where)
-        loss = patch_l1(pred, target, masked, self.channels, bool(self.cfg["mim"]["norm_pix_loss"]))
+        loss = patch_l1(pred, target, masked, self.channels, bool(self.settings.mim.norm_pix_loss))
         metrics = {"loss": loss.item(), "mask_ratio": m.mask.float().mean().item()}
         if m.keep is not None:
             metrics["visible_ratio"] = (m.keep & ~m.mask).float().mean().item()
@@ -108,7 +109,7 @@ class SimMIM(MIMMethod):
         pred, where = self._predict(images, m)
         if where is not None:  # thrown tokens predicted as 0 (shown black anyway)
             pred = scatter_tokens(pred, where, m.mask.shape[1])
-        d = self.cfg["data"]
-        rows = reconstruction_panels(images, m, pred, self.patch, bool(self.cfg["mim"]["norm_pix_loss"]), d["mean"],
+        d = self.settings.data
+        rows = reconstruction_panels(images, m, pred, self.patch, bool(self.settings.mim.norm_pix_loss), d["mean"],
                                      d["std"])
         return [e + r for e, r in zip(extra, rows)]

@@ -11,6 +11,7 @@ patch tokens (``finetune.pool: avg`` uses timm's fc_norm instead of the final no
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,27 +28,33 @@ from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.models.backbone import ViTArch
 from mst.models.backbones import BACKBONES, create_backbone
 from mst.registry import ConfigError
+from mst.settings import NON_NEGATIVE, PROBABILITY, Range, Settings, setting
 
 
-FINETUNE_DEFAULTS: dict[str, Any] = {  # supervised fine-tuning of a pretrained backbone (or from scratch), MAE / BEiT recipe
-    "init": None,  # checkpoint (run directory or file) whose backbone starts the fine-tune; null = random init
-    "init_backbone": None,  # which of its backbones (null: its default: MST's teacher, MIM's encoder)
-    "num_classes": 10,
-    "pool": "cls",  # cls (CLS token after the final norm) | avg (mean of patch tokens + fc_norm, as MAE)
-    "layer_decay": 0.75,  # lr of block i (0-based) x decay^(depth - i); embeddings x decay^(depth + 1)
-    "label_smoothing": 0.1,
-    "mixup": 0.8,  # alpha (0: off)
-    "cutmix": 1.0,  # alpha (0: off)
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "reprob": 0.25,  # random erasing probability (timm, pixel mode)
-}
+@dataclass(frozen=True)
+class FinetuneSettings(Settings, section="finetune"):
+    """Supervised fine-tuning of a pretrained backbone (or from scratch), the MAE / BEiT recipe."""
+
+    init: str | None = setting(None, "checkpoint (run directory or file) whose backbone starts the fine-tune; "
+                               "null: random init", kind=str)
+    init_backbone: str | None = setting(None, "which of its backbones (null: its default: MST's teacher, MIM's "
+                                        "encoder)", kind=str)
+    num_classes: int = setting(10, "classes of the labels", range=Range(2))
+    pool: str = setting("cls", "cls (CLS token after the final norm) | avg (mean of patch tokens + fc_norm, as MAE)",
+                        choices=("cls", "avg"))
+    layer_decay: float = setting(0.75, "lr of block i (0-based) x decay^(depth - i); embeddings x decay^(depth + 1)",
+                                 range=Range(0, 1, lo_open=True))
+    label_smoothing: float = setting(0.1, "label smoothing", range=PROBABILITY)
+    mixup: float = setting(0.8, "mixup alpha (0: off)", range=NON_NEGATIVE)
+    cutmix: float = setting(1.0, "cutmix alpha (0: off)", range=NON_NEGATIVE)
+    mixup_prob: float = setting(1.0, "probability of mixing a batch", range=PROBABILITY)
+    mixup_switch_prob: float = setting(0.5, "probability of cutmix instead of mixup", range=PROBABILITY)
+    reprob: float = setting(0.25, "random erasing probability (timm, pixel mode)", range=PROBABILITY)
 
 
 @METHODS.register("finetune")
 class Supervised(Method):
     sections = ("finetune",)
-    defaults = {"finetune": FINETUNE_DEFAULTS}
     views = "single"
     needs_labels = True
     backbones = {"finetuned": "backbone"}
@@ -99,9 +106,9 @@ class Supervised(Method):
         state = load_checkpoint(ckpt)
         pre = state["config"]
         which = resolve_which(state, which)
-        if int(pre["data"]["channels"]) != int(self.cfg["data"]["channels"]):
+        if int(pre["data"]["channels"]) != int(self.settings.data.channels):
             raise ConfigError(f"the backbone of {ckpt} takes {pre['data']['channels']}-channel images but "
-                              f"data.channels={self.cfg['data']['channels']}: fine-tune on data like its own")
+                              f"data.channels={self.settings.data.channels}: fine-tune on data like its own")
         weights = backbone_state(state, which)
         missing, unexpected = self.backbone.vit.load_state_dict(weights, strict=False)
         new = ("head.", "fc_norm.", self.backbone.vit.default_cfg.get("classifier", "head") + ".")
@@ -144,7 +151,7 @@ class Supervised(Method):
         vit = self.backbone.vit
         skip = vit.no_weight_decay() if hasattr(vit, "no_weight_decay") else ()
         groups = param_groups_layer_decay(vit, weight_decay=1.0, no_weight_decay_list=skip,
-                                          layer_decay=float(self.cfg["finetune"]["layer_decay"]))
+                                          layer_decay=float(self.settings.finetune.layer_decay))
         for g in groups:
             if g["weight_decay"] == 0.0:
                 g["no_weight_decay"] = True

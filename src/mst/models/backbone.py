@@ -11,6 +11,11 @@ The wrapped timm model is kept whole in ``self.vit`` so its ``state_dict`` is ti
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mst.models.settings import ModelSettings
+
 from dataclasses import dataclass
 
 import timm
@@ -34,22 +39,22 @@ class ViTArch:
     num_heads: int
     drops_tokens = True  # the keep contract: a per-image subset of tokens can go through the blocks
 
-    def timm_spec(self, model_cfg: dict, in_chans: int) -> tuple[str, dict]:
+    def timm_spec(self, model: "ModelSettings", in_chans: int) -> tuple[str, dict]:
         """The timm model name and kwargs that recreate the backbone (also written next to exported weights)."""
-        kwargs = dict(img_size=int(model_cfg["img_size"]), patch_size=int(model_cfg["patch_size"]),
+        kwargs = dict(img_size=int(model.img_size), patch_size=int(model.patch_size),
                       in_chans=int(in_chans), num_classes=0, dynamic_img_size=True)
         for key in ("depth", "embed_dim", "num_heads"):  # optional overrides of the arch's shape
-            if model_cfg.get(key):
-                kwargs[key] = int(model_cfg[key])
+            if getattr(model, key):
+                kwargs[key] = int(getattr(model, key))
         width = kwargs.get("embed_dim", self.embed_dim)
         heads = kwargs.get("num_heads", self.num_heads)
         if width % heads:
             raise ValueError(f"model.embed_dim={width} is not divisible by model.num_heads={heads}")
         return self.timm_name, kwargs
 
-    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
+    def build(self, model: "ModelSettings", in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
               classifier: tuple[int, str] | None = None) -> nn.Module:
-        return ViTBackbone(self, model_cfg, in_chans, drop_path, mask_token, classifier)
+        return ViTBackbone(self, model, in_chans, drop_path, mask_token, classifier)
 
 
 def cls_attention_from_qkv(attn: nn.Module, qkv: torch.Tensor, num_prefix: int, per_head: bool = False) -> torch.Tensor:
@@ -67,24 +72,24 @@ def cls_attention_from_qkv(attn: nn.Module, qkv: torch.Tensor, num_prefix: int, 
 class ViTBackbone(nn.Module):
     """timm ViT + optional learnable [MASK] embedding + CLS-attention capture + kept-token gathering."""
 
-    def __init__(self, arch: ViTArch, model_cfg: dict, in_chans: int, drop_path: float = 0.0,
+    def __init__(self, arch: ViTArch, model: "ModelSettings", in_chans: int, drop_path: float = 0.0,
                  mask_token: bool = False, classifier: tuple[int, str] | None = None) -> None:
         """``classifier`` = (num_classes, global_pool "token" | "avg"): timm's own head on top (fine-tuning);
         ``self.vit(x)`` then returns logits, and "avg" pooling uses timm's fc_norm in place of the final norm."""
         super().__init__()
-        name, kwargs = arch.timm_spec(model_cfg, in_chans)
+        name, kwargs = arch.timm_spec(model, in_chans)
         if classifier is not None:
             kwargs.update(num_classes=int(classifier[0]), global_pool=classifier[1])
         self.vit = timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)
         self.embed_dim = self.vit.embed_dim
-        self.patch_size = int(model_cfg["patch_size"])
+        self.patch_size = int(model.patch_size)
         self.num_prefix = self.vit.num_prefix_tokens
         self.mask_token = new_mask_token(self.embed_dim) if mask_token else None
-        if model_cfg.get("pos_embed", "learned") == "sincos":
+        if model.pos_embed == "sincos":
             self._fix_sincos_pos_embed()
         self._capture = OutputCapture()
         self.vit.blocks[-1].attn.qkv.register_forward_hook(self._capture)
-        if model_cfg.get("grad_checkpointing"):
+        if model.grad_checkpointing:
             self.vit.set_grad_checkpointing(True)
 
     def _fix_sincos_pos_embed(self) -> None:

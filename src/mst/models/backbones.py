@@ -1,12 +1,16 @@
 """The backbone registry: ``model.arch`` names an entry with ``timm_spec`` and ``build`` (ViT, BEiT or Swin)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import nn
 
 from mst.models.backbone import ViTArch
 from mst.models.beit import BeitArch
 from mst.models.swin import SwinArch
 from mst.registry import Registry
+from mst.models.settings import ModelSettings
+from mst.settings import typed
 
 def timm_vit(name: str) -> ViTArch | None:
     """Any timm VisionTransformer by its timm name (``vit_small_patch14_reg4_dinov2``, ``deit_small_patch16_224``,
@@ -46,13 +50,21 @@ BACKBONES.register("beit_base", BeitArch("beit_base_patch16_224", embed_dim=768,
 BACKBONES.register("swin_tiny", SwinArch("swin_tiny_patch4_window7_224"))
 
 
-def timm_spec(model_cfg: dict, in_chans: int) -> tuple[str, dict]:
+def model_settings(model: Mapping | ModelSettings) -> ModelSettings:
+    """The ``model`` section as its typed settings (a resolved config's section, or a checkpoint's, in which a key
+    newer than the checkpoint takes its default)."""
+    return model if isinstance(model, ModelSettings) else typed("model", model)
+
+
+def timm_spec(model: Mapping | ModelSettings, in_chans: int) -> tuple[str, dict]:
     """The timm model name and the kwargs that recreate ``model.arch`` (written next to exported weights)."""
-    return BACKBONES.get(model_cfg["arch"]).timm_spec(model_cfg, in_chans)
+    model = model_settings(model)
+    return BACKBONES.get(model.arch).timm_spec(model, in_chans)
 
 
-def create_backbone(model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
+def create_backbone(model: Mapping | ModelSettings, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
                     **kwargs) -> nn.Module:
     """A backbone keeping the token contract (:mod:`mst.models.contract`) for ``model.arch``; ``kwargs`` go to
     the entry's ``build`` (e.g. ``classifier=(num_classes, pool)`` for a ViT)."""
-    return BACKBONES.get(model_cfg["arch"]).build(model_cfg, in_chans, drop_path, mask_token, **kwargs)
+    model = model_settings(model)
+    return BACKBONES.get(model.arch).build(model, in_chans, drop_path, mask_token, **kwargs)

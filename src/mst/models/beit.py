@@ -17,6 +17,11 @@ The timm model is kept whole in ``self.vit``, so checkpoints and export carry ti
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mst.models.settings import ModelSettings
+
 from dataclasses import dataclass
 
 import timm
@@ -44,19 +49,19 @@ class BeitArch(ViTArch):
 
     init_values: float = 0.1  # layer-scale init
 
-    def timm_spec(self, model_cfg: dict, in_chans: int) -> tuple[str, dict]:
-        if model_cfg.get("pos_embed", "learned") != "learned":
-            raise ValueError(f"model.pos_embed={model_cfg['pos_embed']}: {model_cfg.get('arch', 'a BEiT')} has no "
+    def timm_spec(self, model: "ModelSettings", in_chans: int) -> tuple[str, dict]:
+        if model.pos_embed != "learned":
+            raise ValueError(f"model.pos_embed={model.pos_embed}: {model.arch} has no "
                              "absolute position embedding (a shared relative position bias); leave it learned")
-        name, kwargs = super().timm_spec(model_cfg, in_chans)
+        name, kwargs = super().timm_spec(model, in_chans)
         del kwargs["dynamic_img_size"]  # Beit has none: other grids are handled by the wrapper (see the module doc)
         kwargs.update(global_pool="token", init_values=self.init_values, use_abs_pos_emb=False,
                       use_rel_pos_bias=False, use_shared_rel_pos_bias=True)
         return name, kwargs
 
-    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
+    def build(self, model: "ModelSettings", in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
               classifier: tuple[int, str] | None = None) -> nn.Module:
-        return BeitBackbone(self, model_cfg, in_chans, drop_path, mask_token, classifier)
+        return BeitBackbone(self, model, in_chans, drop_path, mask_token, classifier)
 
 
 def cls_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor, num_prefix: int = 1,
@@ -78,23 +83,23 @@ def cls_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor, num_pref
 class BeitBackbone(nn.Module):
     """timm Beit + [MASK] after the patch projection + kept-token gathering + last-block CLS attention."""
 
-    def __init__(self, arch: BeitArch, model_cfg: dict, in_chans: int, drop_path: float = 0.0,
+    def __init__(self, arch: BeitArch, model: "ModelSettings", in_chans: int, drop_path: float = 0.0,
                  mask_token: bool = False, classifier: tuple[int, str] | None = None) -> None:
         super().__init__()
-        name, kwargs = arch.timm_spec(model_cfg, in_chans)
+        name, kwargs = arch.timm_spec(model, in_chans)
         if classifier is not None:
             kwargs.update(num_classes=int(classifier[0]), global_pool=classifier[1])
         self.vit = timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)
         self._reference_init()
         self.embed_dim = self.vit.embed_dim
-        self.patch_size = int(model_cfg["patch_size"])
+        self.patch_size = int(model.patch_size)
         self.num_prefix = self.vit.num_prefix_tokens
         self.mask_token = None
         if mask_token:
             self.mask_token = nn.Parameter(reference_trunc_normal_(torch.zeros(1, 1, self.embed_dim)))
         self._capture = OutputCapture()
         self.vit.blocks[-1].norm1.register_forward_hook(self._capture)
-        if model_cfg.get("grad_checkpointing"):
+        if model.grad_checkpointing:
             self.vit.set_grad_checkpointing(True)
 
     @torch.no_grad()

@@ -8,6 +8,11 @@ and export read one key layout (``<prefix>.vit.<timm key>``) whatever the family
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mst.models.settings import ModelSettings
+
 from dataclasses import dataclass
 
 import timm
@@ -26,10 +31,10 @@ class CNNArch:
     stride: int
     drops_tokens = False
 
-    def timm_spec(self, model_cfg: dict, in_chans: int) -> tuple[str, dict]:
+    def timm_spec(self, model: "ModelSettings", in_chans: int) -> tuple[str, dict]:
         return self.timm_name, dict(in_chans=int(in_chans), num_classes=0)
 
-    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
+    def build(self, model: "ModelSettings", in_chans: int, drop_path: float = 0.0, mask_token: bool = False,
               classifier: tuple[int, str] | None = None) -> nn.Module:
         if mask_token:
             raise ConfigError(f"model.arch={self.timm_name!r} is a CNN: it has no tokens to mask (use a ViT, or "

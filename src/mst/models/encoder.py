@@ -10,6 +10,7 @@ from mst.models.backbones import create_backbone
 from mst.models.bn import frozen_bn_stats
 from mst.models.decoders import build_decoder
 from mst.models.head import DINOHead
+from mst.models.settings import ModelSettings
 
 
 @dataclass
@@ -25,30 +26,19 @@ class Encoder(nn.Module):
     and the decoder (when one is configured); the teacher owns neither, so the EMA, which runs over the parameters
     the two share by name, can never touch them."""
 
-    def __init__(self, cfg: dict, student: bool) -> None:
+    def __init__(self, model: ModelSettings, in_chans: int, head: dict, student: bool, masks: bool = False,
+                 decoder: str = "none", decoder_settings=None) -> None:
+        """``model``: the backbone's settings; ``head``: :class:`DINOHead`'s keyword arguments; the student gets
+        the [MASK] embedding when it ``masks`` and the image ``decoder`` (a registered name, built from
+        ``decoder_settings``) unless it is "none"."""
         super().__init__()
-        in_chans = int(cfg["data"]["channels"])
-        mst = cfg["mst"]
-        self.backbone = create_backbone(
-            cfg["model"],
-            in_chans=in_chans,
-            drop_path=float(cfg["model"]["drop_path"]) if student else 0.0,
-            mask_token=student and mst["mask"] != "none",
-        )
-        h = cfg["dino"]
-        self.head = DINOHead(
-            self.backbone.embed_dim,
-            out_dim=int(h["out_dim"]),
-            hidden_dim=int(h["hidden_dim"]),
-            bottleneck_dim=int(h["bottleneck_dim"]),
-            nlayers=int(h["nlayers"]),
-            norm_last_layer=bool(h["norm_last_layer"]),
-            use_bn=bool(h["use_bn"]),
-        )
+        self.backbone = create_backbone(model, in_chans=in_chans, drop_path=model.drop_path if student else 0.0,
+                                        mask_token=student and masks)
+        self.head = DINOHead(self.backbone.embed_dim, **head)
         self.decoder = None
-        if student and mst["decoder"] != "none":
-            grid = (cfg["model"]["img_size"] // self.backbone.patch_size,) * 2
-            self.decoder = build_decoder(mst["decoder"], mst, self.backbone.embed_dim, self.backbone.patch_size,
+        if student and decoder != "none":
+            grid = (model.img_size // self.backbone.patch_size,) * 2
+            self.decoder = build_decoder(decoder, decoder_settings, self.backbone.embed_dim, self.backbone.patch_size,
                                          in_chans, grid, "mst.decoder")
 
     def forward(
@@ -76,10 +66,12 @@ class Encoder(nn.Module):
         return StudentOutput(logits=logits, reconstruction=recon, global_patches=g.patches, global_cls=g.cls)
 
 
-def build_student_teacher(cfg: dict) -> tuple[Encoder, Encoder]:
-    """A student and a teacher starting from the same weights; the teacher never gets gradients."""
-    student = Encoder(cfg, student=True)
-    teacher = Encoder(cfg, student=False)
+def build_student_teacher(model: ModelSettings, in_chans: int, head: dict, masks: bool, decoder: str = "none",
+                          decoder_settings=None) -> tuple[Encoder, Encoder]:
+    """A student and a teacher starting from the same weights (arguments as :class:`Encoder`'s); the teacher never
+    gets gradients."""
+    student = Encoder(model, in_chans, head, True, masks, decoder, decoder_settings)
+    teacher = Encoder(model, in_chans, head, False)
     missing, unexpected = teacher.load_state_dict(student.state_dict(), strict=False)
     if missing:
         raise RuntimeError(f"teacher has parameters the student lacks: {missing}")

@@ -16,6 +16,11 @@ Swin-T: 5 upsamplings); ``patch_size`` is that stride, ``embed_patch`` the 4-px 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mst.models.settings import ModelSettings
+
 from dataclasses import dataclass
 
 import timm
@@ -33,20 +38,20 @@ class SwinArch:
     timm_name: str
     drops_tokens = False  # windows need the whole grid
 
-    def timm_spec(self, model_cfg: dict, in_chans: int) -> tuple[str, dict]:
-        if int(model_cfg["patch_size"]) != 4:
-            raise ValueError(f"model.patch_size={model_cfg['patch_size']}: Swin embeds 4-px patches (set 4)")
+    def timm_spec(self, model: "ModelSettings", in_chans: int) -> tuple[str, dict]:
+        if int(model.patch_size) != 4:
+            raise ValueError(f"model.patch_size={model.patch_size}: Swin embeds 4-px patches (set 4)")
         for key in ("depth", "embed_dim", "num_heads"):
-            if model_cfg.get(key):
+            if getattr(model, key):
                 raise ValueError(f"model.{key} cannot be overridden for Swin (it is per stage); leave it null")
-        if model_cfg.get("pos_embed", "learned") != "learned":
+        if model.pos_embed != "learned":
             raise ValueError("model.pos_embed=sincos is for ViTs; Swin has relative position biases")
-        kwargs = dict(img_size=int(model_cfg["img_size"]), in_chans=int(in_chans), num_classes=0,
+        kwargs = dict(img_size=int(model.img_size), in_chans=int(in_chans), num_classes=0,
                       dynamic_img_size=True)
         return self.timm_name, kwargs
 
-    def build(self, model_cfg: dict, in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
-        return SwinBackbone(self, model_cfg, in_chans, drop_path, mask_token)
+    def build(self, model: "ModelSettings", in_chans: int, drop_path: float = 0.0, mask_token: bool = False) -> nn.Module:
+        return SwinBackbone(self, model, in_chans, drop_path, mask_token)
 
 
 def pooled_query_attention(attn: nn.Module, x: torch.Tensor, per_head: bool = False) -> torch.Tensor:
@@ -63,10 +68,10 @@ def pooled_query_attention(attn: nn.Module, x: torch.Tensor, per_head: bool = Fa
 class SwinBackbone(nn.Module):
     """timm Swin Transformer + [MASK] at the patch embedding + pooled-query token importance."""
 
-    def __init__(self, arch: SwinArch, model_cfg: dict, in_chans: int, drop_path: float = 0.0,
+    def __init__(self, arch: SwinArch, model: "ModelSettings", in_chans: int, drop_path: float = 0.0,
                  mask_token: bool = False) -> None:
         super().__init__()
-        name, kwargs = arch.timm_spec(model_cfg, in_chans)
+        name, kwargs = arch.timm_spec(model, in_chans)
         self.vit = timm.create_model(name, pretrained=False, drop_path_rate=drop_path, **kwargs)  # the timm model
         self.embed_dim = self.vit.num_features
         self.embed_patch = 4
@@ -77,7 +82,7 @@ class SwinBackbone(nn.Module):
         self._capture = OutputCapture()  # norm1 output: the attention input, (B, H, W, C), before windowing
         self._last_block = self.vit.layers[-1].blocks[-1]
         self._last_block.norm1.register_forward_hook(self._capture)
-        if model_cfg.get("grad_checkpointing"):
+        if model.grad_checkpointing:
             self.vit.set_grad_checkpointing(True)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
