@@ -35,12 +35,12 @@ METHOD_CONFIGS = {"mae": REPO / "configs" / "fashion_mnist_mae.yaml",
 # Variants of the step: (which preset, overrides). None = --config (an MST preset): MST = attention mask +
 # decoder, DINO = neither; "mae" / "simmim" = --mae-config / --simmim-config.
 VARIANTS: dict[str, tuple[str | None, list[str]]] = {
-    "dino": (None, ["mst.mask=none", "mst.decoder=none"]),
+    "dino": (None, ["mask.strategy=none", "mst.decoder=none"]),
     "mask_only": (None, ["mst.decoder=none"]),
-    "decoder_only": (None, ["mst.mask=none"]),
+    "decoder_only": (None, ["mask.strategy=none"]),
     "mst": (None, []),
     # DINO whose student throws AMT's share of its global views' tokens (drawn by the teacher's attention)
-    "dino_throw": (None, ["mst.mask=amt", "mst.decoder=none"]),
+    "dino_throw": (None, ["mask.strategy=amt", "mst.decoder=none"]),
     "mae": ("mae", []),
     "simmim": ("simmim", []),
     "mae_amt": ("mae", ["amt.enabled=true", "amt.start=0"]),  # AMT from the first step (steady state)
@@ -58,7 +58,7 @@ _COLOUR = ["data.channels=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.
 for _d in ("zoom_in", "zoom_out", "distort", "blur", "decolorize"):
     _extra = [f"mim.degradation={_d}"] + (_COLOUR if _d == "decolorize" else [])
     VARIANTS[f"mae+{_d}"] = ("mae", _extra)
-    VARIANTS[f"{_d}_alone"] = ("mae", _extra + ["mim.mask=none"])
+    VARIANTS[f"{_d}_alone"] = ("mae", _extra + ["mask.strategy=none"])
 
 
 # The engine's smoke-test protocol (PROTOCOLS["tiny"]: a 1-block ViT, small head and decoders) at batch 8, with two

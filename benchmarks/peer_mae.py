@@ -49,7 +49,7 @@ def peer_step_fn(vit, batch_images: torch.Tensor, cfg: dict):
     decoder.to(batch_images.device)
     params = list(backbone.parameters()) + list(decoder.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-    ratio = float(cfg["mim"]["mask_ratio"])
+    ratio = float(cfg["mask"]["ratio"])
 
     def step():
         images = batch_images

@@ -1,7 +1,7 @@
 """Step time of every method relative to DINO's (and of AMT relative to its plain method), in one run.
 
-Trainers are built for DINO (``mst.mask=none``, ``mst.decoder=none``), MST's parts (mask only, decoder only), MST,
-DINO whose student throws tokens (``mst.mask=amt``: AMT's mask + throw by the teacher's attention, no decoder),
+Trainers are built for DINO (``mask.strategy=none``, ``mst.decoder=none``), MST's parts (mask only, decoder only), MST,
+DINO whose student throws tokens (``mask.strategy=amt``: AMT's mask + throw by the teacher's attention, no decoder),
 the MIM methods (MAE, SimMIM) on their own presets, and MAE / SimMIM with AMT from the first step, all at the same
 batch size (DINO's, unless --batch). AMT also costs a refresh of the attention maps every amt.interval epochs: a
 no-grad pass over the training set, timed here on synthetic images and amortised per step (seconds per image x
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["mst_over_dino"] = r
     if "dino_throw" in wall and base == "dino":
         r = result["variants"]["dino_throw"]["ratio_vs_base"]
-        m = cfgs["dino_throw"]["mst"]
+        m = cfgs["dino_throw"]["mask"]
         print(f"DINO throwing / DINO step time ({measure}) = {r:.3f}  (student's global views: "
-              f"{m['mask_ratio']:.0%} masked, {m['throw_ratio']:.0%} thrown)")
+              f"{m['ratio']:.0%} masked, {m['throw_ratio']:.0%} thrown)")
         result["dino_throw_over_dino"] = r
     for n in ("mae", "simmim"):
         if n in wall and base == "dino":

@@ -35,7 +35,7 @@ TINY = [
 # the same tiny model for the MIM methods (no DINO head, a 1-block 32-wide MAE decoder)
 TINY_MIM = ["model.depth=2", "model.img_size=28", *TINY_RUN]
 TINY_MAE = ["method=mae", *TINY_MIM, "mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]
-TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mim.mask=blocks", "mim.mask_ratio=0.6", "mim.norm_pix_loss=false"]
+TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mask.strategy=blocks", "mask.ratio=0.6", "mim.norm_pix_loss=false"]
 TINY_FINETUNE = ["method=finetune", *TINY_MIM]
 def _tiny_teacher() -> str:
     """A 1-block, 32-wide ViT on Fashion-MNIST's 28 px grey images (random weights), saved as ``mst export`` saves

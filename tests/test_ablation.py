@@ -69,11 +69,11 @@ def test_results_json_holds_every_variant_and_seed(tiny_run):
             assert per_run["variant"] == v["variant"] and per_run["seed"] == seed
             assert per_run["wall_s"]["total_s"] > 0
             cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-            assert cfg["seed"] == seed and cfg["mst"]["mask"] == v["variant"]
+            assert cfg["seed"] == seed and cfg["mask"]["strategy"] == v["variant"]
             assert cfg["mst"]["decoder"] == "cnn"  # Table 4 compares strategies inside MST
     # Table 4: "all methods mask with the same probability p"
     cfgs = {v: build_run_config("mask", v, 0, "tiny") for v in VARIANTS}
-    assert cfgs["random"]["mst"]["mask_p"] == cfgs["attention"]["mst"]["mask_p"] == 0.1
+    assert cfgs["random"]["mask"]["p"] == cfgs["attention"]["mask"]["p"] == 0.1
     assert data == json.loads(json.dumps(agg))
 
 
@@ -226,7 +226,7 @@ def test_every_ablation_and_protocol_resolves():
                     assert str(cfg[section][leaf]).lower() == value.lower() or cfg[section][leaf] == float(value)
     gpu = build_run_config("mask", "attention", 0, "gpu")
     assert gpu["data"]["subset"] is None and gpu["model"]["depth"] is None and gpu["optim"]["epochs"] == 100
-    assert build_run_config("num_p", "num8_p0.15", 0, "cpu")["mst"]["mask_num"] == 8
+    assert build_run_config("num_p", "num8_p0.15", 0, "cpu")["mask"]["num"] == 8
 
 
 def test_bad_arguments_fail_early(tmp_path):

@@ -154,7 +154,7 @@ def test_amt_refusals(tmp_path):
         load_config(overrides=TINY_SIMMIM + AMT + ["model.arch=swin_tiny", "model.depth=null", "model.img_size=64",
                                                    "model.img_size=64"])
     with pytest.raises(ConfigError, match="set amt.enabled=true"):
-        load_config(overrides=TINY_MAE + ["mim.mask=amt"])
+        load_config(overrides=TINY_MAE + ["mask.strategy=amt"])
     with pytest.raises(ConfigError, match="amt.order='middle' is not one of"):
         load_config(overrides=TINY_MAE + AMT + ["amt.order=middle"])
     # a buffer from a run on other data
@@ -235,7 +235,7 @@ def test_null_ratios_are_the_methods_reference():
     assert MAE.amt_reference == (0.45, 0.40) and SimMIM.amt_reference == (0.44, 0.26)
     assert amt_spec(load_config(overrides=TINY_MAE + AMT)) == AMTSpec(0.45, 0.40, 1, "mask_first", "floor")
     simmim = load_config(overrides=TINY_SIMMIM + AMT + ["model.img_size=32", "model.img_size=32",
-                                                     "mim.mask_patch_size=8", "amt.order=throw_lowest"])
+                                                     "mask.unit=8", "amt.order=throw_lowest"])
     assert amt_spec(simmim) == AMTSpec(0.44, 0.26, 2, "throw_lowest", "ceil")  # blocks: SimMIM's ceil
     half = load_config(overrides=TINY_MAE + AMT + ["amt.throw_ratio=0.1"])  # only the null one is filled in
     assert amt_spec(half) == AMTSpec(0.45, 0.1, 1, "mask_first", "floor")

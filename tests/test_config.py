@@ -16,15 +16,15 @@ def test_presets_load():
     for name in names:
         load_config(ROOT / name)
     mst = load_config(ROOT / "fashion_mnist_vit_tiny.yaml")
-    assert mst["method"] == "mst" and mst["mst"]["mask"] == "attention" and mst["mst"]["decoder"] == "cnn"
+    assert mst["method"] == "mst" and mst["mask"]["strategy"] == "attention" and mst["mst"]["decoder"] == "cnn"
     dino = load_config(ROOT / "fashion_mnist_dino.yaml")
-    assert dino["method"] == "dino" and dino["mst"]["mask"] == "none" and dino["mst"]["decoder"] == "none"
+    assert dino["method"] == "dino" and dino["mask"]["strategy"] == "none" and dino["mst"]["decoder"] == "none"
     inet = load_config(ROOT / "imagenet_deit_small_100ep.yaml")
     # the paper: lr 2e-3 at batch 1024, wd 0.04, 10 warm-up epochs, lambda 1.0 / 0.6, num 8, p 0.1
     assert inet["optim"]["base_lr"] * 1024 / 256 == pytest.approx(2e-3)
     assert inet["optim"]["weight_decay"] == 0.04 and inet["optim"]["warmup_epochs"] == 10
     assert (inet["mst"]["ce_weight"], inet["mst"]["restore_weight"]) == (1.0, 0.6)
-    assert (inet["mst"]["mask_num"], inet["mst"]["mask_p"]) == (8, 0.1)
+    assert (inet["mask"]["num"], inet["mask"]["p"]) == (8, 0.1)
     assert inet["model"]["arch"] == "vit_small" and inet["model"]["patch_size"] == 16
 
 
@@ -42,10 +42,10 @@ def test_each_method_gets_only_its_sections():
 
 
 def test_override_types():
-    cfg = load_config(overrides=["optim.base_lr=1e-3", "mst.mask=random", "mst.decoder=none",
+    cfg = load_config(overrides=["optim.base_lr=1e-3", "mask.strategy=random", "mst.decoder=none",
                                  "augment.global_scale=[0.3, 1.0]", "data.root=null"])
     assert cfg["optim"]["base_lr"] == 1e-3
-    assert cfg["mst"]["mask"] == "random" and cfg["mst"]["decoder"] == "none"
+    assert cfg["mask"]["strategy"] == "random" and cfg["mst"]["decoder"] == "none"
     assert cfg["augment"]["global_scale"] == [0.3, 1.0]
     assert cfg["data"]["root"] is None
 
@@ -53,16 +53,29 @@ def test_override_types():
 def test_unknown_override_names_closest_key():
     with pytest.raises(ConfigError, match=r"unknown config key 'optim.base_lrr'.*optim.base_lr"):
         load_config(overrides=["optim.base_lrr=1"])
-    with pytest.raises(ConfigError, match="mst.mask_num"):
-        load_config(overrides=["mst.mask_nun=4"])
+    with pytest.raises(ConfigError, match="mask.num"):
+        load_config(overrides=["mask.nun=4"])
 
 
 def test_old_key_names_are_read_as_the_new_ones_with_a_one_line_notice(tmp_path):
     from mst.config import RenamedKeyNotice
 
-    with pytest.warns(RenamedKeyNotice, match=r"^config key 'mask.strategy' in --set is now 'mst.mask' \(read as it\)$"):
-        cfg = load_config(overrides=["mask.strategy=none"])
-    assert cfg["mst"]["mask"] == "none"
+    with pytest.warns(RenamedKeyNotice, match=r"^config key 'mst.mask' in --set is now 'mask.strategy' \(read as it\)$"):
+        cfg = load_config(overrides=["mst.mask=none"])
+    assert cfg["mask"]["strategy"] == "none"
+    # masking had three homes (mst.*, mim.*, amt.*): the old keys of MST and of the MIM methods lead to one section
+    with pytest.warns(RenamedKeyNotice):
+        cfg = load_config(overrides=["method=simmim", "mim.mask=blocks", "mim.mask_ratio=0.6", "mim.mask_patch_size=8",
+                                     "model.img_size=32"])
+    assert (cfg["mask"]["strategy"], cfg["mask"]["ratio"], cfg["mask"]["unit"]) == ("blocks", 0.6, 8)
+    with pytest.warns(RenamedKeyNotice):
+        cfg = load_config(overrides=["mst.mask_num=4", "mst.mask_p=0.2", "mst.importance=teacher", "mask.replacement=bert"])
+    assert (cfg["mask"]["num"], cfg["mask"]["p"], cfg["mst"]["replacement"]) == (4, 0.2, "bert")
+    g = tmp_path / "both.yaml"
+    g.write_text("mst:\n  mask_p: 0.2\nmim:\n  mask_p: 0.3\n")
+    with pytest.raises(ConfigError, match=r"^mim.mask_p=0.3 and mask.p=0.2 in .*both.yaml: mim.mask_p is the old "
+                                          r"name of mask.p; set only mask.p$"), pytest.warns(RenamedKeyNotice):
+        load_config(g)
     f = tmp_path / "old.yaml"
     f.write_text("head:\n  out_dim: 64\naugment:\n  global_size: 32\n")
     with pytest.warns(RenamedKeyNotice) as notices:
@@ -106,8 +119,8 @@ def test_registries_name_the_valid_choices():
     with pytest.raises(ConfigError, match=r"method='maee' is not a registered method; choose one of .*mae, mst, "
                                           r"simmim.*did you mean mae"):
         load_config(overrides=["method=maee"])
-    with pytest.raises(ConfigError, match=r"mst.mask=.block. is not a registered mask strategy; .*blocks"):
-        load_config(overrides=["mst.mask=block"])
+    with pytest.raises(ConfigError, match=r"mask.strategy=.block. is not a registered mask strategy; .*blocks"):
+        load_config(overrides=["mask.strategy=block"])
     with pytest.raises(ConfigError, match=r"mst.decoder=.cnnn. is not a registered decoder; .*cnn, linear, transformer"):
         load_config(overrides=["mst.decoder=cnnn"])
     with pytest.raises(ConfigError, match=r"model.arch='vit_huge' is not a registered backbone"):
@@ -118,16 +131,17 @@ def test_registries_name_the_valid_choices():
         load_config(overrides=["mst.decoder=transformer"])
     from mst.masking import MASKS, RandomMask
 
-    class NeedsUnits(RandomMask):  # reads a key no section has (every built-in strategy's keys are in mst and mim)
+    class NeedsUnits(RandomMask):  # reads a key it did not declare
         @classmethod
         def from_config(cls, section, patch_size):
             return cls(section["units"])
 
     MASKS.register("needs_units", NeedsUnits)
     try:
-        with pytest.raises(ConfigError, match=r"mask strategy 'needs_units' needs the config key 'units', .*: choose "
-                                              r"another mst.mask$"):
-            load_config(overrides=["mst.mask=needs_units"])
+        with pytest.raises(ConfigError, match=r"^mask strategy 'needs_units' reads mask.units, which no strategy "
+                                              r"declares \(the mask section has importance, num, .*\): declare it in "
+                                              r"NeedsUnits.settings, or choose another mask.strategy$"):
+            load_config(overrides=["mask.strategy=needs_units"])
     finally:
         MASKS.unregister("needs_units")
 
@@ -148,18 +162,18 @@ def test_bad_values():
 @pytest.mark.parametrize("ratio", ["1.0", "-0.1", "1.5"])
 def test_mask_ratio_outside_0_1_is_refused(ratio):
     for method in ("mae", "simmim"):
-        with pytest.raises(ConfigError, match=rf"mim.mask_ratio={ratio} must lie in \[0, 1\)"):
-            load_config(overrides=[f"method={method}", f"mim.mask_ratio={ratio}"])
+        with pytest.raises(ConfigError, match=rf"mask.ratio={ratio} must lie in \[0, 1\)"):
+            load_config(overrides=[f"method={method}", f"mask.ratio={ratio}"])
 
 
 def test_mask_patch_size_must_be_a_multiple_of_the_patch_and_divide_the_image():
-    with pytest.raises(ConfigError, match=r"mim.mask_patch_size=6 is not a multiple of model.patch_size=4"):
-        load_config(overrides=["method=simmim", "mim.mask_patch_size=6"])
-    with pytest.raises(ConfigError, match=r"mim.mask_patch_size=8 does not divide the image \(model.img_size=28"):
-        load_config(overrides=["method=simmim", "mim.mask_patch_size=8"])
-    cfg = load_config(overrides=["method=simmim", "mim.mask_patch_size=8", "model.img_size=32",
+    with pytest.raises(ConfigError, match=r"mask.unit=6 is not a multiple of model.patch_size=4"):
+        load_config(overrides=["method=simmim", "mask.unit=6"])
+    with pytest.raises(ConfigError, match=r"mask.unit=8 does not divide the image \(model.img_size=28"):
+        load_config(overrides=["method=simmim", "mask.unit=8"])
+    cfg = load_config(overrides=["method=simmim", "mask.unit=8", "model.img_size=32",
                                  "model.img_size=32"])
-    assert cfg["mim"]["mask_patch_size"] == 8
+    assert cfg["mask"]["unit"] == 8
 
 
 def test_online_knn_on_an_unlabelled_folder_is_switched_off_with_a_warning(tmp_path):

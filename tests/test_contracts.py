@@ -10,7 +10,8 @@ import timm
 import torch
 
 from mst.checkpoint import load_backbone
-from mst.config import COMMON, load_config
+from mst.config import COMMON, ConfigError, load_config
+from mst.config_doc import describe
 from mst.config import sections as method_sections
 from mst.degradations import DEGRADATIONS, build_degradation
 from mst.masking import MASKS, MaskResult, MaskStrategy, build_mask_strategy
@@ -18,6 +19,7 @@ from mst.methods import METHODS, StepOutput, build_method
 from mst.models.backbones import BACKBONES, create_backbone, timm_spec
 from mst.models.decoders import DECODERS, build_decoder, decoder_kind
 from mst.models.tokens import gather_tokens, keep_indices
+from mst.settings import RATIO, make_spec
 from tests.conftest import save_method, step, tiny_overrides, views_for
 
 # -- named exclusions (and named settings), each checked against its registry below ---------------------------------
@@ -59,7 +61,7 @@ def random_keep(b: int, n: int, k: int, seed: int) -> torch.Tensor:
 
 # -- mask strategies ------------------------------------------------------------------------------------------------
 # one section with every key a built-in strategy reads; 4 px patches, 8 px mask units (2x2 tokens) on 8x8 tokens
-MASK_SECTION = {"mask_ratio": 0.5, "mask_p": 0.5, "mask_num": 2, "mask_patch_size": 8, "throw_ratio": 0.25}
+MASK_SECTION = {"ratio": 0.5, "p": 0.5, "num": 2, "unit": 8, "throw_ratio": 0.25}
 GRID, B = (8, 8), 3
 
 
@@ -278,14 +280,13 @@ class LowestQuarter(MaskStrategy):
 
 
 def strategy_keys(method: str) -> list[str]:
-    """The config keys that select ``method``'s mask strategy: each of its sections' ``mask`` key."""
-    return [f"{s}.mask" for s in METHODS.get(method).sections if "mask" in method_sections().get(s, {})]
+    """The config key that selects ``method``'s mask strategy (``mask.strategy``), if it reads the mask section."""
+    return ["mask.strategy"] if "mask" in METHODS.get(method).sections else []
 
 
 def importance_keys(method: str) -> list[str]:
-    """``key=source`` for each of ``method``'s sections with an ``importance`` key: its first importance source."""
-    cls = METHODS.get(method)
-    return [f"{s}.importance={cls.importance_sources[0]}" for s in cls.sections if "importance" in method_sections().get(s, {})]
+    """``mask.importance=`` the method's first importance source."""
+    return [f"mask.importance={METHODS.get(method).importance_sources[0]}"]
 
 
 @pytest.mark.parametrize("strategy", [RandomQuarter, LowestQuarter])
@@ -309,3 +310,40 @@ def test_a_strategy_registered_here_trains_with_every_method_that_takes_one(stra
             out.loss.backward()
     finally:
         MASKS.unregister(name)
+
+
+def test_a_strategy_with_a_setting_of_its_own_is_one_class():
+    """A strategy declaring a key of its own (``mask.share``) on its class is configured by it in MST and MAE like a
+    built-in one: its default, type and range come from the declaration, ``mst config`` lists it, and nothing
+    else is edited."""
+
+    class RandomShare(MaskStrategy):
+        settings = {"share": make_spec(0.25, "share of the tokens masked at random", range=RATIO)}
+
+        def __init__(self, share: float) -> None:
+            self.share = share
+
+        @classmethod
+        def from_config(cls, section, patch_size):
+            return cls(section["share"])
+
+        def __call__(self, batch, grid, importance, generator):
+            n = grid[0] * grid[1]
+            order = torch.argsort(torch.rand(batch, n, generator=generator), dim=1)[:, : int(n * self.share)]
+            return MaskResult(mask=torch.zeros(batch, n, dtype=torch.bool).scatter_(1, order, True))
+
+    MASKS.register("test_share", RandomShare)
+    try:
+        assert load_config()["mask"]["share"] == 0.25
+        for method_name in ("mst", "mae"):
+            cfg = load_config(overrides=tiny_overrides(method_name) + ["mask.strategy=test_share", "mask.share=0.5"])
+            method = build_method(cfg).train()
+            out = step(method, views_for(method, b=2), generator=gen(0))
+            n = out.mask.shape[1]
+            assert (out.mask.sum(1) == int(n * 0.5)).all(), method_name
+            out.loss.backward()
+        with pytest.raises(ConfigError, match=r"^mask.share=1.5 must lie in \[0, 1\)"):
+            load_config(overrides=["mask.strategy=test_share", "mask.share=1.5"])
+        assert "share of the tokens masked at random" in describe("mae")
+    finally:
+        MASKS.unregister("test_share")

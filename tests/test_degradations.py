@@ -175,7 +175,7 @@ def test_zoom_out_normalises_the_target_in_the_clean_frame_then_places_it():
 @pytest.mark.parametrize("name", DEGRADATIONS.names())
 def test_every_degradation_trains_in_mae_alone_and_with_masking(name, tmp_path):
     channels = 3 if name == "decolorize" else 1  # de-colourising refuses grey data
-    for mask in ([["mim.mask=none"]] if name != "none" else []) + [["mim.mask_ratio=0.75"]]:
+    for mask in ([["mask.strategy=none"]] if name != "none" else []) + [["mask.ratio=0.75"]]:
         cfg = load_config(overrides=TINY_MAE + [f"mim.degradation={name}", "degrade.blur_kernel=5",
                                                 f"data.channels={channels}"] + mask)
         torch.manual_seed(0)

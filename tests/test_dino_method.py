@@ -1,4 +1,4 @@
-"""Plain DINO as a method of its own (``method: dino``): MST with ``mst.mask`` and ``mst.decoder`` none by default,
+"""Plain DINO as a method of its own (``method: dino``): MST with ``mask.strategy`` and ``mst.decoder`` none by default,
 every ``mst.*`` key still its own. It must train bit-identically to the ``method: mst`` + mask none + decoder none
 configuration the recorded DINO runs (docs/results.md) were made with, so the DINO preset can name it."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mst.methods import DINO, METHODS, MST, Method, load_method, same_training
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DINO_PRESET = CONFIGS / "fashion_mnist_dino.yaml"
 # the recorded DINO runs' configuration: the preset's method before it was named dino
-AS_RECORDED = ["method=mst", "mst.mask=none", "mst.decoder=none"]
+AS_RECORDED = ["method=mst", "mask.strategy=none", "mst.decoder=none"]
 # a few steps of the preset on 32 Fashion-MNIST images, the model and head narrowed: seconds on a CPU
 FEW_STEPS = ["data.subset=32", "optim.batch_size=8", "model.depth=2", "dino.out_dim=64", "dino.hidden_dim=32",
              "dino.bottleneck_dim=16", "log.progress=false", "log.tensorboard=false", "log.every=1",
@@ -29,22 +29,24 @@ UNTIMED = ("images_per_s", "step_ms", "data_wait")  # the per-step metrics that 
 def test_dino_is_mst_without_mask_and_decoder():
     cfg = load_config(None, ["method=dino"])
     assert cfg["method"] == "dino" and METHODS.get("dino") is DINO and issubclass(DINO, MST)
-    assert cfg["mst"]["mask"] == "none" and cfg["mst"]["decoder"] == "none"
+    assert cfg["mask"]["strategy"] == "none" and cfg["mst"]["decoder"] == "none"
     assert {"dino", "mst"} <= set(cfg) and not {"mim", "mae", "simmim"} & set(cfg)
     mst = load_config()
-    assert mst["mst"]["mask"] == "attention" and mst["mst"]["decoder"] == "cnn"  # MST's defaults are untouched
+    assert mst["mask"]["strategy"] == "attention" and mst["mst"]["decoder"] == "cnn"  # MST's defaults are untouched
     # every other key is MST's default
-    assert {k: v for k, v in cfg.items() if k != "mst"} == {**{k: v for k, v in mst.items() if k != "mst"},
-                                                             "method": "dino"}
-    assert {k: v for k, v in cfg["mst"].items() if k not in ("mask", "decoder")} == \
-           {k: v for k, v in mst["mst"].items() if k not in ("mask", "decoder")}
+    mine = ("mst", "mask")
+    assert {k: v for k, v in cfg.items() if k not in mine} == {**{k: v for k, v in mst.items() if k not in mine},
+                                                                "method": "dino"}
+    assert {k: v for k, v in cfg["mst"].items() if k != "decoder"} == \
+           {k: v for k, v in mst["mst"].items() if k != "decoder"}
+    assert {**cfg["mask"], "strategy": "attention"} == mst["mask"]
     # every mst.* key still applies: DINO throws tokens with AMT's draw (no decoder by default, so it may)
-    assert load_config(None, ["method=dino", "mst.mask=amt"])["mst"]["mask"] == "amt"
-    assert load_config(None, ["method=dino", "mst.mask=random", "mst.mask_p=0.2"])["mst"]["mask_p"] == 0.2
-    with pytest.raises(ConfigError, match=r"mst.mask='amt' throws tokens away, but mst.decoder='cnn'"):
-        load_config(None, ["method=dino", "mst.mask=amt", "mst.decoder=cnn"])
+    assert load_config(None, ["method=dino", "mask.strategy=amt"])["mask"]["strategy"] == "amt"
+    assert load_config(None, ["method=dino", "mask.strategy=random", "mask.p=0.2"])["mask"]["p"] == 0.2
+    with pytest.raises(ConfigError, match=r"mask.strategy='amt' throws tokens away, but mst.decoder='cnn'"):
+        load_config(None, ["method=dino", "mask.strategy=amt", "mst.decoder=cnn"])
     with pytest.raises(ConfigError, match=r"method='dino' can take a per-token importance only from teacher"):
-        load_config(None, ["method=dino", "mst.importance=encoder"])
+        load_config(None, ["method=dino", "mask.importance=encoder"])
     with pytest.warns(UserWarning, match=r"method=dino with mst.decoder='cnn'.*that is MST"):
         load_config(CONFIGS / "fashion_mnist_vit_tiny.yaml", ["method=dino"])  # an MST preset keeps its decoder
 
@@ -99,7 +101,7 @@ def test_pretrain_own_images_with_method_dino(tmp_path, capsys):
                  *sum((["--set", s] for s in sets), [])]) == 0
     assert "configs/own_images_cpu.yaml" in capsys.readouterr().out
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["method"] == "dino" and (cfg["mst"]["mask"], cfg["mst"]["decoder"]) == ("none", "none")
+    assert cfg["method"] == "dino" and (cfg["mask"]["strategy"], cfg["mst"]["decoder"]) == ("none", "none")
     assert cfg["optim"]["base_lr"] == MST.small_budget_base_lr  # optim.base_lr: auto -> MST / DINO's small-budget lr
     assert [r["step"] for r in _losses(run)] == [1, 2]
     assert type(load_method(run)) is DINO
@@ -108,10 +110,10 @@ def test_pretrain_own_images_with_method_dino(tmp_path, capsys):
 def test_method_agnostic_presets_take_dino():
     for preset in ("own_images_cpu.yaml", "own_images_gpu.yaml"):
         cfg = load_config(CONFIGS / preset, ["method=dino", "data.name=fashion_mnist"])
-        assert (cfg["mst"]["mask"], cfg["mst"]["decoder"]) == ("none", "none"), preset
+        assert (cfg["mask"]["strategy"], cfg["mst"]["decoder"]) == ("none", "none"), preset
         mst = load_config(CONFIGS / preset, ["method=mst", "data.name=fashion_mnist"])
-        assert (mst["mst"]["mask"], mst["mst"]["decoder"]) == ("attention", "cnn"), preset
-        assert {**cfg, "method": "mst", "mst": mst["mst"]} == mst, preset  # all else is MST's
+        assert (mst["mask"]["strategy"], mst["mst"]["decoder"]) == ("attention", "cnn"), preset
+        assert {**cfg, "method": "mst", "mst": mst["mst"], "mask": mst["mask"]} == mst, preset  # all else is MST's
     notes: list = []
     cfg = load_config(CONFIGS / "own_images_cpu.yaml", ["method=dino", "data.name=fashion_mnist"], notes=notes)
     assert cfg["optim"]["base_lr"] == 8e-3 == DINO.small_budget_base_lr
@@ -133,8 +135,8 @@ def test_an_ablation_rerun_takes_a_run_recorded_as_method_mst(tmp_path):
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(load_config(DINO_PRESET, AS_RECORDED)))
     _check_same_config(tmp_path, load_config(DINO_PRESET))
-    with pytest.raises(ConfigError, match=r"another config \(mst.mask: 'none' -> 'random'\)"):
-        _check_same_config(tmp_path, load_config(DINO_PRESET, ["mst.mask=random"]))
+    with pytest.raises(ConfigError, match=r"another config \(mask.strategy: 'none' -> 'random'\)"):
+        _check_same_config(tmp_path, load_config(DINO_PRESET, ["mask.strategy=random"]))
     with pytest.raises(ConfigError, match=r"another config \(method: 'mst' -> 'mae'"):
         _check_same_config(tmp_path, {**load_config(DINO_PRESET, AS_RECORDED), "method": "mae"})
 

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(HERE)
 # equivalence needs the same randomness on 1 and 2 processes: no drop-path, a mask drawn with p = 0 (the [MASK]
 # path still runs); the decoder's BatchNorm is per process on CPU (SyncBatchNorm is CUDA-only), so it is off here
 # and exercised in the replica-consistency test instead.
-EQUIV = TINY + ["model.drop_path=0.0", "mst.mask_p=0.0", "mst.decoder=none", "data.subset=32"]
+EQUIV = TINY + ["model.drop_path=0.0", "mask.p=0.0", "mst.decoder=none", "data.subset=32"]
 
 
 def torchrun(nproc, out, steps, overrides, timeout=300):
@@ -49,7 +49,7 @@ def test_two_process_ddp_equals_single_process(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_mst_replicas_stay_identical(tmp_path):
-    torchrun(2, tmp_path / "ddp", 3, TINY + ["optim.batch_size=4", "mst.mask_p=0.5", "mst.mask_num=2"])
+    torchrun(2, tmp_path / "ddp", 3, TINY + ["optim.batch_size=4", "mask.p=0.5", "mask.num=2"])
     r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
     keys = [k for k in r0 if "running_" not in k and "num_batches" not in k]  # BN stats are per process

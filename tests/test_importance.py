@@ -35,15 +35,15 @@ def test_attmask_high_masks_exactly_the_most_attended_tokens():
     assert torch.equal(AttMaskHigh(0.3)(4, (7, 7), importance, gen(2)).mask, r.mask)  # no randomness
     with pytest.raises(ValueError, match="needs a per-token attention"):
         AttMaskHigh(0.3)(4, (7, 7), None, gen(1))
-    assert isinstance(build_mask_strategy("attmask", {"mask_ratio": 0.5}, 4), AttMaskHigh)
+    assert isinstance(build_mask_strategy("attmask", {"ratio": 0.5}, 4), AttMaskHigh)
 
 
 @pytest.mark.parametrize("method_name", ["mae", "simmim"])
 def test_mim_draws_attmask_with_the_encoders_attention(method_name):
-    """mim.importance=encoder: the masked tokens are the top-k of the encoder's CLS attention computed by hand
+    """mask.importance=encoder: the masked tokens are the top-k of the encoder's CLS attention computed by hand
     (eval mode, on the view before masking); the step's gradients are untouched by the no-grad pass."""
-    cfg = load_config(overrides=tiny_overrides(method_name) + ["mim.mask=attmask", "mim.importance=encoder",
-                                                               "mim.mask_ratio=0.5"])
+    cfg = load_config(overrides=tiny_overrides(method_name) + ["mask.strategy=attmask", "mask.importance=encoder",
+                                                               "mask.ratio=0.5"])
     torch.manual_seed(0)
     method = build_method(cfg).train()
     x = views_for(method, b=3)[0]
@@ -60,9 +60,9 @@ def test_mim_draws_attmask_with_the_encoders_attention(method_name):
 
 
 def test_dino_throws_tokens_from_the_students_global_views():
-    """mst.mask=amt, mst.decoder=none: the teacher's CLS attention draws AMT's mask + throw; the student's global
+    """mask.strategy=amt, mst.decoder=none: the teacher's CLS attention draws AMT's mask + throw; the student's global
     views carry exactly the kept tokens ([MASK] ones included), its local crops and the teacher every token."""
-    cfg = load_config(overrides=tiny_overrides("mst") + ["mst.mask=amt", "mst.decoder=none", "model.drop_path=0.0"])
+    cfg = load_config(overrides=tiny_overrides("mst") + ["mask.strategy=amt", "mst.decoder=none", "model.drop_path=0.0"])
     torch.manual_seed(0)
     method = build_method(cfg).train()
     views = views_for(method, b=2)
@@ -73,7 +73,7 @@ def test_dino_throws_tokens_from_the_students_global_views():
     for h in hooks:
         h.remove()
     n = 49  # 28 px / 4 px patches
-    n_mask, n_throw = int(n * 0.45), int(n * 0.85) - int(n * 0.45)  # mst.mask_ratio, mst.throw_ratio (floor)
+    n_mask, n_throw = int(n * 0.45), int(n * 0.85) - int(n * 0.45)  # mask.ratio, mask.throw_ratio (floor)
     assert (out.mask.sum(1) == n_mask).all() and out.mask.shape == (4, n)
     assert lens["teacher"] == [1 + n]
     local = (int(cfg["augment"]["local_size"]) // 4) ** 2
@@ -82,7 +82,7 @@ def test_dino_throws_tokens_from_the_students_global_views():
     # the draw is AMT's on the teacher's attention of the same pass
     with torch.no_grad():
         att = method.teacher.backbone(torch.cat(views[:2]), return_attention=True).attention
-    expect = build_mask_strategy("amt", cfg["mst"], 4)(4, (7, 7), att, gen(0))
+    expect = build_mask_strategy("amt", cfg["mask"], 4)(4, (7, 7), att, gen(0))
     assert torch.equal(out.mask, expect.mask)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -101,7 +101,7 @@ RECORDED = {"mst": 3.7142748832702637, "dino": 3.0971243381500244, "mae": 2.1495
 @pytest.mark.parametrize("name", sorted(RECORDED))
 def test_default_steps_are_unchanged(name):
     method_name = {"dino": "mst", "mae_amt": "mae", "simmim_amt": "simmim"}.get(name, name)
-    extra = {"dino": ["mst.mask=none", "mst.decoder=none"],
+    extra = {"dino": ["mask.strategy=none", "mst.decoder=none"],
              "mae_amt": [*AMT[:1], "amt.start=1", "amt.interval=1", "amt.batch_size=16"]}.get(name, [])
     if name == "simmim_amt":
         extra = ["amt.enabled=true", "amt.start=1", "amt.interval=1", "amt.batch_size=16"]
@@ -117,13 +117,13 @@ def test_default_steps_are_unchanged(name):
 
 
 # -- every (method, strategy, importance source) from the registries --------------------------------------------
-BASES = {  # (method, its strategy section, extra overrides)
-    "mst": ("mst", "mst", []),
-    "dino": ("mst", "mst", ["mst.decoder=none"]),  # plain DINO's head: the student may throw
-    "mae": ("mae", "mim", []),
-    "simmim": ("simmim", "mim", []),
+BASES = {  # (method, extra overrides)
+    "mst": ("mst", []),
+    "dino": ("mst", ["mst.decoder=none"]),  # plain DINO's head: the student may throw
+    "mae": ("mae", []),
+    "simmim": ("simmim", []),
 }
-KEY = re.compile(r"\b(mst|mim|amt|model)\.[a-z_]+")
+KEY = re.compile(r"\b(mst|mim|mask|amt|model)\.[a-z_]+")
 
 
 def combinations():
@@ -137,11 +137,11 @@ def combinations():
 
 
 def overrides(base: str, strategy: str, source: str) -> list[str]:
-    method, section, extra = BASES[base]
-    out = tiny_overrides(method) + extra + [f"{section}.importance={source}"]
-    out += AMT if strategy == "amt.enabled" else [f"{section}.mask={strategy}"]
-    if source == "maps" and section == "mim" and strategy != "amt.enabled":
-        out += ["amt.enabled=true", "amt.start=1"]  # the maps exist with AMT; mim.mask draws by them before amt.start
+    method, extra = BASES[base]
+    out = tiny_overrides(method) + extra + [f"mask.importance={source}"]
+    out += AMT if strategy == "amt.enabled" else [f"mask.strategy={strategy}"]
+    if source == "maps" and method in ("mae", "simmim") and strategy != "amt.enabled":
+        out += ["amt.enabled=true", "amt.start=1"]  # the maps exist with AMT; mask.strategy draws by them before amt.start
     return out
 
 
@@ -172,11 +172,11 @@ def test_every_combination_trains_or_is_refused_with_a_reason():
             ("simmim", "amt.enabled", "encoder")} <= trained
     reasons = {
         ("mst", "amt", "teacher"): "mst.decoder='cnn' restores the whole view from every token",
-        ("mst", "attmask", "none"): "mst.mask='attmask' needs a per-token importance but mst.importance is none",
-        ("mst", "attention", "maps"): "mst.importance='maps': method='mst' can take a per-token importance only "
+        ("mst", "attmask", "none"): "mask.strategy='attmask' needs a per-token importance but mask.importance is none",
+        ("mst", "attention", "maps"): "mask.importance='maps': method='mst' can take a per-token importance only "
                                       "from teacher",
-        ("mae", "attmask", "teacher"): "mim.importance='teacher': method='mae' can take",
-        ("mae", "attmask", "none"): "needs a per-token importance but mim.importance is none",
+        ("mae", "attmask", "teacher"): "mask.importance='teacher': method='mae' can take",
+        ("mae", "attmask", "none"): "needs a per-token importance but mask.importance is none",
         ("mae", "random", "none"): "hides a different number of tokens in each image",
         ("mae", "amt", "encoder"): "set amt.enabled=true",
         ("simmim", "amt.enabled", "none"): "amt.enabled='amt' needs a per-token importance",
@@ -187,10 +187,10 @@ def test_every_combination_trains_or_is_refused_with_a_reason():
 
 
 def test_maps_without_amt_and_throwing_on_swin_are_refused():
-    with pytest.raises(ConfigError, match=r"^mim.importance='maps' reads AMT's stored per-image maps, which exist "
+    with pytest.raises(ConfigError, match=r"^mask.importance='maps' reads AMT's stored per-image maps, which exist "
                                           r"only with amt.enabled=true"):
-        load_config(overrides=tiny_overrides("mae") + ["mim.mask=attmask", "mim.importance=maps"])
+        load_config(overrides=tiny_overrides("mae") + ["mask.strategy=attmask", "mask.importance=maps"])
     swin = ["model.arch=swin_tiny", "model.depth=null", "model.img_size=64", "model.img_size=64",
-            "augment.local_size=32", "mst.decoder=none", "mst.mask=amt"]
-    with pytest.raises(ConfigError, match=r"^mst.mask='amt' throws tokens away, which model.arch='swin_tiny' cannot"):
+            "augment.local_size=32", "mst.decoder=none", "mask.strategy=amt"]
+    with pytest.raises(ConfigError, match=r"^mask.strategy='amt' throws tokens away, which model.arch='swin_tiny' cannot"):
         load_config(overrides=tiny_overrides("mst") + swin)

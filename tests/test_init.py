@@ -25,7 +25,7 @@ SIZE = 56  # 4x4 tokens of 14 px, 7x7 of 8 px: small enough for a ViT-S step on 
 FAST = ["log.progress=false", "log.tensorboard=false", "log.every=1", "optim.warmup_epochs=0", "optim.epochs=1",
         "optim.batch_size=2", "augment.n_local=1"]
 DINO = ["dino.out_dim=64", "dino.hidden_dim=64", "dino.bottleneck_dim=32", "mst.decoder_channels=[16,8,8,8]"]
-SMALL = {"mst": DINO, "dino": DINO, "simmim": ["mim.mask=patches"],
+SMALL = {"mst": DINO, "dino": DINO, "simmim": ["mask.strategy=patches"],
          "mae": ["mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]}
 
 

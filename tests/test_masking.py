@@ -56,16 +56,17 @@ def test_random_mask_rate_matches_p():
 
 def test_none_strategy_and_registry():
     assert build_mask_strategy("none", {}, 4)(4, (3, 3), None, None) is None
-    with pytest.raises(ConfigError, match="mst.mask='block' is not a registered mask strategy"):
-        build_mask_strategy("block", {}, 4, "mst.mask")
-    with pytest.raises(ConfigError, match="mask strategy 'blocks' needs the config key 'mask_ratio'"):
-        build_mask_strategy("blocks", {"mask_p": 0.1}, 4)
+    with pytest.raises(ConfigError, match="mask.strategy='block' is not a registered mask strategy"):
+        build_mask_strategy("block", {}, 4, "mask.strategy")
+    with pytest.raises(ConfigError, match=r"^mask strategy 'blocks' reads mask.ratio, which no strategy declares "
+                                          r"\(the mask section has p\)"):
+        build_mask_strategy("blocks", {"p": 0.1}, 4)
     with pytest.raises(ValueError, match="CLS attention"):
         AttentionGuidedMask()(2, (3, 3), None, None)
 
 
 # every registered strategy keeps the MaskResult contract (timm-style: one test over the registry)
-SECTION = {"mask_p": 0.3, "mask_num": 4, "mask_ratio": 0.6, "mask_patch_size": 8, "throw_ratio": 0.2}
+SECTION = {"p": 0.3, "num": 4, "ratio": 0.6, "unit": 8, "throw_ratio": 0.2}
 
 
 @pytest.mark.parametrize("name", MASKS.names())
@@ -103,14 +104,14 @@ def test_mae_patch_mask_keeps_exactly_int_n_times_1_minus_r():
 def test_simmim_block_mask_masks_whole_units_ceil_count():
     g = torch.Generator().manual_seed(9)
     # a 14x14 token grid with 2x2-token units (SimMIM's 32 px units of 16 px patches): 49 units, ceil(0.6*49) = 30
-    strategy = build_mask_strategy("blocks", {"mask_ratio": 0.6, "mask_patch_size": 32}, 16)
+    strategy = build_mask_strategy("blocks", {"ratio": 0.6, "unit": 32}, 16)
     res = strategy(10, (14, 14), None, g)
     m = res.mask.reshape(10, 7, 2, 7, 2)
     assert (m == m[:, :, :1, :, :1]).all()  # constant inside every unit
     assert (m[:, :, 0, :, 0].sum((1, 2)) == math.ceil(0.6 * 49)).all()
     assert (res.mask.sum(1) == 30 * 4).all()
     with pytest.raises(ValueError, match="not a multiple of model.patch_size=16"):
-        build_mask_strategy("blocks", {"mask_ratio": 0.6, "mask_patch_size": 24}, 16)
+        build_mask_strategy("blocks", {"ratio": 0.6, "unit": 24}, 16)
     with pytest.raises(ValueError, match="not divisible by the mask unit of 2 tokens"):
         strategy(1, (7, 7), None, g)
 

@@ -31,14 +31,15 @@ def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
         cfg = build_run_config("matrix", v.name, 0, "cpu_methods")
         method, decoder = methods[v.cell[0]]
         assert cfg["method"] == method and (decoder is None or cfg["mst"]["decoder"] == decoder)
-        section = cfg["mst"] if method in teacher else cfg["mim"]
+        section = cfg["mask"]
         strategy = v.cell[1]
         if strategy == "amt" and method not in teacher:
             assert cfg["amt"]["enabled"] is True
         elif strategy == "random":
-            assert section["mask"] == {"mst": "random", "dino": "random", "mae": "patches", "simmim": "blocks"}[method]
+            assert section["strategy"] == {"mst": "random", "dino": "random", "mae": "patches",
+                                           "simmim": "blocks"}[method]
         else:
-            assert section["mask"] == strategy
+            assert section["strategy"] == strategy
         if strategy in ("attention", "attmask"):  # they read an attention: the teacher's or the encoder's
             assert section["importance"] == ("teacher" if method in teacher else "encoder")
         # equal budget within a method: the strategy changes nothing but the mask
@@ -52,16 +53,16 @@ def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
 def test_a_refusal_must_be_the_configs(monkeypatch, tmp_path):
     """A variant listed as refused whose config is accepted is an error, and so is an unlisted variant the config
     refuses: the table must say what the code does."""
-    spec = Ablation((Variant("ok", ("mst.mask=random",)), Variant("listed", ("mst.mask=random",), refused="x")))
+    spec = Ablation((Variant("ok", ("mask.strategy=random",)), Variant("listed", ("mask.strategy=random",), refused="x")))
     monkeypatch.setitem(ABLATIONS, "fake", spec)
     with pytest.raises(ConfigError, match="'listed' of ablation 'fake' is listed as refused, but its config is acc"):
         run_ablation("fake", protocol="tiny", seeds=1, out_dir=tmp_path, doc=None)
-    spec = Ablation((Variant("other", ("mst.mask=amt",), refused="hides nothing"),))  # refused, for another reason
+    spec = Ablation((Variant("other", ("mask.strategy=amt",), refused="hides nothing"),))  # refused, for another reason
     monkeypatch.setitem(ABLATIONS, "fake", spec)
     with pytest.raises(ConfigError, match="because 'hides nothing', but its config is refused for another reason: "
-                                          "mst.mask='amt' throws tokens away"):
+                                          "mask.strategy='amt' throws tokens away"):
         run_ablation("fake", protocol="tiny", seeds=1, out_dir=tmp_path, doc=None)
-    spec = Ablation((Variant("bad", ("mst.mask=amt",)),))  # the CNN decoder cannot throw
+    spec = Ablation((Variant("bad", ("mask.strategy=amt",)),))  # the CNN decoder cannot throw
     monkeypatch.setitem(ABLATIONS, "fake", spec)
     with pytest.raises(ConfigError, match="throws tokens away"):
         run_ablation("fake", protocol="tiny", seeds=1, out_dir=tmp_path, doc=None)
@@ -93,9 +94,9 @@ def test_grid_report_from_finished_runs(tmp_path, monkeypatch):
     lines = []
     agg = run_ablation("matrix", protocol="cpu_methods", seeds=2, out_dir=out, doc=doc, report_only=True,
                        log=lines.append)
-    assert any(line.startswith("[mst_amt] refused by its config, not trained: mst.mask='amt' throws") for line in lines)
+    assert any(line.startswith("[mst_amt] refused by its config, not trained: mask.strategy='amt' throws") for line in lines)
     rows = {r["variant"]: r for r in agg["variants"]}
-    assert rows["mst_amt"]["refused"].startswith("mst.mask='amt' throws tokens away") and rows["mst_amt"]["n_seeds"] == 0
+    assert rows["mst_amt"]["refused"].startswith("mask.strategy='amt' throws tokens away") and rows["mst_amt"]["n_seeds"] == 0
     # step time: the median logged step of each run (batch / images per second), then mean over seeds
     s0, s1 = 1000 * 64 / 640.0, 1000 * 64 / 640.0
     assert rows["mae_random"]["stats"]["step_ms"]["mean"] == pytest.approx((s0 + s1) / 2)

@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mst"
 def test_mae_step_equals_a_hand_computation():
     """Same generator -> the same mask; the loss is MSE over the hidden patches of per-patch normalised pixels, and
     the encoder saw exactly int(N * (1 - r)) tokens per image, with the decoder's output back in image order."""
-    cfg = load_config(overrides=TINY_MAE + ["mim.mask_ratio=0.75", "model.drop_path=0.0"])
+    cfg = load_config(overrides=TINY_MAE + ["mask.ratio=0.75", "model.drop_path=0.0"])
     torch.manual_seed(0)
     mae = build_method(cfg).eval()
     x = views_for(mae, b=3)[0]
@@ -58,7 +58,7 @@ def test_mae_step_equals_a_hand_computation():
 
 def test_simmim_step_equals_the_reference_l1_on_masked_pixels():
     cfg = load_config(overrides=TINY_SIMMIM + ["model.img_size=32", "model.img_size=32",
-                                               "mim.mask_patch_size=8", "model.drop_path=0.0"])
+                                               "mask.unit=8", "model.drop_path=0.0"])
     torch.manual_seed(0)
     sim = build_method(cfg).eval()
     x = views_for(sim, b=2)[0]
@@ -97,7 +97,7 @@ def throw_half():
 
 @pytest.mark.parametrize("tiny", [TINY_MAE, TINY_SIMMIM])
 def test_thrown_tokens_leave_the_encoder_and_the_loss(tiny, throw_half):
-    cfg = load_config(overrides=tiny + ["mim.mask=throw_half", "model.drop_path=0.0"])
+    cfg = load_config(overrides=tiny + ["mask.strategy=throw_half", "model.drop_path=0.0"])
     torch.manual_seed(0)
     method = build_method(cfg).eval()
     x = views_for(method, b=2)[0]
@@ -125,10 +125,10 @@ def test_mst_throws_only_without_its_decoder(throw_half):
     """The decoder restores the whole view from every token, so MST throws only with mst.decoder=none (DINO)."""
     from mst.registry import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^mst.mask='throw_half' throws tokens away, but mst.decoder='cnn' restores "
+    with pytest.raises(ConfigError, match=r"^mask.strategy='throw_half' throws tokens away, but mst.decoder='cnn' restores "
                                           r"the whole view from every token: set mst.decoder=none to throw$"):
-        load_config(overrides=TINY + ["mst.mask=throw_half"])
-    method = build_method(load_config(overrides=TINY + ["mst.mask=throw_half", "mst.decoder=none"])).train()
+        load_config(overrides=TINY + ["mask.strategy=throw_half"])
+    method = build_method(load_config(overrides=TINY + ["mask.strategy=throw_half", "mst.decoder=none"])).train()
     out = step(method, views_for(method, b=2), generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(out.loss) and out.metrics["thrown_ratio"] == pytest.approx(24 / 49)
 
@@ -175,10 +175,10 @@ def test_a_method_registered_here_is_configured_and_trained_by_name(tmp_path):
 def test_a_section_has_one_owner_and_one_default_per_key(restore_sections):
     """A method declaring a section another owner declared with other defaults is refused when its class is
     defined; re-declaring the same defaults (a subclass) is not; register_section still adds a section by hand."""
-    with pytest.raises(ValueError, match=r"config key mst.mask is declared by mst.methods.mst.MSTSettings and, "
+    with pytest.raises(ValueError, match=r"config key mst.decoder is declared by mst.methods.mst.MSTSettings and, "
                                          r"with another default, by tests.test_methods.*Clash"):
         class Clash(_MeanColour):
-            defaults = {"mst": {"mask": "random"}}
+            defaults = {"mst": {"decoder": "linear"}}
     with pytest.raises(ValueError, match="'data', a common config section"):
         class Common(_MeanColour):
             defaults = {"data": {}}

@@ -52,7 +52,7 @@ def test_swin_importance_and_shapes():
 
 
 def test_swin_mask_at_patch_embedding_and_training_step():
-    cfg = make_tiny_cfg(*SWIN, "mst.mask_p=1.0", "mst.mask_num=4")
+    cfg = make_tiny_cfg(*SWIN, "mask.p=1.0", "mask.num=4")
     torch.manual_seed(0)
     method = build_method(cfg)
     student = method.student

@@ -17,7 +17,7 @@ def losses(run_dir):
 
 
 def test_train_step_gradients_reach_mask_token_and_decoder_not_teacher():
-    cfg = make_tiny_cfg("mst.mask_p=1.0", "mst.mask_num=2")
+    cfg = make_tiny_cfg("mask.p=1.0", "mask.num=2")
     torch.manual_seed(0)
     method = build_method(cfg)
     student, teacher = method.student, method.teacher
@@ -110,9 +110,9 @@ def test_tensor_augment_backend_trains_and_resumes(tmp_path):
 
 def test_resume_refuses_a_changed_configuration(tmp_path):
     Trainer(make_tiny_cfg(), tmp_path / "run").fit(max_steps=2)
-    other = Trainer(make_tiny_cfg("mst.mask_num=4", "log.every=5"), tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"trained with other settings \(mst.mask_num: 8 -> 4\): relaunch with "
-                                          r"the settings .* of mst.mask_num\) to resume it, or pass a new --out"):
+    other = Trainer(make_tiny_cfg("mask.num=4", "log.every=5"), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"trained with other settings \(mask.num: 8 -> 4\): relaunch with "
+                                          r"the settings .* of mask.num\) to resume it, or pass a new --out"):
         other.fit()
     # log settings may change: it resumes, and the metrics file keeps one line per step
     Trainer(make_tiny_cfg("log.every=1", "log.knn_every=0"), tmp_path / "run").fit(max_steps=1)

@@ -15,7 +15,7 @@ from mst.methods import build_method
 from tests.conftest import TINY_MAE, TINY_SIMMIM, save_method
 
 TINY = ["model.depth=1", "dino.out_dim=64", "dino.hidden_dim=64", "dino.bottleneck_dim=32",
-        "mst.decoder_channels=[16,8]", "mst.mask_p=0.5", "mst.mask_num=2"]
+        "mst.decoder_channels=[16,8]", "mask.p=0.5", "mask.num=2"]
 
 
 def _models():

@@ -63,7 +63,7 @@ def method_class(name: str):
 
 def defaults_for(method: str) -> dict[str, Any]:
     """The default config of ``method``: the common sections and the method's own, with the defaults the method
-    changes (``Method.changed_defaults``: ``dino`` is MST with ``mst.mask`` and ``mst.decoder`` none)."""
+    changes (``Method.changed_defaults``: ``dino`` is MST with ``mask.strategy`` and ``mst.decoder`` none)."""
     cfg = common()
     cfg["method"] = method
     cls = method_class(method)

@@ -6,7 +6,7 @@ what is allowed.
   nullable key also takes null, an ``auto`` key ``"auto"``.
 * Ranges and choices (:func:`check_range`, after the types); null and ``"auto"`` are not range-checked.
 
-Registered names (``model.arch``, ``mst.mask``, ...) are checked by their registries, combinations of keys by
+Registered names (``model.arch``, ``mask.strategy``, ...) are checked by their registries, combinations of keys by
 ``mst.config.validate`` and each method's ``validate``.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ def allowed(spec: settings.Spec) -> str:
 
 def rows(method: str) -> list[tuple[str, str, str, str, str]]:
     """(key, default, type, allowed values, doc) for every key ``method`` reads, sections in config order; the
-    defaults are the method's own (``dino``'s mst.mask is none)."""
+    defaults are the method's own (``dino``'s mask.strategy is none)."""
     from mst.config import defaults_for
     from mst.defaults import TOP
 

@@ -194,11 +194,11 @@ def typed(section: str, values: dict[str, Any]) -> Settings:
 @dataclass(frozen=True)
 class Config:
     """A resolved config, typed: ``seed``, ``method`` and one frozen dataclass per section, read as attributes
-    (``config.mst.mask_p``). Built once from the resolved mapping (:meth:`of`); the mapping stays what is saved
+    (``config.mask.p``). Built once from the resolved mapping (:meth:`of`); the mapping stays what is saved
     (config.yaml, checkpoints) and what the engine reads.
 
     >>> from mst.config import load_config
-    >>> Config.of(load_config(overrides=["method=mae"])).mim.mask_ratio
+    >>> Config.of(load_config(overrides=["method=mae"])).mask.ratio
     0.75
     """
 

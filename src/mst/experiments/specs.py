@@ -60,28 +60,28 @@ def _matrix() -> tuple[Variant, ...]:
     """
     presets = {"mst": "fashion_mnist_vit_tiny.yaml", "dino": _DINO, "mae": "fashion_mnist_mae.yaml",
                "simmim": "fashion_mnist_simmim.yaml"}
-    enc = "mim.importance=encoder"
+    enc = "mask.importance=encoder"
     cells = {
-        ("mst", "random"): ("mst.mask=random", "mst.mask_p=0.1"),
+        ("mst", "random"): ("mask.strategy=random", "mask.p=0.1"),
         ("mst", "attention"): (),  # the preset: attention, num 8, p 0.1
-        ("mst", "attmask"): ("mst.mask=attmask", "mst.mask_ratio=0.1"),
-        ("mst", "amt"): ("mst.mask=amt",),  # refused: the CNN decoder restores the view from every token
-        ("mst", "none"): ("mst.mask=none",),
-        ("dino", "random"): ("mst.mask=random", "mst.mask_p=0.1"),
-        ("dino", "attention"): ("mst.mask=attention", "mst.mask_num=8", "mst.mask_p=0.1"),
-        ("dino", "attmask"): ("mst.mask=attmask", "mst.mask_ratio=0.1"),
-        ("dino", "amt"): ("mst.mask=amt",),
+        ("mst", "attmask"): ("mask.strategy=attmask", "mask.ratio=0.1"),
+        ("mst", "amt"): ("mask.strategy=amt",),  # refused: the CNN decoder restores the view from every token
+        ("mst", "none"): ("mask.strategy=none",),
+        ("dino", "random"): ("mask.strategy=random", "mask.p=0.1"),
+        ("dino", "attention"): ("mask.strategy=attention", "mask.num=8", "mask.p=0.1"),
+        ("dino", "attmask"): ("mask.strategy=attmask", "mask.ratio=0.1"),
+        ("dino", "amt"): ("mask.strategy=amt",),
         ("dino", "none"): (),  # the preset
         ("mae", "random"): (),  # the preset: 75 % patches
-        ("mae", "attention"): ("mim.mask=attention", enc),  # refused: varying counts per image
-        ("mae", "attmask"): ("mim.mask=attmask", enc),
+        ("mae", "attention"): ("mask.strategy=attention", enc),  # refused: varying counts per image
+        ("mae", "attmask"): ("mask.strategy=attmask", enc),
         ("mae", "amt"): ("amt.enabled=true",),
-        ("mae", "none"): ("mim.mask=none",),  # refused: nothing to reconstruct
+        ("mae", "none"): ("mask.strategy=none",),  # refused: nothing to reconstruct
         ("simmim", "random"): (),  # the preset: 60 % of the units
-        ("simmim", "attention"): ("mim.mask=attention", "mim.mask_num=2", "mim.mask_p=0.9", enc),
-        ("simmim", "attmask"): ("mim.mask=attmask", enc),
+        ("simmim", "attention"): ("mask.strategy=attention", "mask.num=2", "mask.p=0.9", enc),
+        ("simmim", "attmask"): ("mask.strategy=attmask", enc),
         ("simmim", "amt"): ("amt.enabled=true",),
-        ("simmim", "none"): ("mim.mask=none",),  # refused: nothing to reconstruct
+        ("simmim", "none"): ("mask.strategy=none",),  # refused: nothing to reconstruct
     }
     refused = {  # a part of the reason each gets from the config
         ("mst", "amt"): "throws tokens away, but mst.decoder='cnn' restores the whole view",
@@ -104,16 +104,16 @@ _BM = "fashion_mnist_beyond_masking.yaml"
 _DINO = "fashion_mnist_dino.yaml"
 ABLATIONS: dict[str, Ablation] = {
     "mask": Ablation((
-        _v("none", "mst.mask=none", paper=73.1),
-        _v("random", "mst.mask=random", "mst.mask_p=0.1", paper=63.2),
-        _v("attention", "mst.mask=attention", "mst.mask_num=8", "mst.mask_p=0.1", paper=73.7),
+        _v("none", "mask.strategy=none", paper=73.1),
+        _v("random", "mask.strategy=random", "mask.p=0.1", paper=63.2),
+        _v("attention", "mask.strategy=attention", "mask.num=8", "mask.p=0.1", paper=73.7),
     ), _MST_LINEAR.format(src="Table 4"), "Table 4"),
     "num_p": Ablation((
-        _v("num1_p0.10", "mst.mask=attention", "mst.mask_num=1", "mst.mask_p=0.1"),
-        _v("num2_p0.05", "mst.mask=attention", "mst.mask_num=2", "mst.mask_p=0.05"),
-        _v("num2_p0.15", "mst.mask=attention", "mst.mask_num=2", "mst.mask_p=0.15"),
-        _v("num8_p0.05", "mst.mask=attention", "mst.mask_num=8", "mst.mask_p=0.05"),
-        _v("num8_p0.15", "mst.mask=attention", "mst.mask_num=8", "mst.mask_p=0.15"),
+        _v("num1_p0.10", "mask.strategy=attention", "mask.num=1", "mask.p=0.1"),
+        _v("num2_p0.05", "mask.strategy=attention", "mask.num=2", "mask.p=0.05"),
+        _v("num2_p0.15", "mask.strategy=attention", "mask.num=2", "mask.p=0.15"),
+        _v("num8_p0.05", "mask.strategy=attention", "mask.num=8", "mask.p=0.05"),
+        _v("num8_p0.15", "mask.strategy=attention", "mask.num=8", "mask.p=0.15"),
     ), _MST_LINEAR.format(src="Table 5"), "Table 5"),
     "decoder": Ablation((
         _v("no_decoder", "mst.decoder=none"),
@@ -170,10 +170,10 @@ ABLATIONS: dict[str, Ablation] = {
     # paper column: its ImageNet ViT-B fine-tune top-1 after 300 epochs.
     "degradation": Ablation((
         _v("masking", preset="fashion_mnist_mae.yaml", paper=82.9),
-        _v("zoom_in", "mim.degradation=zoom_in", "mim.mask=none", preset=_BM, paper=82.7),
-        _v("zoom_out", "mim.degradation=zoom_out", "mim.mask=none", preset=_BM, paper=82.5),
-        _v("distort", "mim.degradation=distort", "mim.mask=none", preset=_BM, paper=82.1),
-        _v("blur", "mim.degradation=blur", "mim.mask=none", preset=_BM, paper=81.8),
+        _v("zoom_in", "mim.degradation=zoom_in", "mask.strategy=none", preset=_BM, paper=82.7),
+        _v("zoom_out", "mim.degradation=zoom_out", "mask.strategy=none", preset=_BM, paper=82.5),
+        _v("distort", "mim.degradation=distort", "mask.strategy=none", preset=_BM, paper=82.1),
+        _v("blur", "mim.degradation=blur", "mask.strategy=none", preset=_BM, paper=81.8),
         _v("masking_zoom_in", "mim.degradation=zoom_in", preset=_BM, paper=83.2),
     ), "Paper fine-tune top-1 (ImageNet ViT-B, 300 ep, %)", "Beyond Masking (arXiv 2203.14313)"),
     # Attention as an axis: every method with every attention-guided strategy at its own preset's budget
@@ -205,8 +205,7 @@ _NARROW_VIT = ("model.arch=vit_tiny", "model.depth=4", "model.embed_dim=96", "mo
                "model.patch_size=4", "model.img_size=28")
 _CPU_MST = _NARROW_VIT + (
     "dino.out_dim=1024", "dino.hidden_dim=512", "dino.bottleneck_dim=128", "mst.decoder_channels=[32,16]",
-    "augment.n_local=2", "augment.backend=tensor", "mst.mask=attention", "mst.mask_num=8", "mst.mask_p=0.1",
-    "mst.restore_weight=0.6", "optim.base_lr=8e-3", "dino.koleo_weight=0.1", "dino.momentum_teacher=0.99",
+    "augment.n_local=2", "augment.backend=tensor", "mst.restore_weight=0.6", "optim.base_lr=8e-3", "dino.koleo_weight=0.1", "dino.momentum_teacher=0.99",
     "dino.freeze_last_layer=1")
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -271,8 +270,7 @@ PROTOCOLS: dict[str, Protocol] = {
         "gpu", "fashion_mnist_vit_tiny.yaml",
         ("model.arch=vit_tiny", "model.depth=null", "model.embed_dim=null", "model.num_heads=null",
          "dino.out_dim=4096", "dino.hidden_dim=2048", "dino.bottleneck_dim=256", "mst.decoder_channels=[96,48]",
-         "augment.n_local=6", "augment.backend=tensor", "mst.mask=attention", "mst.mask_num=8", "mst.mask_p=0.1",
-         "mst.restore_weight=0.6", "data.subset=null", "data.num_workers=8",
+         "augment.n_local=6", "augment.backend=tensor", "mst.restore_weight=0.6", "data.subset=null", "data.num_workers=8",
          "optim.batch_size=256", "optim.epochs=100", "optim.warmup_epochs=10", "optim.base_lr=5e-4",
          "dino.momentum_teacher=0.996", "log.knn_every=10", "log.progress=false", "log.every=50"),
         knn={"train_subset": None, "test_subset": None},

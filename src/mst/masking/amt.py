@@ -52,14 +52,14 @@ class AMTSpec:
         if self.rounding not in ROUNDINGS:
             raise ConfigError(f"AMT rounding={self.rounding!r} is not one of {', '.join(ROUNDINGS)}")
         if not isinstance(self.unit, int) or self.unit < 1:
-            raise ConfigError(f"AMT mask unit={self.unit} tokens must be a whole number >= 1 (mim.mask_patch_size)")
+            raise ConfigError(f"AMT mask unit={self.unit} tokens must be a whole number >= 1 (mask.unit)")
 
     @classmethod
-    def from_config(cls, amt, mim, patch_size: int, reference: tuple[float, float] | None, method: str = "",
+    def from_config(cls, amt, mask, patch_size: int, reference: tuple[float, float] | None, method: str = "",
                     need_reference: bool = True) -> "AMTSpec":
-        """The spec of a method's resolved ``amt`` and ``mim`` sections: ``amt.mask_ratio`` / ``amt.throw_ratio``,
+        """The spec of a method's resolved ``amt`` and ``mask`` sections: ``amt.mask_ratio`` / ``amt.throw_ratio``,
         where null the method's ``reference`` ratios (None: the method has none, so no guess); units of
-        ``mim.mask_patch_size``; counts rounded up with ``mim.mask: blocks`` (SimMIM's reference), else down
+        ``mask.unit``; counts rounded up with ``mask.strategy: blocks`` (SimMIM's reference), else down
         (MAE's). ``need_reference=False`` (checking a config whose AMT is off): a null ratio of a method without a
         reference is not an error (it counts as 0 for the checks). ``method`` names the method in errors."""
         from mst.masking.ratio import mask_unit_tokens
@@ -73,10 +73,10 @@ class AMTSpec:
         mask_ratio = float(reference[0] if amt["mask_ratio"] is None else amt["mask_ratio"])
         throw_ratio = float(reference[1] if amt["throw_ratio"] is None else amt["throw_ratio"])
         try:
-            unit = mask_unit_tokens(mim, int(patch_size))
+            unit = mask_unit_tokens(mask, int(patch_size))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        rounding = "ceil" if mim["mask"] == "blocks" else "floor"
+        rounding = "ceil" if mask["strategy"] == "blocks" else "floor"
         return cls(mask_ratio, throw_ratio, unit, amt["order"], rounding)
 
     def counts(self, n: int) -> tuple[int, int]:
@@ -102,12 +102,13 @@ class AMTMask(MaskStrategy):
 
     @classmethod
     def from_config(cls, section, patch_size):
-        """The registry's way, from a section holding resolved ratios (mask_ratio, throw_ratio; optional order,
-        rounding) and ``mask_patch_size``; a method's sections go through :meth:`AMTSpec.from_config`."""
+        """The registry's way (``mask.strategy: amt``, MST / DINO), from the ``mask`` section: ``ratio`` masked,
+        ``throw_ratio`` thrown, units of ``unit`` (optional ``order``, ``rounding``); the MIM methods' AMT plug-in
+        goes through :meth:`AMTSpec.from_config`."""
         from mst.masking.ratio import mask_unit_tokens
 
         optional = {k: section[k] for k in ("order", "rounding") if k in section}
-        return cls(section["mask_ratio"], section["throw_ratio"], mask_unit_tokens(section, patch_size), **optional)
+        return cls(section["ratio"], section["throw_ratio"], mask_unit_tokens(section, patch_size), **optional)
 
     def counts(self, n: int) -> tuple[int, int]:
         """(masked, thrown) units of ``n``."""

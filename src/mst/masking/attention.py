@@ -37,7 +37,7 @@ class AttentionGuidedMask(MaskStrategy):
 
     @classmethod
     def from_config(cls, section, patch_size):
-        return cls(section["mask_num"], section["mask_p"])
+        return cls(section["num"], section["p"])
 
     def __call__(self, batch, grid, importance, generator):
         n = grid[0] * grid[1]

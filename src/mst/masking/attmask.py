@@ -30,7 +30,7 @@ class AttMaskHigh(MaskStrategy):
 
     @classmethod
     def from_config(cls, section, patch_size):
-        return cls(section["mask_ratio"])
+        return cls(section["ratio"])
 
     def __call__(self, batch, grid, importance, generator):
         n = grid[0] * grid[1]

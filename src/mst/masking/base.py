@@ -1,4 +1,4 @@
-"""What every mask strategy returns, and the registry that ``mst.mask`` / ``mim.mask`` select from.
+"""What every mask strategy returns, and the registry that ``mask.strategy`` selects from.
 
 A strategy maps (batch size, token grid, optional per-token importance, generator) to a :class:`MaskResult`:
 
@@ -9,15 +9,20 @@ A strategy maps (batch size, token grid, optional per-token importance, generato
   ``throws = True``, so a method that cannot drop tokens (MST, Swin) refuses it when the config is read.
 
 Register a strategy class with ``MASKS.register(name, cls)``; ``cls.from_config(section, patch_size)`` builds it
-from the config section of the method using it (``mst`` or ``mim``) and the backbone's patch size.
+from the resolved ``mask`` section (:class:`mst.masking.settings.MaskSettings`) and the backbone's patch size. A
+key of its own is declared on the class (``settings``), so a new strategy with a new setting is one file.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
+from mst.masking.settings import MaskSettings  # noqa: F401  (declares the mask section)
 from mst.registry import ConfigError, Registry
+from mst.settings import Spec, declare
 
 
 @dataclass
@@ -36,14 +41,20 @@ class MaskResult:
 
 class MaskStrategy(abc.ABC):
     """Base class. ``needs_importance``: the method must pass a (B, N) importance (attention); ``throws``: some
-    tokens are neither masked nor kept (``keep`` is given and smaller than the unmasked tokens)."""
+    tokens are neither masked nor kept (``keep`` is given and smaller than the unmasked tokens). ``settings``: keys
+    of its own in the ``mask`` section, each with its :class:`~mst.settings.Spec`, declared when the class is."""
 
     needs_importance = False
     throws = False
+    settings: ClassVar[dict[str, Spec]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        declare("mask", cls.__dict__.get("settings", {}), f"{cls.__module__}.{cls.__qualname__}")
 
     @classmethod
-    def from_config(cls, section: dict, patch_size: int) -> "MaskStrategy":
-        """Build from a method's config section (read the keys the strategy needs)."""
+    def from_config(cls, section, patch_size: int) -> "MaskStrategy":
+        """Build from the resolved ``mask`` section (read the keys the strategy needs)."""
         return cls()
 
     @abc.abstractmethod
@@ -76,12 +87,13 @@ def gen_device(generator: torch.Generator | None, fallback) -> torch.device:
 MASKS: Registry[type[MaskStrategy]] = Registry("mask strategy", "mask")
 
 
-def build_mask_strategy(name: str, section: dict, patch_size: int, key: str = "mask") -> MaskStrategy:
-    """``MASKS[name].from_config(section, patch_size)``; ``key`` (e.g. "mst.mask") names the setting in errors, and a
-    key the strategy needs but ``section`` lacks is a clear error too."""
+def build_mask_strategy(name: str, section, patch_size: int, key: str = "mask.strategy") -> MaskStrategy:
+    """``MASKS[name].from_config(section, patch_size)``; ``key`` names the setting in errors, and a key the strategy
+    reads but nobody declared is a clear error too (declare it in the strategy's ``settings``)."""
     cls = MASKS.get(name, key)
     try:
         return cls.from_config(section, patch_size)
     except KeyError as e:
-        raise ConfigError(f"mask strategy {name!r} needs the config key {e.args[0]!r}, which this method's section "
-                          f"does not have ({', '.join(sorted(section))}): choose another {key}") from None
+        raise ConfigError(f"mask strategy {name!r} reads mask.{e.args[0]}, which no strategy declares (the mask "
+                          f"section has {', '.join(sorted(section.keys()))}): declare it in {cls.__name__}.settings, "
+                          f"or choose another {key}") from None

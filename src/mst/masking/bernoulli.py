@@ -26,7 +26,7 @@ class RandomMask(MaskStrategy):
 
     @classmethod
     def from_config(cls, section, patch_size):
-        return cls(section["mask_p"])
+        return cls(section["p"])
 
     def __call__(self, batch, grid, importance, generator):
         device = importance.device if importance is not None else "cpu"

@@ -2,7 +2,7 @@
 
 * ``patches`` (MAE): per image, argsort of uniform noise; the first ``int(N * (1 - ratio))`` tokens stay visible,
   the rest are masked (MAE leaves them out of its encoder).
-* ``blocks`` (SimMIM): the image is cut into mask units of ``mask_patch_size`` pixels (a multiple of the patch
+* ``blocks`` (SimMIM): the image is cut into mask units of ``mask.unit`` pixels (a multiple of the patch
   size); ``ceil(units * ratio)`` units are chosen uniformly per image and expanded to the token grid. Every token
   enters the encoder (no ``keep``): masked ones become [MASK].
 """
@@ -27,7 +27,7 @@ class PatchRatioMask(MaskStrategy):
 
     @classmethod
     def from_config(cls, section, patch_size):
-        return cls(section["mask_ratio"])
+        return cls(section["ratio"])
 
     def visible_count(self, n: int) -> int:
         return int(n * (1 - self.ratio))
@@ -47,7 +47,7 @@ class BlockMask(MaskStrategy):
 
     @classmethod
     def from_config(cls, section, patch_size):
-        return cls(section["mask_ratio"], mask_unit_tokens(section, patch_size))
+        return cls(section["ratio"], mask_unit_tokens(section, patch_size))
 
     def __call__(self, batch, grid, importance, generator):
         h, w = grid
@@ -65,10 +65,10 @@ class BlockMask(MaskStrategy):
 
 
 def mask_unit_tokens(section: dict, patch_size: int) -> int:
-    """``mask_patch_size`` (pixels; null = the patch size) as a number of tokens per unit side."""
-    size = section.get("mask_patch_size") or patch_size
+    """``mask.unit`` (pixels; null = the patch size) as a number of tokens per unit side."""
+    size = section["unit"] if section["unit"] is not None else patch_size
     if size % patch_size:
-        raise ValueError(f"mim.mask_patch_size={size} is not a multiple of model.patch_size={patch_size}")
+        raise ValueError(f"mask.unit={size} is not a multiple of model.patch_size={patch_size}")
     return size // patch_size
 
 

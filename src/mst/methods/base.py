@@ -18,7 +18,7 @@ A method says:
 * ``importance_sources``: where it can take a mask strategy's per-token importance from (see
   :mod:`mst.methods.importance`);
 * ``changed_defaults``: for a variant of another method (a subclass reading the same sections), the keys of those
-  sections whose default it changes (``dino``: MST with ``mst.mask`` and ``mst.decoder`` none), and ``trains_as``:
+  sections whose default it changes (``dino``: MST with ``mask.strategy`` and ``mst.decoder`` none), and ``trains_as``:
   the method it then trains exactly as, given the same resolved sections (``dino``: ``mst``).
 
 Register with ``METHODS.register("name", cls)``.
@@ -104,7 +104,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     def __init__(self, cfg: dict) -> None:
         super().__init__()
         self.cfg = cfg  # the resolved mapping: what checkpoints save
-        self.settings = Config.of(cfg)  # the same, typed: what the method reads (self.settings.mst.mask_p)
+        self.settings = Config.of(cfg)  # the same, typed: what the method reads (self.settings.mask.p)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:

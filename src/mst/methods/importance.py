@@ -1,7 +1,7 @@
 """Where a mask strategy's per-token importance comes from: a registry of sources beside the strategies.
 
 A strategy says whether it needs an importance (``MaskStrategy.needs_importance``); a method says which sources it
-can give (``Method.importance_sources``) and reads the one configured (``mst.importance``, ``mim.importance``):
+can give (``Method.importance_sources``) and reads the one configured (``mask.importance``, ``mask.importance``):
 
 * ``teacher`` (MST / DINO): the EMA teacher's last-block CLS attention, from the same pass that makes the DINO
   targets, on the same global views (MST eq. 4): no extra work;

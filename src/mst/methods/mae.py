@@ -27,8 +27,8 @@ from mst.degradations import DEGRADATIONS, Degraded, build_degradation
 from mst.figures import Panel, to_display
 from mst.losses import normalize_patches, patch_mse
 from mst.methods.base import METHODS, StepContext, StepOutput
-from mst.methods.mim_common import (MIMMasking, MIMMethod, figure_mask, reconstruction_panels, uneven_counts,
-                                     validate_mim)
+from mst.methods.mim_common import (MIM_MASK, MIMMasking, MIMMethod, figure_mask, reconstruction_panels,
+                                     uneven_counts, validate_mim)
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.decoders.transformer import xavier_init
@@ -59,7 +59,8 @@ class MAESettings(Settings, section="mae"):
 
 @METHODS.register("mae")
 class MAE(MIMMethod):
-    sections = ("mim", "mae", "amt", "degrade")
+    sections = ("mim", "mae", "mask", "amt", "degrade")
+    changed_defaults = {"mask": MIM_MASK}
     # AMT's reference ratios (guijiejie/AMT): mask 45 %, throw 40 % of the patches (amt.* null -> these)
     amt_reference = (0.45, 0.40)
 
@@ -79,12 +80,12 @@ class MAE(MIMMethod):
     @classmethod
     def validate(cls, cfg: dict) -> None:
         validate_mim(cfg, drops_tokens=True)
-        mim = cfg["mim"]
+        mim, k = cfg["mim"], cfg["mask"]
         degraded = mim["degradation"] != "none"
         for name in DEGRADATIONS.names():  # every degrade.* value, used or not, by the constructor that reads it
             build_degradation(name, cfg["degrade"])
-        if not degraded and (mim["mask"] == "none" or float(mim["mask_ratio"]) == 0.0):
-            raise ConfigError(f"mim.mask={mim['mask']!r} with mim.mask_ratio={mim['mask_ratio']} hides nothing, so MAE "
+        if not degraded and (k["strategy"] == "none" or float(k["ratio"]) == 0.0):
+            raise ConfigError(f"mask.strategy={k['strategy']!r} with mask.ratio={k['ratio']} hides nothing, so MAE "
                               "has nothing to reconstruct (unless mim.degradation degrades the view)")
         if degraded:
             d = build_degradation(mim["degradation"], cfg["degrade"])
@@ -96,8 +97,8 @@ class MAE(MIMMethod):
                 raise ConfigError("mim.degradation and amt.enabled do not combine: a degradation compares the whole "
                                   "reconstructed view, which needs every token decoded, and AMT throws tokens away")
         grid = (int(cfg["model"]["img_size"]) // int(cfg["model"]["patch_size"]),) * 2
-        if uneven_counts(mim["mask"], mim, int(cfg["model"]["patch_size"]), grid):
-            raise ConfigError(f"mim.mask={mim['mask']!r} hides a different number of tokens in each image, but MAE's "
+        if uneven_counts(k["strategy"], k, int(cfg["model"]["patch_size"]), grid):
+            raise ConfigError(f"mask.strategy={k['strategy']!r} hides a different number of tokens in each image, but MAE's "
                               "encoder batches the same number of visible tokens per image: choose patches, blocks "
                               "or attmask")
         name = cfg["mae"]["decoder"]

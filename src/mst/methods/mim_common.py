@@ -1,5 +1,5 @@
-"""What MAE and SimMIM share: config checks of the ``mim`` and ``amt`` sections, which tokens a step hides (and,
-with AMT, throws) with the importance from ``mim.importance``, and reconstruction panels."""
+"""What MAE and SimMIM share: config checks of the ``mim``, ``mask`` and ``amt`` sections, which tokens a step hides
+(and, with AMT, throws) with the importance from ``mask.importance``, and reconstruction panels."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,19 +21,9 @@ from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, PROBABILITY, RATIO, S
 
 @dataclass(frozen=True)
 class MIMSettings(Settings, section="mim"):
-    """Masked image modelling, shared by MAE and SimMIM."""
+    """Masked image modelling, shared by MAE and SimMIM (which tokens are hidden: the ``mask`` section)."""
 
-    mask: str = setting("patches", "patches (MAE) | blocks (SimMIM) | random | attmask (needs mim.importance) | ...")
-    mask_ratio: float = setting(0.75, "share of tokens (patches) or mask units (blocks) masked", range=RATIO)
-    mask_patch_size: int | None = setting(None, "blocks: mask unit side in pixels, a multiple of model.patch_size "
-                                          "(null: the patch)", kind=int, range=AT_LEAST_1)
-    mask_num: int = setting(8, "attention (MST's, SimMIM only: varying counts): the lowest 1/num tokens are "
-                            "candidates", range=AT_LEAST_1)
-    mask_p: float = setting(0.1, "attention: probability of masking a candidate; random: any token",
-                            range=PROBABILITY)
     norm_pix_loss: bool = setting(True, "target = per-patch normalised pixels")
-    importance: str | None = setting(None, "encoder (no-grad pass) | maps (AMT's, amt.enabled) | none; null: maps "
-                                     "with AMT, else none", kind=str)
     degradation: str = setting("none", "Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | "
                                "decolorize")
 
@@ -46,11 +36,16 @@ class AMTSettings(Settings, section="amt"):
     mask_ratio: float | None = setting(None, "null: the method's reference (MAE 0.45, SimMIM 0.44 of the units)",
                                        kind=float, range=RATIO)
     throw_ratio: float | None = setting(None, "null: MAE 0.40, SimMIM 0.26", kind=float, range=RATIO)
-    start: int = setting(40, "epoch from which masks follow the maps (plain mim.mask before); the first refresh",
+    start: int = setting(40, "epoch from which masks follow the maps (plain mask.strategy before); the first refresh",
                          range=NON_NEGATIVE)
     interval: int = setting(40, "epochs between refreshes of the maps", range=AT_LEAST_1)
     order: str = setting("mask_first", "mask_first (reference) | throw_first | throw_lowest", choices=ORDERS)
     batch_size: int = setting(256, "images per batch of the refresh pass", range=AT_LEAST_1)
+
+
+# the mask section's defaults for masked image modelling (MST's are the section's own): MAE's share of patches,
+# no importance unless asked for (null: AMT's maps when amt.enabled); MAE's and SimMIM's changed_defaults
+MIM_MASK = {"strategy": "patches", "ratio": 0.75, "importance": None}
 
 
 class MIMMethod(Method):
@@ -68,36 +63,34 @@ class MIMMethod(Method):
 
 
 def validate_mim(cfg: dict, drops_tokens: bool) -> None:
-    """``mim.mask`` registered, ``mim.mask_ratio`` in [0, 1), ``mim.mask_patch_size`` a multiple of the patch size
-    that divides the image; ``drops_tokens``: the method will use the keep contract, which the backbone must
-    support."""
-    mim, model = cfg["mim"], cfg["model"]
+    """``mask.strategy`` registered, ``mask.unit`` a multiple of the patch size that divides the image, the
+    importance source one the method can give; ``drops_tokens``: the method will use the keep contract, which the
+    backbone must support."""
+    k, model = cfg["mask"], cfg["model"]
     if cfg["amt"]["enabled"] and not BACKBONES.get(model["arch"]).drops_tokens:
         raise ConfigError(f"AMT throws tokens away and reads a CLS attention: model.arch={model['arch']!r} can "
                           "do neither (a ViT can)")
     if drops_tokens and not BACKBONES.get(model["arch"]).drops_tokens:
         raise ConfigError(f"model.arch={model['arch']!r} cannot drop tokens (Swin's windows and a CNN's feature "
-                          f"map need the whole grid), which {cfg['method']} does with mim.mask={mim['mask']!r}: use a ViT")
-    ratio = float(mim["mask_ratio"])
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"mim.mask_ratio={mim['mask_ratio']} must lie in [0, 1) (1 would hide every token)")
-    unit = mim["mask_patch_size"]
+                          f"map need the whole grid), which {cfg['method']} does with mask.strategy={k['strategy']!r}: "
+                          "use a ViT")
+    unit = k["unit"]
     if unit is not None:
         patch, size = int(model["patch_size"]), int(cfg["model"]["img_size"])
         if int(unit) % patch:
-            raise ConfigError(f"mim.mask_patch_size={unit} is not a multiple of model.patch_size={patch}")
+            raise ConfigError(f"mask.unit={unit} is not a multiple of model.patch_size={patch}")
         if size % int(unit):
-            raise ConfigError(f"mim.mask_patch_size={unit} does not divide the image (model.img_size={size})")
-    if mim["mask"] == "amt":
-        raise ConfigError("mim.mask='amt' is not a masking of its own: set amt.enabled=true (AMT takes over from "
-                          "mim.mask at amt.start, once the attention maps exist)")
-    build_mask_strategy(mim["mask"], mim, int(model["patch_size"]), "mim.mask")
+            raise ConfigError(f"mask.unit={unit} does not divide the image (model.img_size={size})")
+    if k["strategy"] == "amt":
+        raise ConfigError(f"mask.strategy='amt' is not a masking of its own in {cfg['method']}: set amt.enabled=true "
+                          "(AMT takes over from mask.strategy at amt.start, once the attention maps exist)")
+    build_mask_strategy(k["strategy"], k, int(model["patch_size"]))
     source = mim_source(cfg)
-    needs = [("mim.mask", mim["mask"])] + ([("amt.enabled", "amt")] if cfg["amt"]["enabled"] else [])
-    check_source(cfg["method"], MIMMethod.importance_sources, "mim.importance", source, needs)
+    needs = [("mask.strategy", k["strategy"])] + ([("amt.enabled", "amt")] if cfg["amt"]["enabled"] else [])
+    check_source(cfg["method"], MIMMethod.importance_sources, "mask.importance", source, needs)
     if source == "maps" and not cfg["amt"]["enabled"]:
-        raise ConfigError("mim.importance='maps' reads AMT's stored per-image maps, which exist only with "
-                          "amt.enabled=true: set it, or take mim.importance=encoder")
+        raise ConfigError("mask.importance='maps' reads AMT's stored per-image maps, which exist only with "
+                          "amt.enabled=true: set it, or take mask.importance=encoder")
     # AMT's ratios (null: the method's reference), order and units are checked there alone, also while AMT is off,
     # so a bad value in a preset is named before someone turns AMT on
     amt_spec(cfg, need_reference=bool(cfg["amt"]["enabled"]))
@@ -113,13 +106,13 @@ def amt_spec(cfg: dict, need_reference: bool = True) -> AMTSpec:
 
     method = cfg["method"]
     reference = getattr(METHODS.get(method), "amt_reference", None) if method in METHODS else None
-    return AMTSpec.from_config(cfg["amt"], cfg["mim"], int(cfg["model"]["patch_size"]), reference, method,
+    return AMTSpec.from_config(cfg["amt"], cfg["mask"], int(cfg["model"]["patch_size"]), reference, method,
                                need_reference)
 
 
 def mim_source(cfg: dict) -> str:
-    """``mim.importance``; null: AMT's stored maps when amt.enabled, else none (the settings before it existed)."""
-    source = cfg["mim"]["importance"]
+    """``mask.importance``; null: AMT's stored maps when amt.enabled, else none (the settings before it existed)."""
+    source = cfg["mask"]["importance"]
     if source is None:
         return "maps" if cfg["amt"]["enabled"] else "none"
     return source
@@ -138,15 +131,15 @@ def uneven_counts(name: str, section: dict, patch_size: int, grid: tuple[int, in
 
 
 class MIMMasking(nn.Module):
-    """Which tokens a MIM step hides: ``mim.mask``; with ``amt.enabled``, from epoch ``amt.start`` on, AMT's draw
-    (which also throws tokens away). A strategy that needs an importance reads it from ``mim.importance``: AMT's
+    """Which tokens a MIM step hides: ``mask.strategy``; with ``amt.enabled``, from epoch ``amt.start`` on, AMT's
+    draw (which also throws tokens away). A strategy that needs an importance reads it from ``mask.importance``: AMT's
     stored maps (owned here, saved with the method, refreshed every ``amt.interval`` epochs from ``amt.start``) or
     the encoder's attention in a no-grad pass."""
 
     def __init__(self, cfg: dict) -> None:
         super().__init__()
         self.settings, self.patch = Config.of(cfg), int(cfg["model"]["patch_size"])
-        self.random = build_mask_strategy(cfg["mim"]["mask"], cfg["mim"], self.patch, "mim.mask")
+        self.random = build_mask_strategy(cfg["mask"]["strategy"], cfg["mask"], self.patch)
         self.source = mim_source(cfg)
         self.amt = self.maps = None
         if cfg["amt"]["enabled"]:
@@ -165,7 +158,7 @@ class MIMMasking(nn.Module):
         return draw_mask(strategy, x, self.patch, generator, importance)
 
     def importance(self, batch, encoder: nn.Module | None) -> torch.Tensor:
-        """(B, N) importance of the batch's view from ``mim.importance``."""
+        """(B, N) importance of the batch's view from ``mask.importance``."""
         x = batch.views[0]
         b, _, h, w = x.shape
         grid = (h // self.patch, w // self.patch)
@@ -174,7 +167,7 @@ class MIMMasking(nn.Module):
             return self.maps.weights(batch.index, boxes, batch.flips, grid)
         if self.source == "encoder":
             return encoder_importance(encoder, x)
-        raise ValueError(f"mim.importance={self.source!r} gives no per-token importance")
+        raise ValueError(f"mask.importance={self.source!r} gives no per-token importance")
 
     def on_epoch_start(self, epoch: int, encoder: nn.Module, data) -> dict[str, float]:
         """Refresh the maps at amt.start, amt.start + interval, ... (once per epoch, also after a resume)."""
@@ -223,7 +216,7 @@ def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, gene
 
 def figure_mask(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, generator):
     """The views, mask and extra panels a method's figure shows: AMT's (:func:`amt_view`) when it is on, else
-    the images themselves with ``mim.mask``'s draw (importance: the encoder's) and no extra panel."""
+    the images themselves with ``mask.strategy``'s draw (importance: the encoder's) and no extra panel."""
     if masking.amt is not None:
         return amt_view(masking, encoder, images, generator or torch.Generator())
     importance = encoder_importance(encoder, images) if masking.random.needs_importance else None

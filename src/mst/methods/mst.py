@@ -4,10 +4,12 @@ One step, in the order of Algorithm 2:
 
     views -> teacher (DINO targets + CLS attention, one pass) -> mask -> student -> losses
 
-Plain DINO is this method with ``mst.mask: none`` and ``mst.decoder: none``: the method ``dino`` (:class:`DINO`,
-these two defaults changed; every ``mst.*`` key still applies, e.g. ``mst.mask=amt`` throws in DINO). A strategy
-that needs an importance reads the teacher's CLS attention (``mst.importance: teacher``). A throwing strategy
-(``mst.mask: amt``, AMT's draw by the teacher's attention: ``mst.mask_ratio`` masked, ``mst.throw_ratio`` thrown)
+Which tokens are masked is the shared ``mask`` section (:mod:`mst.masking.settings`; MST's defaults: the
+attention strategy, num 8, p 0.1). Plain DINO is this method with ``mask.strategy: none`` and ``mst.decoder: none``:
+the method ``dino`` (:class:`DINO`, these two defaults changed; every key still applies, e.g.
+``mask.strategy=amt`` throws in DINO). A strategy that needs an importance reads the teacher's CLS attention
+(``mask.importance: teacher``). A throwing strategy (``mask.strategy: amt``, AMT's draw by the teacher's
+attention: ``mask.ratio`` masked, ``mask.throw_ratio`` thrown)
 removes tokens from the student's global views after the position embeddings (local crops and the teacher see every
 token); it needs ``mst.decoder: none``, as the decoder restores the whole view from every token.
 """
@@ -71,19 +73,8 @@ class DINOSettings(Settings, section="dino"):
 
 @dataclass(frozen=True)
 class MSTSettings(Settings, section="mst"):
-    """MST's mask and decoder (eq. 5-11)."""
+    """MST's [MASK] replacement and decoder (eq. 5-11); the mask itself is the ``mask`` section."""
 
-    mask: str = setting("attention", "a registered strategy: none | random | attention | attmask | amt (throws: no "
-                        "decoder)", old=("mask.strategy",))
-    mask_num: int = setting(8, "attention: the lowest 1/num tokens are candidates", range=AT_LEAST_1,
-                            old=("mask.num",))
-    mask_p: float = setting(0.1, "probability of masking a candidate (random: any token)", range=PROBABILITY,
-                            old=("mask.p",))
-    importance: str = setting("teacher", "what importance-driven strategies read: teacher (its CLS attention) | none")
-    mask_ratio: float = setting(0.45, "attmask: share of tokens masked; amt: share masked (AMT's MAE reference)",
-                                range=RATIO)
-    throw_ratio: float = setting(0.40, "amt: share of the global views' tokens thrown (needs mst.decoder=none)",
-                                 range=RATIO)
     replacement: str = setting("learned", "learned | bert (80 % [MASK] / 10 % random token / 10 % unchanged)",
                                choices=tuple(REPLACEMENTS), old=("mask.replacement",))
     decoder: str = setting("cnn", "an image decoder (cnn | linear) or none")
@@ -101,13 +92,13 @@ def student_teacher(config: Config) -> tuple[Encoder, Encoder]:
     d, m = config.dino, config.mst
     head = dict(out_dim=d.out_dim, hidden_dim=d.hidden_dim, bottleneck_dim=d.bottleneck_dim, nlayers=d.nlayers,
                 norm_last_layer=d.norm_last_layer, use_bn=d.use_bn)
-    return build_student_teacher(config.model, int(config.data.channels), head, masks=m.mask != "none",
+    return build_student_teacher(config.model, int(config.data.channels), head, masks=config.mask.strategy != "none",
                                  decoder=m.decoder, decoder_settings=m)
 
 
 @METHODS.register("mst")
 class MST(Method):
-    sections = ("dino", "mst")
+    sections = ("dino", "mst", "mask")
     views = "multicrop"
     backbones = {"teacher": "teacher.backbone", "student": "student.backbone"}
     default_backbone = "teacher"  # DINO/MST report and release the teacher
@@ -125,20 +116,21 @@ class MST(Method):
             int(d["warmup_teacher_temp_epochs"]), int(cfg["optim"]["epochs"]), float(d["center_momentum"]),
             d["centering"], int(d["sinkhorn_iters"]),
         )
-        self.mask_strategy = build_mask_strategy(m["mask"], m, int(cfg["model"]["patch_size"]), "mst.mask")
+        self.mask_strategy = build_mask_strategy(cfg["mask"]["strategy"], cfg["mask"], int(cfg["model"]["patch_size"]))
         self.collapse = CollapseMonitor()  # one warning when the teacher stays near uniform
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        m = cfg["mst"]
-        check_source(cfg["method"], cls.importance_sources, "mst.importance", m["importance"],
-                     [("mst.mask", m["mask"])])
-        if MASKS.get(m["mask"], "mst.mask").throws:
+        m, k = cfg["mst"], cfg["mask"]
+        check_source(cfg["method"], cls.importance_sources, "mask.importance", k["importance"],
+                     [("mask.strategy", k["strategy"])])
+        if MASKS.get(k["strategy"], "mask.strategy").throws:
             if m["decoder"] != "none":
-                raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, but mst.decoder={m['decoder']!r} "
-                                  "restores the whole view from every token: set mst.decoder=none to throw")
+                raise ConfigError(f"mask.strategy={k['strategy']!r} throws tokens away, but mst.decoder="
+                                  f"{m['decoder']!r} restores the whole view from every token: set mst.decoder=none "
+                                  "to throw")
             if not BACKBONES.get(cfg["model"]["arch"]).drops_tokens:
-                raise ConfigError(f"mst.mask={m['mask']!r} throws tokens away, which model.arch="
+                raise ConfigError(f"mask.strategy={k['strategy']!r} throws tokens away, which model.arch="
                                   f"{cfg['model']['arch']!r} cannot (Swin's windows and a CNN's feature map need "
                                   "the whole grid): use a ViT")
         if float(cfg["dino"]["koleo_weight"]) > 0 and int(cfg["optim"]["batch_size"]) < 2:
@@ -154,11 +146,7 @@ class MST(Method):
             if decoder_kind(m["decoder"], "mst.decoder") != "all_tokens":
                 raise ConfigError(f"mst.decoder={m['decoder']!r} decodes visible tokens only; MST restores the whole "
                                   "view from every patch token: choose an image decoder (cnn, linear) or none")
-        if not 0.0 <= float(m["mask_p"]) <= 1.0:
-            raise ConfigError(f"mst.mask_p={m['mask_p']} must lie in [0, 1]")
-        if int(m["mask_num"]) < 1:
-            raise ConfigError(f"mst.mask_num={m['mask_num']} must be >= 1")
-        build_mask_strategy(m["mask"], m, int(cfg["model"]["patch_size"]), "mst.mask")
+        build_mask_strategy(k["strategy"], k, int(cfg["model"]["patch_size"]))
 
     # -- the step ---------------------------------------------------------------------------------------------
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
@@ -169,7 +157,7 @@ class MST(Method):
         local_views = torch.cat(views[n_global:]) if n_local else None
 
         # 1. Teacher: the DINO targets and, from the *same* pass, the last block's CLS->patch attention (eq. 4).
-        needs = self.mask_strategy.needs_importance and self.settings.mst.importance == "teacher"
+        needs = self.mask_strategy.needs_importance and self.settings.mask.importance == "teacher"
         with torch.no_grad():
             t = self.teacher.backbone(global_views, return_attention=needs)
             teacher_logits = self.teacher.head(t.cls)
@@ -227,11 +215,11 @@ class MST(Method):
         with a decoder, the student's restoration of the attention-masked view."""
         from mst.masking import AttentionGuidedMask, RandomMask
 
-        m, d = self.settings.mst, self.settings.data
+        m, k, d = self.settings.mst, self.settings.mask, self.settings.data
         t = self.teacher.backbone(images, return_attention=True)
         b, grid = len(images), t.mask_grid
-        rand = RandomMask(m["mask_p"])(b, grid, None, generator).mask
-        guided = AttentionGuidedMask(m["mask_num"], m["mask_p"])(b, grid, t.attention.cpu(), generator)
+        rand = RandomMask(k.p)(b, grid, None, generator).mask
+        guided = AttentionGuidedMask(k.num, k.p)(b, grid, t.attention.cpu(), generator)
         recon = None
         if self.student.decoder is not None:
             bb = self.student.backbone
@@ -242,8 +230,8 @@ class MST(Method):
         for i in range(b):
             img = to_display(images[i], d["mean"], d["std"])
             row = [
-                Panel(f"random p={m['mask_p']}: {int(rand[i].sum())}", masked_view(img, rand[i], grid), None),
-                Panel(f"attn num={m['mask_num']} p={m['mask_p']}: {int(guided.mask[i].sum())}/"
+                Panel(f"random p={k.p}: {int(rand[i].sum())}", masked_view(img, rand[i], grid), None),
+                Panel(f"attn num={k.num} p={k.p}: {int(guided.mask[i].sum())}/"
                       f"{int(guided.candidates[i].sum())}",
                       masked_view(img, guided.mask[i], grid, candidates=guided.candidates[i]), None),
             ]
@@ -255,13 +243,14 @@ class MST(Method):
 
 @METHODS.register("dino")
 class DINO(MST):
-    """Plain DINO (Caron et al., ICCV 2021): MST with, by default, no mask (``mst.mask: none``) and no decoder
-    (``mst.decoder: none``): self-distillation of multi-crop views alone. Every key of the ``dino`` and ``mst``
-    sections still applies (``mst.mask=amt``: DINO throws tokens, AMT's draw by the teacher's attention). With the
+    """Plain DINO (Caron et al., ICCV 2021): MST with, by default, no mask (``mask.strategy: none``) and no decoder
+    (``mst.decoder: none``): self-distillation of multi-crop views alone. Every key of the ``dino``, ``mst`` and
+    ``mask`` sections still applies (``mask.strategy=amt``: DINO throws tokens, AMT's draw by the teacher's
+    attention). With the
     same resolved sections it trains exactly as ``mst`` (tests/test_dino_method.py), so checkpoints of either load
     as the other and ``configs/fashion_mnist_dino.yaml`` reproduces the runs recorded with ``method: mst``."""
 
-    changed_defaults = {"mst": {"mask": "none", "decoder": "none"}}
+    changed_defaults = {"mst": {"decoder": "none"}, "mask": {"strategy": "none"}}
     trains_as = "mst"
 
     @classmethod
@@ -269,6 +258,7 @@ class DINO(MST):
         super().validate(cfg)
         m = cfg["mst"]
         if m["decoder"] != "none":  # e.g. --config an MST preset --set method=dino: its mask and decoder stay
-            warnings.warn(f"method=dino with mst.decoder={m['decoder']!r} (mst.mask={m['mask']!r}) restores the view "
-                          "from the student's tokens: that is MST; set mst.decoder=none (and mst.mask=none) for plain "
+            warnings.warn(f"method=dino with mst.decoder={m['decoder']!r} (mask.strategy={cfg['mask']['strategy']!r}) "
+                          "restores the view from the student's tokens: that is MST; set mst.decoder=none (and "
+                          "mask.strategy=none) for plain "
                           "DINO, or method=mst", stacklevel=2)

@@ -3,7 +3,7 @@ token's pixels with one linear map, L1 on the masked pixels.
 
 One step:
 
-    view -> mask (a share of mask_patch_size units, per image) -> [MASK] before position embeddings
+    view -> mask (a share of mask.unit units, per image) -> [MASK] before position embeddings
          -> encoder on all tokens -> per-token linear decoder -> L1 on the masked pixels
 
 A strategy that throws tokens (AMT) is honoured: thrown tokens leave the encoder's sequence (after position
@@ -21,7 +21,8 @@ from mst.losses import patch_l1
 from mst.masking import MASKS
 from mst.figures import Panel
 from mst.methods.base import METHODS, StepContext, StepOutput
-from mst.methods.mim_common import MIMMasking, MIMMethod, figure_mask, reconstruction_panels, validate_mim
+from mst.methods.mim_common import (MIM_MASK, MIMMasking, MIMMethod, figure_mask, reconstruction_panels,
+                                     validate_mim)
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.tokens import gather_tokens, patchify, scatter_tokens
@@ -36,7 +37,8 @@ class SimMIMSettings(Settings, section="simmim"):
 
 @METHODS.register("simmim")
 class SimMIM(MIMMethod):
-    sections = ("mim", "simmim", "amt")
+    sections = ("mim", "simmim", "mask", "amt")
+    changed_defaults = {"mask": MIM_MASK}
     small_budget_base_lr = 1e-3  # configs/fashion_mnist_simmim.yaml
     # AMT's reference ratios (guijiejie/AMT): mask 44 %, throw 26 % of the mask units (amt.* null -> these)
     amt_reference = (0.44, 0.26)
@@ -51,10 +53,11 @@ class SimMIM(MIMMethod):
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
-        validate_mim(cfg, drops_tokens=MASKS.get(cfg["mim"]["mask"], "mim.mask").throws or cfg["amt"]["enabled"])
-        if cfg["mim"]["mask"] == "none" or float(cfg["mim"]["mask_ratio"]) == 0.0:
-            raise ConfigError(f"mim.mask={cfg['mim']['mask']!r} with mim.mask_ratio={cfg['mim']['mask_ratio']} masks "
-                              "nothing, so SimMIM has nothing to reconstruct")
+        k = cfg["mask"]
+        validate_mim(cfg, drops_tokens=MASKS.get(k["strategy"], "mask.strategy").throws or cfg["amt"]["enabled"])
+        if k["strategy"] == "none" or float(k["ratio"]) == 0.0:
+            raise ConfigError(f"mask.strategy={k['strategy']!r} with mask.ratio={k['ratio']} masks nothing, so SimMIM "
+                              "has nothing to reconstruct")
         if cfg["mim"]["degradation"] != "none":
             raise ConfigError(f"mim.degradation={cfg['mim']['degradation']!r}: Beyond Masking's degradations are "
                               "built on MAE (method: mae); SimMIM takes none")
