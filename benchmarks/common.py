@@ -50,7 +50,7 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "mae_continued": ("mae", ["model.init={SOURCE}", "optim.layer_decay=0.75", "optim.freeze_blocks=0"]),
     "mst_continued": (None, ["model.init={SOURCE}", "optim.layer_decay=0.75", "optim.freeze_blocks=0"]),
     # distillation into the same student as DINO's from a frozen teacher of that shape: one teacher forward, one view
-    "distill": ("distill", ["distill.teacher={SOURCE}"]),
+    "distill": ("distill", ["teacher.init={SOURCE}"]),
 }
 MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
 # Beyond Masking: each degradation with MAE's masking, and alone (no masking: every token encoded)

@@ -1,6 +1,6 @@
 """Continue from a pretrained model, measured honestly on a simulated foundation (no hub is reachable here).
 
-    python scripts/continue_experiment.py OUT [--stage foundation|rows|report] [--lane I/N] [--seeds 2]
+    python scripts/continue_experiment.py OUT [--stage foundation|rows|distill|guide|photos|report] [--lane I/N]
 
 Foundation: the CPU presets' narrow ViT (width 96, 4 blocks, patch 4, 28 px) pretrained with MAE and with MST on
 Fashion-MNIST classes 0-4 only (all 30000 of their training images), exported with `mst export` and loaded back
@@ -150,6 +150,51 @@ def distill_jobs(root: Path, seeds: int) -> list[tuple[str, callable]]:
     return out
 
 
+GUIDE_ROWS = {  # the frozen MST foundation (classes 0-4) guides the mask of a run from scratch on the domain
+    "guide_mst_frozen": ("configs/fashion_mnist_vit_tiny.yaml", ["optim.epochs=2", "mask.importance=frozen"]),
+    "guide_mae_attmask_frozen": ("configs/fashion_mnist_mae.yaml", ["optim.epochs=4", "mask.strategy=attmask",
+                                                                     "mask.importance=frozen"]),
+    "guide_mae_attmask_encoder": ("configs/fashion_mnist_mae.yaml", ["optim.epochs=4", "mask.strategy=attmask",
+                                                                      "mask.importance=encoder"]),  # the control
+}
+
+
+def guide_jobs(root: Path, seeds: int) -> list[tuple[str, callable]]:
+    """MST with the frozen teacher's attention against its EMA teacher's (scratch_mst), MAE's AttMask with it
+    against the encoder's own attention; the same budget and preset as the scratch rows. The MST foundation is
+    trained and exported first if the foundation stage has not run (lane 0; the other lane waits for it)."""
+    out = []
+
+    def ensure_foundation(lane_zero: bool) -> Path:
+        run_dir = root / "foundation" / "mst"
+        path = root / "foundation" / "mst" / "vit.safetensors"
+        if lane_zero and not path.with_suffix(".json").is_file():
+            preset, extra = FOUNDATIONS["mst"]
+            if not (run_dir / "done").is_file():
+                run(MST + ["pretrain", "--config", preset, "--out", str(run_dir), *Q, *sets([ZERO_TO_FOUR, *extra])],
+                    run_dir.with_suffix(".log"))
+                (run_dir / "done").write_text("")
+            run(MST + ["export", "--ckpt", str(run_dir), "--out", str(path)], run_dir.with_suffix(".log"))
+        return foundation_file(root, "mst")
+
+    k = 0
+    for seed in range(seeds):
+        for row, (preset, extra) in GUIDE_ROWS.items():
+            def job(row=row, preset=preset, extra=extra, seed=seed, first=(k == 0)):
+                run_dir = root / "rows" / row / f"seed{seed}"
+                teacher = f"timm:vit_tiny_patch16_224={ensure_foundation(first)}"
+                if not (run_dir / "done").is_file():
+                    method = "mae" if "mae" in preset else "mst"
+                    run(MST + ["pretrain", "--config", preset, "--out", str(run_dir), "--teacher", teacher, *Q,
+                               *sets([f"method={method}", FIVE_TO_NINE, *DOMAIN, *extra, f"seed={seed}"])],
+                        run_dir / "pretrain.log")
+                    (run_dir / "done").write_text("")
+                evaluate(run_dir, run_dir, seed)
+            out.append((f"{row} seed {seed}", job))
+            k += 1
+    return out
+
+
 PHOTO_STEPS = 400  # the second case: the 1-channel, 28 px, patch-4 MAE foundation continued on colour photos
 PHOTO_ROWS = {  # name -> (--init or None, overrides); the own-images CPU preset (MAE, 64 px), batch 32
     "photos_scratch": (None, ["model.patch_size=8"]),
@@ -186,7 +231,7 @@ def report(root: Path) -> str:
     import numpy as np
 
     lines = ["| row | k-NN@20 | linear | fine-tune, 500 labels | seeds |", "|---|---:|---:|---:|---:|"]
-    for row in ["foundation_mae", "foundation_mst", *ROWS, *DISTILL_ROWS, "lcnet_035_scratch"]:
+    for row in ["foundation_mae", "foundation_mst", *ROWS, *DISTILL_ROWS, "lcnet_035_scratch", *GUIDE_ROWS]:
         runs = sorted((root / "rows" / row).glob("seed*/scores.json"))
         if not runs:
             continue
@@ -215,7 +260,7 @@ def report(root: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
-    p.add_argument("--stage", choices=("foundation", "rows", "distill", "photos", "report"), default="report")
+    p.add_argument("--stage", choices=("foundation", "rows", "distill", "guide", "photos", "report"), default="report")
     p.add_argument("--photos", default="/tmp/photos", help="scripts/photo_folder.py's output (stage photos)")
     p.add_argument("--lane", default="0/1", metavar="I/N")
     p.add_argument("--seeds", type=int, default=2)
@@ -233,7 +278,8 @@ def main() -> None:
         return
     i, n = (int(v) for v in args.lane.split("/"))
     todo = (photo_jobs(root, Path(args.photos), args.seeds) if args.stage == "photos" else
-            distill_jobs(root, args.seeds) if args.stage == "distill" else jobs(root, args.stage, args.seeds))
+            distill_jobs(root, args.seeds) if args.stage == "distill" else
+            guide_jobs(root, args.seeds) if args.stage == "guide" else jobs(root, args.stage, args.seeds))
     for k, (name, job) in enumerate(todo):
         if k % n == i:
             print(f"[lane {i}] {name}", flush=True)

@@ -58,7 +58,7 @@ def _tiny_teacher() -> str:
 
 
 TINY_TEACHER = _tiny_teacher()
-TINY_DISTILL = ["method=distill", *TINY_MIM, f"distill.teacher={TINY_TEACHER}"]
+TINY_DISTILL = ["method=distill", *TINY_MIM, f"teacher.init={TINY_TEACHER}"]
 # every registered method's tiny config: tests over all methods read it through tiny_overrides, which fails for a
 # method without one (a new method must add its entry here rather than be left out of those tests)
 TINY_BY_METHOD = {"mst": ["method=mst", *TINY], "dino": ["method=dino", *TINY], "mae": TINY_MAE, "simmim": TINY_SIMMIM,

@@ -136,7 +136,7 @@ def test_a_cnn_student_trains_is_scored_and_exports_to_timm(photos, tmp_path, ca
 
 def test_what_cannot_work_is_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="method=distill needs a teacher"):
-        build_method(load_config(overrides=[o for o in TINY_DISTILL if not o.startswith("distill.teacher")]))
+        build_method(load_config(overrides=[o for o in TINY_DISTILL if not o.startswith("teacher.init")]))
     with pytest.raises(ConfigError, match="resnet18' cannot drop tokens .*a CNN's feature map"):
         load_config(overrides=["method=mae", "model.arch=resnet18", "model.img_size=28"])
     with pytest.raises(ConfigError, match="is a CNN: it has no tokens to mask"):

@@ -86,7 +86,7 @@ def _resolve(args, notes: list | None = None) -> dict:
         overrides.append(f"model.init={args.init}")
     if getattr(args, "teacher", None):  # distillation, unless --set method= says otherwise
         pinned = any(o.split("=", 1)[0].strip() == "method" for o in args.overrides)
-        overrides = ([] if pinned else ["method=distill"]) + overrides + [f"distill.teacher={args.teacher}"]
+        overrides = ([] if pinned else ["method=distill"]) + overrides + [f"teacher.init={args.teacher}"]
     return load_config(config, overrides, notes=notes, previous=previous)
 
 
@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the architecture comes from the source, fitted to the data's size, patch and channels")
     p.add_argument("--teacher", default=None, metavar="SOURCE",
                    help="distil this frozen pretrained model (SOURCE as for --init) into the student model.arch (a "
-                        "ViT or a timm CNN such as resnet18): method=distill, distill.teacher=SOURCE")
+                        "ViT or a timm CNN such as resnet18): method=distill, teacher.init=SOURCE; with --set "
+                        "method=mst / mae / simmim and mask.importance=frozen, its attention guides the mask")
     p.add_argument("--max-steps", type=int, default=None, help="stop once the run has trained this many steps in all, "
                    "relaunches included (a checkpoint is written; relaunch with a larger value or none to go on)")
     p.set_defaults(func=cmd_pretrain)

@@ -8,9 +8,9 @@ One step:
          -> linear maps to the teacher's width; the student's map resized to the teacher's grid (bilinear)
          -> 1 - cos(student, teacher) on the embedding and on every patch token
 
-The teacher is ``distill.teacher`` (a SOURCE as for ``--init``: ``timm:NAME``, ``timm:NAME=FILE``, an mst run or
-export), fitted to the data's channels and size by :mod:`mst.sources` and kept in eval mode; it runs once per
-step on the one view both networks see. The student is ``model.arch``: a registered ViT, any timm ViT name, or a
+The teacher is ``teacher.init`` (a SOURCE as for ``--init``: ``timm:NAME``, ``timm:NAME=FILE``, an mst run or
+export; :mod:`mst.methods.frozen`), fitted to the data's channels and size by :mod:`mst.sources` and kept in eval
+mode; it runs once per step on the one view both networks see. The student is ``model.arch``: a registered ViT, any timm ViT name, or a
 timm CNN (``resnet18``, ``convnext_atto``, ``efficientnet_b0``, ...). Cosine, not smooth-L1: it leaves each
 teacher feature's scale out of the target (the scales of a CLS token and of patch tokens differ, and differ from
 one pretrained model to the next), so no normalisation statistics need estimating; the student's own scale is free.
@@ -26,39 +26,19 @@ from torch import nn
 
 from mst.data.batch import Batch
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
+from mst.methods.frozen import TeacherPass, build_frozen_teacher
 from mst.models.backbones import create_backbone
 from mst.registry import ConfigError
 from mst.settings import NON_NEGATIVE, Settings, setting
 
+
 @dataclass(frozen=True)
 class DistillSettings(Settings, section="distill"):
-    teacher: str | None = setting(None, "SOURCE of the frozen teacher (required): timm:NAME | timm:NAME=FILE | an "
-                                  "mst run or export", kind=str)
+    """The loss's two terms (the teacher itself: ``teacher.init``)."""
+
     global_weight: float = setting(1.0, "1 - cos on the pooled / CLS embedding", range=NON_NEGATIVE)
     patch_weight: float = setting(1.0, "1 - cos on the patch tokens, the student's map resized to the teacher's "
                                   "grid", range=NON_NEGATIVE)
-
-
-def build_teacher(source_text: str, cfg: dict) -> nn.Module:
-    """The frozen teacher: the source's ViT at the data's size and channels, its own patch size (timm's fitting)."""
-    from mst.sources import fit_state, load_source
-
-    try:
-        source = load_source(source_text)
-    except ConfigError as e:  # the same SOURCE rules as --init, named by this key
-        raise ConfigError(str(e).replace("model.init=", "distill.teacher=", 1)) from None
-    arch = source.arch()
-    patch = arch["patch_size"]
-    size = int(cfg["model"]["img_size"])
-    if size % patch:
-        size = max(patch, size // patch * patch)  # the teacher sees the view resized to a multiple of its patch
-    model_cfg = {"arch": arch["arch"].split(".")[0], "embed_dim": arch["embed_dim"], "depth": arch["depth"],
-                 "num_heads": arch["num_heads"], "patch_size": patch, "img_size": size}
-    teacher = create_backbone(model_cfg, in_chans=int(cfg["data"]["channels"]))
-    state, _ = fit_state(source, teacher.vit)
-    teacher.vit.load_state_dict(state, strict=True)
-    teacher.input_size = size
-    return teacher.eval().requires_grad_(False)
 
 
 def resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
@@ -73,7 +53,7 @@ def resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int
 
 @METHODS.register("distill")
 class Distill(Method):
-    sections = ("distill",)
+    sections = ("distill", "teacher")
     views = "single"
     backbones = {"student": "student"}
     default_backbone = "student"
@@ -81,12 +61,12 @@ class Distill(Method):
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
         d = cfg["distill"]
-        if not d["teacher"]:  # checked here, not in validate: a preset may leave the teacher to --teacher
-            raise ConfigError("method=distill needs a teacher: --teacher SOURCE or --set distill.teacher=SOURCE "
+        if not cfg["teacher"]["init"]:  # checked here, not in validate: a preset may leave the teacher to --teacher
+            raise ConfigError("method=distill needs a teacher: --teacher SOURCE or --set teacher.init=SOURCE "
                               "(timm:NAME, timm:NAME=FILE, or an mst run / export)")
         channels = int(cfg["data"]["channels"])
         self.student = create_backbone(cfg["model"], channels, drop_path=float(cfg["model"]["drop_path"]))
-        self.teacher = build_teacher(str(d["teacher"]), cfg)
+        self.teacher = build_frozen_teacher(str(cfg["teacher"]["init"]), channels, int(cfg["model"]["img_size"]))
         width = int(self.teacher.embed_dim)
         self.global_map = nn.Linear(int(self.student.embed_dim), width)
         self.patch_map = nn.Linear(int(getattr(self.student, "patch_dim", self.student.embed_dim)), width)
@@ -105,24 +85,15 @@ class Distill(Method):
         if float(cfg["distill"]["global_weight"]) < 0 or float(cfg["distill"]["patch_weight"]) < 0:
             raise ConfigError("distill.global_weight / distill.patch_weight must be >= 0")
 
-    def train(self, mode: bool = True) -> "Distill":
-        super().train(mode)
-        self.teacher.eval()  # frozen: no dropout, no drop-path, whatever the engine asks
-        return self
-
-    @torch.no_grad()
-    def teacher_targets(self, x: torch.Tensor):
-        """The teacher's forward, once per step: (CLS, patch tokens, grid)."""
-        size = self.teacher.input_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        out = self.teacher(x)
-        return out.cls.float(), out.patches.float(), out.grid
+    def teacher_targets(self, x: torch.Tensor) -> TeacherPass:
+        """The frozen teacher's forward, once per step (eval mode, no grad: :class:`FrozenTeacher`)."""
+        return self.teacher(x)
 
     def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
         x = batch.views[0]
         # 1. The frozen teacher's targets (no grad, eval mode).
-        t_cls, t_patches, t_grid = self.teacher_targets(x)
+        t = self.teacher_targets(x)
+        t_cls, t_patches, t_grid = t.cls, t.patches, t.grid
         # 2. The student on the same view; its features mapped to the teacher's width and grid.
         s = self.student(x)
         s_global = self.global_map(s.cls)
@@ -135,4 +106,4 @@ class Distill(Method):
                                  "loss_patch": loss_patch.item()})
 
 
-__all__ = ["Distill", "build_teacher", "resize_tokens"]
+__all__ = ["Distill", "resize_tokens"]

@@ -1,7 +1,7 @@
 """Where a mask strategy's per-token importance comes from: a registry of sources beside the strategies.
 
 A strategy says whether it needs an importance (``MaskStrategy.needs_importance``); a method says which sources it
-can give (``Method.importance_sources``) and reads the one configured (``mask.importance``, ``mask.importance``):
+can give (``Method.importance_sources``) and reads the one configured (``mask.importance``):
 
 * ``teacher`` (MST / DINO): the EMA teacher's last-block CLS attention, from the same pass that makes the DINO
   targets, on the same global views (MST eq. 4): no extra work;
@@ -9,6 +9,8 @@ can give (``Method.importance_sources``) and reads the one configured (``mask.im
   epochs, cropped and flipped like the view;
 * ``encoder`` (MAE / SimMIM): the current encoder's CLS attention in a no-grad eval pass over the view before
   masking (one extra forward pass without gradients per step).
+* ``frozen`` (every method that masks): a frozen pretrained teacher's (``teacher.init``) last-block CLS attention
+  on the same view, resampled to the token grid (:mod:`mst.methods.frozen`; one pass of the teacher per step).
 
 ``none`` is no source: a strategy that needs an importance is then refused when the config is read. The model-
 running parts live here, beside the methods, so :mod:`mst.masking` stays tensor-to-mask code.
@@ -31,6 +33,8 @@ IMPORTANCE.register("none", "no importance (strategies that need one are refused
 IMPORTANCE.register("teacher", "the EMA teacher's CLS attention from the same pass on the same global views")
 IMPORTANCE.register("maps", "AMT's stored per-image maps, cropped and flipped like each view")
 IMPORTANCE.register("encoder", "the current encoder's CLS attention in a no-grad eval pass on the view")
+IMPORTANCE.register("frozen", "a frozen pretrained teacher's (teacher.init) CLS attention on the same view, "
+                              "resampled to the token grid")
 
 
 def check_source(method: str, sources: tuple[str, ...], key: str, source: str, needs: list[tuple[str, str]]) -> None:

@@ -59,7 +59,7 @@ class MAESettings(Settings, section="mae"):
 
 @METHODS.register("mae")
 class MAE(MIMMethod):
-    sections = ("mim", "mae", "mask", "amt", "degrade")
+    sections = ("mim", "mae", "mask", "amt", "degrade", "teacher")
     changed_defaults = {"mask": MIM_MASK}
     # AMT's reference ratios (guijiejie/AMT): mask 45 %, throw 40 % of the patches (amt.* null -> these)
     amt_reference = (0.45, 0.40)

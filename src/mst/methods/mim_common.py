@@ -11,6 +11,7 @@ from torch import nn
 from mst.masking import AMTMask, AMTSpec, MaskResult, build_mask_strategy
 from mst.masking.amt import ORDERS
 from mst.methods.base import Method
+from mst.methods.frozen import check_frozen_source, teacher_for
 from mst.methods.importance import AttentionMaps, check_source, encoder_importance
 from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
@@ -54,7 +55,7 @@ class MIMMethod(Method):
     views = "single"
     backbones = {"encoder": "encoder"}
     default_backbone = "encoder"
-    importance_sources = ("encoder", "maps")
+    importance_sources = ("encoder", "maps", "frozen")
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
@@ -88,6 +89,7 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
     source = mim_source(cfg)
     needs = [("mask.strategy", k["strategy"])] + ([("amt.enabled", "amt")] if cfg["amt"]["enabled"] else [])
     check_source(cfg["method"], MIMMethod.importance_sources, "mask.importance", source, needs)
+    check_frozen_source(cfg, source)
     if source == "maps" and not cfg["amt"]["enabled"]:
         raise ConfigError("mask.importance='maps' reads AMT's stored per-image maps, which exist only with "
                           "amt.enabled=true: set it, or take mask.importance=encoder")
@@ -146,6 +148,8 @@ class MIMMasking(nn.Module):
             self.amt = AMTMask.from_spec(amt_spec(cfg))
         if self.source == "maps":
             self.maps = AttentionMaps((int(cfg["model"]["img_size"]) // self.patch,) * 2)
+        reads = self.random.needs_importance or self.amt is not None
+        self.frozen = teacher_for(cfg, reads and self.source == "frozen")  # mask.importance=frozen's teacher
 
     def active(self, epoch: int) -> bool:
         return self.amt is not None and epoch >= int(self.settings.amt.start)
@@ -167,6 +171,8 @@ class MIMMasking(nn.Module):
             return self.maps.weights(batch.index, boxes, batch.flips, grid)
         if self.source == "encoder":
             return encoder_importance(encoder, x)
+        if self.source == "frozen":
+            return self.frozen.importance(x, grid)
         raise ValueError(f"mask.importance={self.source!r} gives no per-token importance")
 
     def on_epoch_start(self, epoch: int, encoder: nn.Module, data) -> dict[str, float]:
@@ -219,7 +225,11 @@ def figure_mask(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, g
     the images themselves with ``mask.strategy``'s draw (importance: the encoder's) and no extra panel."""
     if masking.amt is not None:
         return amt_view(masking, encoder, images, generator or torch.Generator())
-    importance = encoder_importance(encoder, images) if masking.random.needs_importance else None
+    importance = None
+    if masking.random.needs_importance:
+        grid = (images.shape[-2] // masking.patch, images.shape[-1] // masking.patch)
+        importance = (masking.frozen.importance(images, grid) if masking.frozen is not None
+                      else encoder_importance(encoder, images))
     return images, draw_mask(masking.random, images, masking.patch, generator, importance), [[] for _ in images]
 
 

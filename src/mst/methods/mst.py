@@ -33,6 +33,7 @@ from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.figures import Panel, masked_view, to_display
 from mst.models.decoders import decoder_kind
 from mst.models.encoder import Encoder, build_student_teacher
+from mst.methods.frozen import check_frozen_source, teacher_for
 from mst.methods.importance import check_source
 from mst.models.backbones import BACKBONES
 from mst.models.head import cancel_last_layer_grads
@@ -98,11 +99,11 @@ def student_teacher(config: Config) -> tuple[Encoder, Encoder]:
 
 @METHODS.register("mst")
 class MST(Method):
-    sections = ("dino", "mst", "mask")
+    sections = ("dino", "mst", "mask", "teacher")
     views = "multicrop"
     backbones = {"teacher": "teacher.backbone", "student": "student.backbone"}
     default_backbone = "teacher"  # DINO/MST report and release the teacher
-    importance_sources = ("teacher",)
+    importance_sources = ("teacher", "frozen")
     small_budget_base_lr = 8e-3  # with dino.koleo_weight=0.1: the recipe search (docs/results.md)
 
     def __init__(self, cfg: dict) -> None:
@@ -117,6 +118,8 @@ class MST(Method):
             d["centering"], int(d["sinkhorn_iters"]),
         )
         self.mask_strategy = build_mask_strategy(cfg["mask"]["strategy"], cfg["mask"], int(cfg["model"]["patch_size"]))
+        # a frozen pretrained teacher whose attention guides the mask (mask.importance=frozen), else None
+        self.frozen = teacher_for(cfg, self.mask_strategy.needs_importance and cfg["mask"]["importance"] == "frozen")
         self.collapse = CollapseMonitor()  # one warning when the teacher stays near uniform
 
     @classmethod
@@ -124,6 +127,7 @@ class MST(Method):
         m, k = cfg["mst"], cfg["mask"]
         check_source(cfg["method"], cls.importance_sources, "mask.importance", k["importance"],
                      [("mask.strategy", k["strategy"])])
+        check_frozen_source(cfg, k["importance"])
         if MASKS.get(k["strategy"], "mask.strategy").throws:
             if m["decoder"] != "none":
                 raise ConfigError(f"mask.strategy={k['strategy']!r} throws tokens away, but mst.decoder="
@@ -157,14 +161,18 @@ class MST(Method):
         local_views = torch.cat(views[n_global:]) if n_local else None
 
         # 1. Teacher: the DINO targets and, from the *same* pass, the last block's CLS->patch attention (eq. 4).
+        #    With mask.importance=frozen the attention is a frozen pretrained teacher's instead (one pass of it).
         needs = self.mask_strategy.needs_importance and self.settings.mask.importance == "teacher"
         with torch.no_grad():
             t = self.teacher.backbone(global_views, return_attention=needs)
             teacher_logits = self.teacher.head(t.cls)
+        importance = t.attention if needs else None
+        if self.frozen is not None:
+            importance = self.frozen.importance(global_views, t.mask_grid)
 
         # 2. Mask: which of the student's global-view tokens become [MASK] (eq. 5; locals are never masked), and
         #    with a throwing strategy which leave its sequence (keep: the tokens that stay, [MASK] ones included).
-        result = self.mask_strategy(global_views.shape[0], t.mask_grid, t.attention if needs else None, ctx.generator)
+        result = self.mask_strategy(global_views.shape[0], t.mask_grid, importance, ctx.generator)
         mask = None if result is None else result.mask.to(global_views.device)
         keep = None if result is None or result.keep is None else (result.keep | result.mask).to(global_views.device)
 

@@ -37,7 +37,7 @@ class SimMIMSettings(Settings, section="simmim"):
 
 @METHODS.register("simmim")
 class SimMIM(MIMMethod):
-    sections = ("mim", "simmim", "mask", "amt")
+    sections = ("mim", "simmim", "mask", "amt", "teacher")
     changed_defaults = {"mask": MIM_MASK}
     small_budget_base_lr = 1e-3  # configs/fashion_mnist_simmim.yaml
     # AMT's reference ratios (guijiejie/AMT): mask 44 %, throw 26 % of the mask units (amt.* null -> these)

@@ -1,0 +1,143 @@
+"""A frozen pretrained teacher as the guide of the mask (``mask.importance=frozen``, ``teacher.init``): its attention
+is resampled to the student's grid as written out here, the mask MST and MAE draw is the strategy's on that
+attention, the teacher stays frozen and runs once per step, and what cannot work is one line."""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from mst.cli import main
+from mst.config import ConfigError, RenamedKeyNotice, load_config
+from mst.masking import AttentionGuidedMask, top_attended
+from mst.methods import build_method
+from mst.methods.frozen import FrozenTeacher, resample_importance
+from tests.conftest import TINY_MAE, TINY_TEACHER, step, tiny_overrides, views_for
+
+
+def _fine_teacher() -> str:
+    """A 1-block ViT at patch 2 on 28 px grey images: a 14 x 14 grid, twice as fine as the tiny students' 7 x 7."""
+    kwargs = dict(img_size=28, patch_size=2, in_chans=1, num_classes=0, dynamic_img_size=True, depth=1,
+                  embed_dim=32, num_heads=2)
+    torch.manual_seed(2)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
+    path = Path(tempfile.mkdtemp(prefix="mst_fine_teacher_")) / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"model_name": "vit_tiny_patch16_224", "model_kwargs": kwargs}))
+    return f"timm:vit_tiny_patch16_224={path}"
+
+
+FINE_TEACHER = _fine_teacher()
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- resampling the teacher's attention to the student's grid ------------------------------------------------------
+def test_resampling_to_a_coarser_grid_is_the_mean_over_the_covered_cells():
+    att = torch.rand(3, 14 * 14)
+    blocks = att.reshape(3, 7, 2, 7, 2).mean((2, 4)).reshape(3, 49)  # each 2 x 2 block of cells
+    torch.testing.assert_close(resample_importance(att, (14, 14), (7, 7)), blocks)
+    # a non-integer factor: cell i of 4 covers the cells floor(7 i / 4) .. ceil(7 (i + 1) / 4) - 1 of 7 (area)
+    att = torch.rand(2, 49)
+    grid = att.reshape(2, 7, 7)
+    spans = [range(math.floor(7 * i / 4), math.ceil(7 * (i + 1) / 4)) for i in range(4)]
+    want = torch.stack([torch.stack([grid[:, list(r)][:, :, list(c)].mean((1, 2)) for c in spans]) for r in spans])
+    torch.testing.assert_close(resample_importance(att, (7, 7), (4, 4)), want.permute(2, 0, 1).reshape(2, 16))
+    assert resample_importance(att, (7, 7), (7, 7)) is att
+
+
+def test_resampling_to_a_finer_grid_is_bilinear_at_the_cell_centres():
+    att = torch.tensor([[1.0, 2.0, 3.0, 4.0]])  # a 2 x 2 map
+    out = resample_importance(att, (2, 2), (4, 4)).reshape(4, 4)
+    g = att.reshape(2, 2)
+
+    def at(i: int, j: int) -> float:  # align_corners=False: output centre (i + 0.5) / 2 - 0.5 in input cells, clamped
+        y, x = min(max((i + 0.5) / 2 - 0.5, 0.0), 1.0), min(max((j + 0.5) / 2 - 0.5, 0.0), 1.0)
+        return float((1 - y) * (1 - x) * g[0, 0] + (1 - y) * x * g[0, 1] + y * (1 - x) * g[1, 0] + y * x * g[1, 1])
+
+    torch.testing.assert_close(out, torch.tensor([[at(i, j) for j in range(4)] for i in range(4)]))
+
+
+# -- the teacher guides the mask ----------------------------------------------------------------------------------
+def test_mst_masks_by_the_frozen_teachers_attention_on_its_grid():
+    cfg = load_config(overrides=tiny_overrides("mst") + ["mask.importance=frozen", f"teacher.init={FINE_TEACHER}",
+                                                         "model.drop_path=0.0"])
+    method = build_method(cfg).train()
+    assert isinstance(method.frozen, FrozenTeacher) and not method.frozen.training
+    views = views_for(method, b=2)
+    out = step(method, views, generator=gen(0))
+    global_views = torch.cat(views[:2])
+    t = method.frozen(global_views, attention=True)
+    assert t.grid == (14, 14)
+    importance = t.attention.reshape(4, 7, 2, 7, 2).mean((2, 4)).reshape(4, 49)
+    want = AttentionGuidedMask(cfg["mask"]["num"], cfg["mask"]["p"])(4, (7, 7), importance, gen(0))
+    assert torch.equal(out.mask.cpu(), want.mask) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is None for p in method.frozen.parameters())
+
+
+def test_mae_attmask_hides_the_frozen_teachers_most_attended_patches():
+    cfg = load_config(overrides=TINY_MAE + ["mask.strategy=attmask", "mask.ratio=0.5", "mask.importance=frozen",
+                                            f"teacher.init={TINY_TEACHER}"])
+    method = build_method(cfg).train()
+    x = views_for(method, b=3)[0]
+    out = step(method, [x], generator=gen(0))
+    want = top_attended(method.masking.frozen(x, attention=True).attention, int(49 * 0.5))  # same 7 x 7 grid
+    assert torch.equal(out.mask.cpu(), want)
+
+
+def test_the_frozen_teacher_stays_frozen_and_runs_once_per_step(tmp_path):
+    from mst.engine.trainer import Trainer
+
+    cfg = load_config(overrides=TINY_MAE + ["mask.strategy=attmask", "mask.importance=frozen",
+                                            f"teacher.init={FINE_TEACHER}"])
+    trainer = Trainer(cfg, tmp_path / "r", log=lambda *a: None)
+    frozen = trainer.method.masking.frozen
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    calls = []
+    frozen.register_forward_hook(lambda m, i, o: calls.append(m.training))
+    trainer.fit(max_steps=3)
+    assert calls == [False, False, False]  # once per step, in eval mode
+    assert all(not p.requires_grad for p in frozen.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in frozen.state_dict().items())
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in frozen.parameters())
+
+
+# -- settings and refusals -----------------------------------------------------------------------------------------
+def test_what_cannot_work_is_one_line_and_an_unused_teacher_is_named():
+    with pytest.raises(ConfigError, match=r"^mask.importance='frozen' reads a frozen pretrained teacher's attention: "
+                                          r"set teacher.init=SOURCE \(--teacher SOURCE: .*\)$"):
+        load_config(overrides=tiny_overrides("mst") + ["mask.importance=frozen"])
+    with pytest.warns(UserWarning, match=r"^teacher.init is set but method=mae reads it only with "
+                                         r"mask.importance=frozen: the teacher is not used$"):
+        load_config(overrides=TINY_MAE + [f"teacher.init={TINY_TEACHER}"])
+    with pytest.raises(ConfigError, match=r"^teacher.init='timm:beit_base_patch16_224=/nowhere.pth'"):
+        build_method(load_config(overrides=TINY_MAE + ["mask.strategy=attmask", "mask.importance=frozen",
+                                                       "teacher.init=timm:beit_base_patch16_224=/nowhere.pth"]))
+    with pytest.warns(RenamedKeyNotice, match="'distill.teacher' in --set is now 'teacher.init'"):
+        cfg = load_config(overrides=["method=distill", f"distill.teacher={TINY_TEACHER}"])
+    assert cfg["teacher"]["init"] == TINY_TEACHER and "teacher" not in cfg["distill"]
+
+
+def test_the_cli_teacher_guides_a_pinned_method(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sets = ["method=mae", "mask.strategy=attmask", "mask.importance=frozen", *TINY_MAE[1:]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the teacher is read: no "not used" warning
+        code = main(["pretrain", "--out", str(tmp_path / "r"), "--teacher", FINE_TEACHER, "--max-steps", "2",
+                     *sum((["--set", s] for s in sets), [])])
+    assert code == 0
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (cfg["method"], cfg["teacher"]["init"], cfg["mask"]["importance"]) == ("mae", FINE_TEACHER, "frozen")
