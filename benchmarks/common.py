@@ -51,6 +51,10 @@ VARIANTS: dict[str, tuple[str | None, list[str]]] = {
     "mst_continued": (None, ["model.init={SOURCE}", "optim.layer_decay=0.75", "optim.freeze_blocks=0"]),
     # distillation into the same student as DINO's from a frozen teacher of that shape: one teacher forward, one view
     "distill": ("distill", ["teacher.init={SOURCE}"]),
+    # the frozen teacher as a guide (a teacher shaped as the run's own ViT): its attention chooses MST's mask, its
+    # features are MAE's target; against the same step without it
+    "mst_frozen": (None, ["mask.importance=frozen", "teacher.init={SOURCE}"]),
+    "mae_target_teacher": ("mae", ["mim.target=teacher", "teacher.init={SOURCE}"]),
 }
 MST_VARIANTS = ("dino", "mask_only", "decoder_only", "mst")
 # Beyond Masking: each degradation with MAE's masking, and alone (no masking: every token encoded)
@@ -139,7 +143,7 @@ def variant_cfg(args: argparse.Namespace, name: str, extra: Iterable[str] = ()) 
     preset, overrides = VARIANTS[name]
     if any("{SOURCE}" in o for o in overrides):  # a pretrained source of the preset's own ViT, saved as timm's
         shape = None if preset == "distill" else preset  # a teacher shaped as DINO's student; else the run's own
-        plain = load_cfg(args, [o for o in overrides if "{SOURCE}" not in o] + list(extra), shape)
+        plain = load_cfg(args, list(extra), shape)  # only its ViT's shape is read
         source = timm_source(plain)
         overrides = [o.replace("{SOURCE}", source) for o in overrides]
     return load_cfg(args, list(overrides) + list(extra), preset)

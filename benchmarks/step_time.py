@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{cont} / {plain} step time ({measure}) = {r:.3f}  (from model.init, layer decay 0.75, patch "
                   f"embedding frozen; target <= {CONTINUE_TARGET}: {verdict})")
             result[f"{cont}_over_{plain}"] = r
+    for guided, plain in (("mst_frozen", "mst"), ("mae_target_teacher", "mae")):
+        if guided in wall and plain in wall:
+            r = median(paired_ratios(primary, guided, plain))
+            print(f"{guided} / {plain} step time ({measure}) = {r:.3f}  (the frozen teacher's one pass per step)")
+            result[f"{guided}_over_{plain}"] = r
     if "distill" in wall and base == "dino":
         r = result["variants"]["distill"]["ratio_vs_base"]
         method, x = trainers["distill"].method, batches["distill"].views[0]

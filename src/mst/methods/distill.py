@@ -26,7 +26,7 @@ from torch import nn
 
 from mst.data.batch import Batch
 from mst.methods.base import METHODS, Method, StepContext, StepOutput
-from mst.methods.frozen import TeacherPass, build_frozen_teacher
+from mst.methods.frozen import TeacherPass, build_frozen_teacher, cosine_distance, resize_tokens
 from mst.models.backbones import create_backbone
 from mst.registry import ConfigError
 from mst.settings import NON_NEGATIVE, Settings, setting
@@ -39,16 +39,6 @@ class DistillSettings(Settings, section="distill"):
     global_weight: float = setting(1.0, "1 - cos on the pooled / CLS embedding", range=NON_NEGATIVE)
     patch_weight: float = setting(1.0, "1 - cos on the patch tokens, the student's map resized to the teacher's "
                                   "grid", range=NON_NEGATIVE)
-
-
-def resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
-    """(B, h * w, D) tokens on ``grid`` -> (B, H * W, D) on ``target`` by bilinear interpolation of the map
-    (align_corners=False: each token is the centre of its cell)."""
-    b, n, d = tokens.shape
-    fmap = tokens.transpose(1, 2).reshape(b, d, *grid)
-    if tuple(grid) != tuple(target):
-        fmap = F.interpolate(fmap, size=target, mode="bilinear", align_corners=False)
-    return fmap.flatten(2).transpose(1, 2)
 
 
 @METHODS.register("distill")
@@ -99,8 +89,8 @@ class Distill(Method):
         s_global = self.global_map(s.cls)
         s_patches = self.patch_map(resize_tokens(s.patches, s.grid, t_grid))
         # 3. Cosine distances: the embedding and every patch token.
-        loss_global = (1 - F.cosine_similarity(s_global, t_cls, dim=-1)).mean()
-        loss_patch = (1 - F.cosine_similarity(s_patches, t_patches, dim=-1)).mean()
+        loss_global = cosine_distance(s_global, t_cls)
+        loss_patch = cosine_distance(s_patches, t_patches)
         loss = self.global_weight * loss_global + self.patch_weight * loss_patch
         return StepOutput(loss, {"loss": loss.item(), "loss_global": loss_global.item(),
                                  "loss_patch": loss_patch.item()})

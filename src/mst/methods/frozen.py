@@ -8,7 +8,11 @@ gradients, and run once per step on the step's view(s); every consumer reads tha
 * ``mask.importance: frozen`` (MST / DINO, MAE, SimMIM): its last-block CLS attention, resampled to the
   student's token grid (:func:`resample_importance`), is what an attention-guided strategy reads: MST's
   low-attention mask, AttMask-High, AMT's draw (MILAN's and MaskDistill's guide, MST's idea with a teacher that
-  already knows images).
+  already knows images);
+* ``mim.target: teacher`` (MAE, SimMIM): its patch tokens, resized to the student's grid (:func:`resize_tokens`)
+  and normalised per token, are what the masked tokens are reconstructed as (MaskDistill, MILAN);
+* ``mst.frozen_weight`` (MST / DINO): a feature-distillation term beside the EMA teacher's CE (GFM): the student's
+  global-view CLS and patch tokens, linearly mapped, towards the frozen teacher's (:func:`cosine_distance`).
 
 On a GPU it runs under bf16 autocast (it is only read, never trained); what it returns is float32.
 """
@@ -105,14 +109,33 @@ def teacher_for(cfg: dict, needed: bool) -> FrozenTeacher | None:
                                 int(cfg["model"]["img_size"]))
 
 
-def check_frozen_source(cfg: dict, source: str | None) -> None:
-    """``mask.importance=frozen`` needs ``teacher.init``; a teacher nothing reads is named in one warning."""
-    if source == "frozen" and not cfg["teacher"]["init"]:
-        raise ConfigError("mask.importance='frozen' reads a frozen pretrained teacher's attention: set teacher.init="
-                          "SOURCE (--teacher SOURCE: timm:NAME, timm:NAME=FILE, an mst run or export)")
-    if source != "frozen" and cfg["teacher"]["init"]:
-        warnings.warn(f"teacher.init is set but method={cfg['method']} reads it only with mask.importance=frozen: "
-                      "the teacher is not used", stacklevel=3)
+def check_frozen_source(cfg: dict, source: str | None, readers: dict[str, bool] | None = None) -> None:
+    """``mask.importance=frozen`` (or another reader in ``readers``: its setting -> whether it is on) needs
+    ``teacher.init``; a teacher nothing reads is named in one warning."""
+    on = {"mask.importance='frozen'": source == "frozen", **(readers or {})}
+    used = [name for name, yes in on.items() if yes]
+    if used and not cfg["teacher"]["init"]:
+        raise ConfigError(f"{used[0]} reads a frozen pretrained teacher: set teacher.init=SOURCE (--teacher SOURCE: "
+                          "timm:NAME, timm:NAME=FILE, an mst run or export)")
+    if not used and cfg["teacher"]["init"]:
+        warnings.warn(f"teacher.init is set but method={cfg['method']} reads it only with "
+                      f"{' or '.join(n.replace(chr(39), '') for n in on)}: the teacher is not used", stacklevel=3)
+
+
+def resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
+    """(B, h * w, D) tokens on ``grid`` -> (B, H * W, D) on ``target`` by bilinear interpolation of the map
+    (align_corners=False: each token is the centre of its cell)."""
+    b, n, d = tokens.shape
+    fmap = tokens.transpose(1, 2).reshape(b, d, *grid)
+    if tuple(grid) != tuple(target):
+        fmap = F.interpolate(fmap, size=target, mode="bilinear", align_corners=False)
+    return fmap.flatten(2).transpose(1, 2)
+
+
+def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos over the last dimension: the teacher's direction, not its scale (a CLS token's and patch
+    tokens' scales differ, and differ from one pretrained model to the next), with no statistics to estimate."""
+    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
 
 def resample_importance(importance: torch.Tensor, grid: tuple[int, int], target: tuple[int, int]) -> torch.Tensor:
@@ -136,4 +159,4 @@ def resample_importance(importance: torch.Tensor, grid: tuple[int, int], target:
 
 
 __all__ = ["FrozenTeacher", "TeacherPass", "TeacherSettings", "build_frozen_teacher", "check_frozen_source",
-           "resample_importance", "teacher_for"]
+           "cosine_distance", "resample_importance", "resize_tokens", "teacher_for"]

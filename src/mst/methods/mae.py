@@ -27,8 +27,8 @@ from mst.degradations import DEGRADATIONS, Degraded, build_degradation
 from mst.figures import Panel, to_display
 from mst.losses import normalize_patches, patch_mse
 from mst.methods.base import METHODS, StepContext, StepOutput
-from mst.methods.mim_common import (MIM_MASK, MIMMasking, MIMMethod, figure_mask, reconstruction_panels,
-                                     uneven_counts, validate_mim)
+from mst.methods.mim_common import (MIM_MASK, MIMMasking, MIMMethod, figure_mask, masked_panels,
+                                     reconstruction_panels, uneven_counts, validate_mim)
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.decoders.transformer import xavier_init
@@ -76,6 +76,9 @@ class MAE(MIMMethod):
         self.decoder = build_decoder(cfg["mae"]["decoder"], cfg["mae"], self.encoder.embed_dim, self.patch,
                                      self.channels, self.grid, "mae.decoder")
         self.masking = MIMMasking(cfg)
+        self.attach_teacher(cfg, int(cfg["mae"]["decoder_dim"]))  # the decoder's tokens predict its features
+        if cfg["mim"]["target"] == "teacher":
+            self.decoder.pred = None  # no pixel head: every trained weight gets a gradient (DDP)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
@@ -114,7 +117,9 @@ class MAE(MIMMethod):
 
         # 1. Mask: per image, which tokens the encoder sees (keep) and which it must reconstruct (mask); with AMT
         #    (from amt.start) drawn by the stored attention maps, and the rest thrown away.
-        m = self.masking(replace(batch, views=[d.input]), ctx.epoch, ctx.generator, self.encoder)  # input's grid
+        #    With a frozen teacher (mask.importance=frozen, mim.target) its one pass of the step is on the clean view.
+        t = self.frozen_pass(x)
+        m = self.masking(replace(batch, views=[d.input]), ctx.epoch, ctx.generator, self.encoder, t)  # input's grid
         keep = m.keep if m.keep is not None else ~m.mask
 
         # 2. Encoder on the visible tokens only (position embeddings added before they are gathered).
@@ -122,18 +127,25 @@ class MAE(MIMMethod):
 
         # 3. Decoder: the visible tokens and a mask token at every hidden position (thrown tokens: neither).
         decode_index = keep_indices(keep | m.mask)
-        pred = self.decoder(z.cls, z.patches, z.keep_index, decode_index)
+        h = self.decoder.features(z.cls, z.patches, z.keep_index, decode_index)
 
         # 4. Loss: mean squared error per patch, averaged over the hidden patches (all of them when nothing is
-        #    hidden); with a degradation, compared in the frame the degradation says.
-        norm_pix = bool(self.settings.mim.norm_pix_loss)
-        if self.settings.mim.degradation == "none":
-            target = gather_tokens(patchify(x, self.patch), decode_index)
-            loss = patch_mse(pred, target, gather_tokens(m.mask, decode_index), norm_pix)
-        else:
-            loss = degraded_loss(pred, d, m.mask, self.patch, norm_pix)
-        metrics = {"loss": loss.item(), "mask_ratio": m.mask.float().mean().item(),
-                   "visible_ratio": keep.float().mean().item()}
+        #    hidden); with a degradation, compared in the frame the degradation says. mim.target=teacher / both:
+        #    the frozen teacher's normalised features of the hidden patches instead / besides (MaskDistill, MILAN).
+        s, masked = self.settings.mim, gather_tokens(m.mask, decode_index)
+        metrics = {}
+        if s.target != "teacher":
+            pred, norm_pix = self.decoder.pred(h), bool(s.norm_pix_loss)
+            if s.degradation == "none":
+                loss = patch_mse(pred, gather_tokens(patchify(x, self.patch), decode_index), masked, norm_pix)
+            else:
+                loss = degraded_loss(pred, d, m.mask, self.patch, norm_pix)
+        if s.target != "pixels":
+            feat = self.teacher_loss(h, t, decode_index, masked)
+            metrics["loss_teacher"] = feat.item()
+            loss = feat if s.target == "teacher" else loss + float(s.teacher_weight) * feat
+        metrics.update({"loss": loss.item(), "mask_ratio": m.mask.float().mean().item(),
+                        "visible_ratio": keep.float().mean().item()})
         return StepOutput(loss=loss, metrics=metrics, mask=m.mask)
 
     def on_epoch_start(self, epoch: int, data) -> dict[str, float]:
@@ -147,7 +159,10 @@ class MAE(MIMMethod):
         if images.shape[-1] != self.view_size:  # figures start from eval images at the input size
             images = F.interpolate(images, size=(self.view_size, self.view_size), mode="bilinear", align_corners=False)
         d = self.degradation(images, generator)
-        shown, m, extra = figure_mask(self.masking, self.encoder, d.input, generator)  # AMT: its crop of the image
+        shown, m, extra = figure_mask(self.masking, self.encoder, d.input, generator, self.frozen)  # AMT: its crop
+        if self.decoder.pred is None:  # mim.target=teacher: features, no pixels to show
+            c = self.settings.data
+            return [e + r for e, r in zip(extra, masked_panels(shown, m, self.grid, c["mean"], c["std"]))]
         keep = m.keep if m.keep is not None else ~m.mask
         z = self.encoder(shown, keep=keep)
         everything = keep_indices(torch.ones_like(keep))

@@ -11,11 +11,13 @@ from torch import nn
 from mst.masking import AMTMask, AMTSpec, MaskResult, build_mask_strategy
 from mst.masking.amt import ORDERS
 from mst.methods.base import Method
-from mst.methods.frozen import check_frozen_source, teacher_for
+from mst.losses import patch_mse
+from mst.methods.frozen import (FrozenTeacher, TeacherPass, check_frozen_source, resample_importance, resize_tokens,
+                                teacher_for)
 from mst.methods.importance import AttentionMaps, check_source, encoder_importance
 from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
-from mst.models.tokens import patchify, unpatchify
+from mst.models.tokens import gather_tokens, patchify, unpatchify
 from mst.registry import ConfigError
 from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, PROBABILITY, RATIO, Settings, setting
 
@@ -25,6 +27,10 @@ class MIMSettings(Settings, section="mim"):
     """Masked image modelling, shared by MAE and SimMIM (which tokens are hidden: the ``mask`` section)."""
 
     norm_pix_loss: bool = setting(True, "target = per-patch normalised pixels")
+    target: str = setting("pixels", "what the masked tokens are reconstructed as: pixels | teacher (the frozen "
+                          "teacher's patch features, each normalised: MaskDistill, MILAN; needs teacher.init) | both "
+                          "(pixels + mim.teacher_weight x teacher)", choices=("pixels", "teacher", "both"))
+    teacher_weight: float = setting(1.0, "mim.target=both: weight of the teacher-feature term", range=NON_NEGATIVE)
     degradation: str = setting("none", "Beyond Masking (MAE): none | zoom_in | zoom_out | distort | blur | "
                                "decolorize")
 
@@ -61,6 +67,30 @@ class MIMMethod(Method):
         super().__init__(cfg)
         self.channels, self.patch = int(cfg["data"]["channels"]), int(cfg["model"]["patch_size"])
         self.grid = (int(cfg["model"]["img_size"]) // self.patch,) * 2
+        self.frozen = self.teacher_head = None  # set by attach_teacher, where a frozen teacher is read
+
+    def attach_teacher(self, cfg: dict, width: int) -> None:
+        """The frozen teacher (after every trained module, so a run with one starts from the same weights as a run
+        without), where the mask reads its attention or ``mim.target`` its features; with a target, the head from
+        the method's ``width``-wide tokens to the teacher's features."""
+        target = cfg["mim"]["target"]
+        self.frozen = teacher_for(cfg, self.masking.reads_frozen or target != "pixels")
+        if target != "pixels":
+            self.teacher_head = nn.Linear(width, self.frozen.embed_dim)
+
+    def frozen_pass(self, x: torch.Tensor) -> TeacherPass | None:
+        """The frozen teacher's one pass of the step on the clean view (its attention where the mask reads it)."""
+        return None if self.frozen is None else self.frozen(x, attention=self.masking.reads_frozen)
+
+    def teacher_loss(self, tokens: torch.Tensor, t: TeacherPass, index: torch.Tensor | None,
+                     masked: torch.Tensor) -> torch.Tensor:
+        """MSE between the head on ``tokens`` (B, M, width) and the teacher's patch features resized to the
+        student's grid (bilinear) and normalised per token (as norm_pix_loss normalises a patch), taken at
+        ``index`` (B, M) (None: every token), averaged over the ``masked`` ones (B, M)."""
+        target = resize_tokens(t.patches, t.grid, self.grid)
+        if index is not None:
+            target = gather_tokens(target, index)
+        return patch_mse(self.teacher_head(tokens), target, masked, norm_pix=True)
 
 
 def validate_mim(cfg: dict, drops_tokens: bool) -> None:
@@ -89,7 +119,12 @@ def validate_mim(cfg: dict, drops_tokens: bool) -> None:
     source = mim_source(cfg)
     needs = [("mask.strategy", k["strategy"])] + ([("amt.enabled", "amt")] if cfg["amt"]["enabled"] else [])
     check_source(cfg["method"], MIMMethod.importance_sources, "mask.importance", source, needs)
-    check_frozen_source(cfg, source)
+    target = cfg["mim"]["target"]
+    check_frozen_source(cfg, source, {f"mim.target={target!r}" if target != "pixels" else "mim.target=teacher|both":
+                                      target != "pixels"})
+    if target != "pixels" and cfg["mim"]["degradation"] != "none":
+        raise ConfigError(f"mim.target={target!r} and mim.degradation={cfg['mim']['degradation']!r} do not combine: "
+                          "the teacher's features are of the clean view, the degradation's target is its own")
     if source == "maps" and not cfg["amt"]["enabled"]:
         raise ConfigError("mask.importance='maps' reads AMT's stored per-image maps, which exist only with "
                           "amt.enabled=true: set it, or take mask.importance=encoder")
@@ -148,20 +183,22 @@ class MIMMasking(nn.Module):
             self.amt = AMTMask.from_spec(amt_spec(cfg))
         if self.source == "maps":
             self.maps = AttentionMaps((int(cfg["model"]["img_size"]) // self.patch,) * 2)
-        reads = self.random.needs_importance or self.amt is not None
-        self.frozen = teacher_for(cfg, reads and self.source == "frozen")  # mask.importance=frozen's teacher
+        # mask.importance=frozen: the method passes the frozen teacher's pass of the step in (MIMMethod.frozen_pass)
+        self.reads_frozen = self.source == "frozen" and (self.random.needs_importance or self.amt is not None)
 
     def active(self, epoch: int) -> bool:
         return self.amt is not None and epoch >= int(self.settings.amt.start)
 
-    def forward(self, batch, epoch: int, generator=None, encoder: nn.Module | None = None) -> MaskResult:
-        """The step's mask (and keep) for ``batch.views[0]``; ``encoder`` gives the importance of source encoder."""
+    def forward(self, batch, epoch: int, generator=None, encoder: nn.Module | None = None,
+                frozen: TeacherPass | None = None) -> MaskResult:
+        """The step's mask (and keep) for ``batch.views[0]``; ``encoder`` gives the importance of source encoder,
+        ``frozen`` (the frozen teacher's pass on the view) that of source frozen."""
         x = batch.views[0]
         strategy = self.amt if self.active(epoch) else self.random
-        importance = self.importance(batch, encoder) if strategy.needs_importance else None
+        importance = self.importance(batch, encoder, frozen) if strategy.needs_importance else None
         return draw_mask(strategy, x, self.patch, generator, importance)
 
-    def importance(self, batch, encoder: nn.Module | None) -> torch.Tensor:
+    def importance(self, batch, encoder: nn.Module | None, frozen: TeacherPass | None = None) -> torch.Tensor:
         """(B, N) importance of the batch's view from ``mask.importance``."""
         x = batch.views[0]
         b, _, h, w = x.shape
@@ -172,7 +209,7 @@ class MIMMasking(nn.Module):
         if self.source == "encoder":
             return encoder_importance(encoder, x)
         if self.source == "frozen":
-            return self.frozen.importance(x, grid)
+            return resample_importance(frozen.attention, frozen.grid, grid)
         raise ValueError(f"mask.importance={self.source!r} gives no per-token importance")
 
     def on_epoch_start(self, epoch: int, encoder: nn.Module, data) -> dict[str, float]:
@@ -220,7 +257,8 @@ def amt_view(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, gene
     return views, MaskResult(mask=result.mask.to(images.device), keep=result.keep.to(images.device)), extra
 
 
-def figure_mask(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, generator):
+def figure_mask(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, generator,
+                frozen: FrozenTeacher | None = None):
     """The views, mask and extra panels a method's figure shows: AMT's (:func:`amt_view`) when it is on, else
     the images themselves with ``mask.strategy``'s draw (importance: the encoder's) and no extra panel."""
     if masking.amt is not None:
@@ -228,7 +266,7 @@ def figure_mask(masking: MIMMasking, encoder: nn.Module, images: torch.Tensor, g
     importance = None
     if masking.random.needs_importance:
         grid = (images.shape[-2] // masking.patch, images.shape[-1] // masking.patch)
-        importance = (masking.frozen.importance(images, grid) if masking.frozen is not None
+        importance = (frozen.importance(images, grid) if masking.source == "frozen"
                       else encoder_importance(encoder, images))
     return images, draw_mask(masking.random, images, masking.patch, generator, importance), [[] for _ in images]
 
@@ -244,6 +282,13 @@ def draw_mask(strategy, images: torch.Tensor, patch: int, generator,
         return MaskResult(mask=torch.zeros(b, grid[0] * grid[1], dtype=torch.bool, device=images.device))
     keep = None if result.keep is None else result.keep.to(images.device)
     return MaskResult(mask=result.mask.to(images.device), keep=keep, candidates=result.candidates)
+
+
+def masked_panels(images: torch.Tensor, result: MaskResult, grid: tuple[int, int], mean, std) -> list[list[Panel]]:
+    """Per image the encoder's input alone (masked grey, thrown black): a method with no pixel prediction."""
+    return [[Panel(f"masked {int(result.mask[i].sum())}", masked_view(to_display(images[i], mean, std), result.mask[i],
+                                                                      grid, thrown=result.thrown[i]), None)]
+            for i in range(len(images))]
 
 
 def reconstruction_panels(images: torch.Tensor, result: MaskResult, pred_patches: torch.Tensor, patch: int,
@@ -276,4 +321,4 @@ def reconstruction_panels(images: torch.Tensor, result: MaskResult, pred_patches
     return rows
 
 
-__all__ = ["draw_mask", "mim_source", "reconstruction_panels", "uneven_counts", "validate_mim"]
+__all__ = ["draw_mask", "masked_panels", "mim_source", "reconstruction_panels", "uneven_counts", "validate_mim"]

@@ -15,12 +15,14 @@ token); it needs ``mst.decoder: none``, as the decoder restores the whole view f
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from mst.data.batch import Batch
 from mst.schedules import cosine_schedule
@@ -33,7 +35,8 @@ from mst.methods.base import METHODS, Method, StepContext, StepOutput
 from mst.figures import Panel, masked_view, to_display
 from mst.models.decoders import decoder_kind
 from mst.models.encoder import Encoder, build_student_teacher
-from mst.methods.frozen import check_frozen_source, teacher_for
+from mst.methods.frozen import (check_frozen_source, cosine_distance, resample_importance, resize_tokens,
+                                teacher_for)
 from mst.methods.importance import check_source
 from mst.models.backbones import BACKBONES
 from mst.models.head import cancel_last_layer_grads
@@ -86,6 +89,9 @@ class MSTSettings(Settings, section="mst"):
                                   choices=("image", "masked"), old=("decoder.target",))
     ce_weight: float = setting(1.0, "lambda1 of eq. 11", range=NON_NEGATIVE, old=("loss.ce_weight",))
     restore_weight: float = setting(0.6, "lambda2 of eq. 11", range=NON_NEGATIVE, old=("loss.restore_weight",))
+    frozen_weight: float = setting(0.0, "a feature-distillation term towards the frozen teacher (teacher.init; GFM): "
+                                   "1 - cos of the student's global-view CLS and patch tokens, linearly mapped, and "
+                                   "the teacher's; 0: off", range=NON_NEGATIVE)
 
 
 def student_teacher(config: Config) -> tuple[Encoder, Encoder]:
@@ -118,8 +124,15 @@ class MST(Method):
             d["centering"], int(d["sinkhorn_iters"]),
         )
         self.mask_strategy = build_mask_strategy(cfg["mask"]["strategy"], cfg["mask"], int(cfg["model"]["patch_size"]))
-        # a frozen pretrained teacher whose attention guides the mask (mask.importance=frozen), else None
-        self.frozen = teacher_for(cfg, self.mask_strategy.needs_importance and cfg["mask"]["importance"] == "frozen")
+        # a frozen pretrained teacher whose attention guides the mask (mask.importance=frozen) or whose features the
+        # student also regresses (mst.frozen_weight), else None; built after every trained module (same init)
+        self.frozen_importance = self.mask_strategy.needs_importance and cfg["mask"]["importance"] == "frozen"
+        self.frozen = teacher_for(cfg, self.frozen_importance or float(m["frozen_weight"]) > 0)
+        self.frozen_cls = self.frozen_patch = None
+        if float(m["frozen_weight"]) > 0:
+            width = int(self.student.backbone.embed_dim)
+            self.frozen_cls = nn.Linear(width, self.frozen.embed_dim)
+            self.frozen_patch = nn.Linear(int(getattr(self.student.backbone, "patch_dim", width)), self.frozen.embed_dim)
         self.collapse = CollapseMonitor()  # one warning when the teacher stays near uniform
 
     @classmethod
@@ -127,7 +140,11 @@ class MST(Method):
         m, k = cfg["mst"], cfg["mask"]
         check_source(cfg["method"], cls.importance_sources, "mask.importance", k["importance"],
                      [("mask.strategy", k["strategy"])])
-        check_frozen_source(cfg, k["importance"])
+        check_frozen_source(cfg, k["importance"], {"mst.frozen_weight > 0": float(m["frozen_weight"]) > 0})
+        if float(m["frozen_weight"]) > 0 and MASKS.get(k["strategy"], "mask.strategy").throws:
+            raise ConfigError(f"mst.frozen_weight={m['frozen_weight']} compares every patch token of the student's "
+                              f"global views with the frozen teacher's, but mask.strategy={k['strategy']!r} throws "
+                              "some away: set one of them off")
         if MASKS.get(k["strategy"], "mask.strategy").throws:
             if m["decoder"] != "none":
                 raise ConfigError(f"mask.strategy={k['strategy']!r} throws tokens away, but mst.decoder="
@@ -167,8 +184,9 @@ class MST(Method):
             t = self.teacher.backbone(global_views, return_attention=needs)
             teacher_logits = self.teacher.head(t.cls)
         importance = t.attention if needs else None
-        if self.frozen is not None:
-            importance = self.frozen.importance(global_views, t.mask_grid)
+        frozen = None if self.frozen is None else self.frozen(global_views, attention=self.frozen_importance)
+        if self.frozen_importance:
+            importance = resample_importance(frozen.attention, frozen.grid, t.mask_grid)
 
         # 2. Mask: which of the student's global-view tokens become [MASK] (eq. 5; locals are never masked), and
         #    with a throwing strategy which leave its sequence (keep: the tokens that stay, [MASK] ones included).
@@ -195,6 +213,14 @@ class MST(Method):
                                         m["restore_target"])
             loss = loss + float(m["restore_weight"]) * loss_restore
             metrics["loss_restore"] = loss_restore.item()
+        if self.frozen_cls is not None:  # GFM: the frozen teacher's features of the same (unmasked) global views
+            n = s.global_patches.shape[1]
+            grid = (math.isqrt(n), n // math.isqrt(n))
+            loss_frozen = (cosine_distance(self.frozen_cls(s.global_cls), frozen.cls)
+                           + cosine_distance(self.frozen_patch(s.global_patches),
+                                             resize_tokens(frozen.patches, frozen.grid, grid)))
+            loss = loss + float(m["frozen_weight"]) * loss_frozen
+            metrics["loss_frozen"] = loss_frozen.item()
         metrics["loss"] = loss.item()
         metrics["mask_ratio"] = mask.float().mean().item() if mask is not None else 0.0
         if keep is not None:

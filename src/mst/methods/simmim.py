@@ -21,8 +21,8 @@ from mst.losses import patch_l1
 from mst.masking import MASKS
 from mst.figures import Panel
 from mst.methods.base import METHODS, StepContext, StepOutput
-from mst.methods.mim_common import (MIM_MASK, MIMMasking, MIMMethod, figure_mask, reconstruction_panels,
-                                     validate_mim)
+from mst.methods.mim_common import (MIM_MASK, MIMMasking, MIMMethod, figure_mask, masked_panels,
+                                     reconstruction_panels, validate_mim)
 from mst.models.backbones import create_backbone
 from mst.models.decoders import build_decoder, decoder_kind
 from mst.models.tokens import gather_tokens, patchify, scatter_tokens
@@ -50,6 +50,9 @@ class SimMIM(MIMMethod):
         self.decoder = build_decoder(cfg["simmim"]["decoder"], cfg["simmim"], self.encoder.embed_dim, self.patch,
                                      self.channels, self.grid, "simmim.decoder")
         self.masking = MIMMasking(cfg)
+        self.attach_teacher(cfg, int(self.encoder.embed_dim))  # the encoder's tokens predict its features
+        if cfg["mim"]["target"] == "teacher":
+            self.decoder = None  # no pixel head: every trained weight gets a gradient (DDP)
 
     @classmethod
     def validate(cls, cfg: dict) -> None:
@@ -70,11 +73,18 @@ class SimMIM(MIMMethod):
         """The reference's ``no_weight_decay``: the position embedding and the CLS token (and Swin's [MASK])."""
         return (".pos_embed", ".cls_token") + ((".mask_token",) if self.settings.model.arch.startswith("swin") else ())
 
-    def _predict(self, x: torch.Tensor, m):
-        """Encoder + decoder -> (predicted patches, their positions (B, M) or None for all N). The sequence is every
-        token but the thrown ones (masked ones as [MASK])."""
+    def _encode(self, x: torch.Tensor, m):
+        """The encoder on every token but the thrown ones (masked ones as [MASK]) -> (its output, the kept tokens
+        (B, N) or None for all)."""
         keep = None if m.keep is None else m.keep | m.mask
-        z = self.encoder(x, mask=m.mask, keep=keep)
+        return self.encoder(x, mask=m.mask, keep=keep), keep
+
+    def _predict(self, x: torch.Tensor, m):
+        """Encoder + decoder -> (predicted patches, their positions (B, M) or None for all N)."""
+        return self._pixels(*self._encode(x, m))
+
+    def _pixels(self, z, keep):
+        """The decoder on the encoder's tokens -> (predicted patches, their positions or None for all N)."""
         if keep is None:
             return patchify(self.decoder(z.patches, z.grid), self.patch), None
         if not hasattr(self.decoder, "patch_pixels"):
@@ -87,17 +97,28 @@ class SimMIM(MIMMethod):
 
         # 1. Mask: a share of mask units per image; with AMT (from amt.start) drawn by the stored attention maps,
         #    and further units thrown out of the sequence.
-        m = self.masking(batch, ctx.epoch, ctx.generator, self.encoder)
+        #    With a frozen teacher (mask.importance=frozen, mim.target) its one pass of the step is on the view.
+        t = self.frozen_pass(x)
+        m = self.masking(batch, ctx.epoch, ctx.generator, self.encoder, t)
 
-        # 2-3. Encoder ([MASK] before position embeddings; every kept token) and the per-token linear decoder.
-        pred, where = self._predict(x, m)
+        # 2. Encoder: [MASK] before position embeddings, every kept token.
+        z, keep = self._encode(x, m)
+        where = None if keep is None else z.keep_index
+        masked = m.mask if where is None else gather_tokens(m.mask, where)
 
-        # 4. Loss: L1 on the masked pixels.
-        target, masked = patchify(x, self.patch), m.mask
-        if where is not None:
-            target, masked = gather_tokens(target, where), gather_tokens(masked, where)
-        loss = patch_l1(pred, target, masked, self.channels, bool(self.settings.mim.norm_pix_loss))
-        metrics = {"loss": loss.item(), "mask_ratio": m.mask.float().mean().item()}
+        # 3-4. The per-token linear decoder, L1 on the masked pixels; mim.target=teacher / both: a linear head on the
+        #      encoder's masked tokens regresses the frozen teacher's normalised features instead / besides
+        #      (MaskDistill).
+        s, metrics = self.settings.mim, {}
+        if s.target != "teacher":
+            pred, _ = self._pixels(z, keep)
+            target = patchify(x, self.patch) if where is None else gather_tokens(patchify(x, self.patch), where)
+            loss = patch_l1(pred, target, masked, self.channels, bool(s.norm_pix_loss))
+        if s.target != "pixels":
+            feat = self.teacher_loss(z.patches, t, where, masked)
+            metrics["loss_teacher"] = feat.item()
+            loss = feat if s.target == "teacher" else loss + float(s.teacher_weight) * feat
+        metrics.update({"loss": loss.item(), "mask_ratio": m.mask.float().mean().item()})
         if m.keep is not None:
             metrics["visible_ratio"] = (m.keep & ~m.mask).float().mean().item()
         return StepOutput(loss=loss, metrics=metrics, mask=m.mask)
@@ -108,11 +129,13 @@ class SimMIM(MIMMethod):
     @torch.no_grad()
     def panels(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[list[Panel]]:
         """As MAE's: masked input (thrown black), reconstruction, pasted; with AMT the maps first."""
-        images, m, extra = figure_mask(self.masking, self.encoder, images, generator)
+        images, m, extra = figure_mask(self.masking, self.encoder, images, generator, self.frozen)
+        d = self.settings.data
+        if self.decoder is None:  # mim.target=teacher: features, no pixels to show
+            return [e + r for e, r in zip(extra, masked_panels(images, m, self.grid, d["mean"], d["std"]))]
         pred, where = self._predict(images, m)
         if where is not None:  # thrown tokens predicted as 0 (shown black anyway)
             pred = scatter_tokens(pred, where, m.mask.shape[1])
-        d = self.settings.data
         rows = reconstruction_panels(images, m, pred, self.patch, bool(self.settings.mim.norm_pix_loss), d["mean"],
                                      d["std"])
         return [e + r for e, r in zip(extra, rows)]

@@ -40,12 +40,17 @@ class MAEDecoder(nn.Module):
                 decode_index: torch.Tensor) -> torch.Tensor:
         """cls (B, D), visible (B, K, D) at positions keep_index (B, K) -> predictions (B, M, patch^2 * C) for the
         positions decode_index (B, M) (visible and masked tokens, in that index order)."""
+        return self.pred(self.features(cls, visible, keep_index, decode_index))
+
+    def features(self, cls: torch.Tensor, visible: torch.Tensor, keep_index: torch.Tensor,
+                 decode_index: torch.Tensor) -> torch.Tensor:
+        """The last block's normalised tokens (B, M, dim) at decode_index, before the pixel head (``pred``), which a
+        method predicting other targets (a frozen teacher's features) reads with a head of its own."""
         n = self.pos_embed.shape[1] - 1
         x = scatter_tokens(self.embed(visible), keep_index, n, fill=self.mask_token)  # mask token elsewhere
         x = gather_tokens(x + self.pos_embed[:, 1:], decode_index)
         c = self.embed(cls).unsqueeze(1) + self.pos_embed[:, :1]
-        z = self.norm(self.blocks(torch.cat([c, x], dim=1)))
-        return self.pred(z[:, 1:])
+        return self.norm(self.blocks(torch.cat([c, x], dim=1)))[:, 1:]
 
 
 def xavier_init(m: nn.Module) -> None:
