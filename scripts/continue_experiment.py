@@ -156,6 +156,9 @@ GUIDE_ROWS = {  # the frozen MST foundation (classes 0-4) guides the mask of a r
                                                                      "mask.importance=frozen"]),
     "guide_mae_attmask_encoder": ("configs/fashion_mnist_mae.yaml", ["optim.epochs=4", "mask.strategy=attmask",
                                                                       "mask.importance=encoder"]),  # the control
+    # its features: MAE's reconstruction target (MaskDistill), and a term beside MST's CE (GFM, weight 1, untuned)
+    "guide_mae_target_teacher": ("configs/fashion_mnist_mae.yaml", ["optim.epochs=4", "mim.target=teacher"]),
+    "guide_mst_frozen_weight": ("configs/fashion_mnist_vit_tiny.yaml", ["optim.epochs=2", "mst.frozen_weight=1"]),
 }
 
 

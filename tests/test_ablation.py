@@ -17,6 +17,7 @@ from mst.config import ConfigError
 from mst.experiments.report import section_markers, update_results_doc
 from mst.experiments.runner import build_run_config, run_ablation
 from mst.experiments.specs import ABLATIONS, METRICS, PROTOCOLS
+from tests.conftest import TINY_TEACHER
 
 VARIANTS = ["none", "random", "attention"]
 DOC = """# Results
@@ -218,8 +219,11 @@ def test_every_ablation_and_protocol_resolves():
                     with pytest.raises(ConfigError):
                         build_run_config(name, variant.name, 1, proto)
                     continue
-                cfg = build_run_config(name, variant.name, 1, proto)
-                assert cfg["seed"] == 1
+                if variant.teacher:  # the matrix's frozen column: teacher.init from the runner's --teacher
+                    with pytest.raises(ConfigError, match=r"reads a frozen pretrained teacher: pass --teacher"):
+                        build_run_config(name, variant.name, 1, proto)
+                cfg = build_run_config(name, variant.name, 1, proto, teacher=TINY_TEACHER if variant.teacher else None)
+                assert cfg["seed"] == 1 and cfg["teacher"]["init"] == (TINY_TEACHER if variant.teacher else None)
                 for item in variant.overrides:  # the variant's keys win over the protocol's
                     key, _, value = item.partition("=")
                     section, leaf = key.split(".")

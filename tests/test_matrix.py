@@ -13,6 +13,7 @@ from mst.config import ConfigError
 from mst.experiments.grid import grid_markdown
 from mst.experiments.runner import build_run_config, run_ablation
 from mst.experiments.specs import ABLATIONS, Ablation, Variant
+from tests.conftest import TINY_TEACHER
 
 MATRIX = ABLATIONS["matrix"]
 
@@ -28,13 +29,17 @@ def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
                 build_run_config("matrix", v.name, 0, "cpu_methods")
             assert "\n" not in str(e.value) and "=" in str(e.value) and v.refused in str(e.value)
             continue
-        cfg = build_run_config("matrix", v.name, 0, "cpu_methods")
+        assert v.teacher == (v.cell[1] == "frozen")  # only the frozen column reads the runner's --teacher
+        cfg = build_run_config("matrix", v.name, 0, "cpu_methods", teacher=TINY_TEACHER if v.teacher else None)
         method, decoder = methods[v.cell[0]]
         assert cfg["method"] == method and (decoder is None or cfg["mst"]["decoder"] == decoder)
         section = cfg["mask"]
         strategy = v.cell[1]
         if strategy == "amt" and method not in teacher:
             assert cfg["amt"]["enabled"] is True
+        elif strategy == "frozen":  # the attention column's rule (MAE: attmask's) on the frozen teacher's map
+            assert section["importance"] == "frozen" and cfg["teacher"]["init"] == TINY_TEACHER
+            assert section["strategy"] == ("attmask" if method == "mae" else "attention")
         elif strategy == "random":
             assert section["strategy"] == {"mst": "random", "dino": "random", "mae": "patches",
                                            "simmim": "blocks"}[method]
@@ -45,7 +50,7 @@ def test_every_cell_trains_from_a_config_or_is_refused_in_one_line():
         # equal budget within a method: the strategy changes nothing but the mask
         base = build_run_config("matrix", f"{v.cell[0]}_random", 0, "cpu_methods")
         assert (cfg["optim"], cfg["model"], cfg["data"]) == (base["optim"], base["model"], base["data"])
-    assert seen == {(m, s) for m in methods for s in ("random", "attention", "attmask", "amt", "none")}
+    assert seen == {(m, s) for m in methods for s in ("random", "attention", "attmask", "amt", "none", "frozen")}
     reasons = {v.name: v.refused for v in MATRIX.variants}
     assert {n for n, r in reasons.items() if r} == {"mst_amt", "mae_attention", "mae_none", "simmim_none"}
 
@@ -180,3 +185,11 @@ def test_a_doc_with_a_section_twice_is_refused(tmp_path):
     doc.write_text("<!-- ablation:mask:start -->\n<!-- ablation:mask:end -->\n" * 2)
     with pytest.raises(ValueError, match="doc.md has the marker <!-- ablation:mask:start --> 2 times"):
         update_results_doc(res, doc)
+
+
+def test_the_frozen_column_is_skipped_without_the_runners_teacher(tmp_path):
+    lines: list[str] = []
+    run_ablation("matrix", protocol="cpu_methods", seeds=1, out_dir=tmp_path, doc=None,
+                 variants=["mst_frozen", "mae_frozen", "mst_none"], report_only=True, log=lines.append)
+    assert "skipped (they read a frozen pretrained teacher: pass --teacher SOURCE): mst_frozen, mae_frozen" in lines
+    assert any(line.startswith("ablation matrix: 1 variants x 1 seeds") for line in lines)

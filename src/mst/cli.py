@@ -315,7 +315,8 @@ def cmd_ablate(args) -> int:
         shard = (i, n)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     run_ablation(args.name, protocol=args.protocol, seeds=args.seeds, out_dir=args.out, data_root=args.data,
-                 overrides=args.overrides, shard=shard, variants=variants, report_only=args.report_only)
+                 overrides=args.overrides, shard=shard, variants=variants, report_only=args.report_only,
+                 teacher=args.teacher)
     return 0
 
 
@@ -486,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "processes on the same --out; then rerun without --shard to write the reports")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the reports from the runs that have finished (fewer seeds allowed)")
+    p.add_argument("--teacher", default=None, metavar="SOURCE",
+                   help="the frozen pretrained teacher of the variants that read one (the matrix's frozen column: "
+                        "mask.importance=frozen); without it they are skipped")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("config", help="every config key of a method: default, type, range, doc")

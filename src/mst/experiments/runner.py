@@ -22,7 +22,7 @@ from typing import Callable
 
 import yaml
 
-from mst.config import ConfigError, _flatten, _read_yaml, load_config, method_class
+from mst.config import TOP, ConfigError, _flatten, _read_yaml, load_config, method_class
 from mst.experiments.evaluations import EvalContext, evaluations
 from mst.experiments.specs import ABLATIONS, PROTOCOLS, Protocol, Variant, check_protocol
 from mst.experiments.specs import preset_path as _preset_path
@@ -35,7 +35,8 @@ _NOT_COMPARED = ("data.root", "data.num_workers", "log.")  # config keys that ma
 
 
 def _method_of(preset: Path | None, overrides: list[str]) -> str:
-    method = _read_yaml(preset).get("method", "mst") if preset else "mst"
+    default = TOP["method"].default
+    method = _read_yaml(preset).get("method", default) if preset else default
     for o in overrides:
         key, _, value = o.partition("=")
         if key.strip() == "method":
@@ -44,14 +45,20 @@ def _method_of(preset: Path | None, overrides: list[str]) -> str:
 
 
 def build_run_config(name: str, variant: str, seed: int, protocol: str | Protocol = "cpu",
-                     data_root: str | None = None, overrides: list[str] | None = None) -> dict:
+                     data_root: str | None = None, overrides: list[str] | None = None,
+                     teacher: str | None = None) -> dict:
     """The resolved config of one run of an ablation (see the module docstring for the order). The variant's
     preset, when it has one, replaces the protocol's; protocol pins for sections its method does not read are
-    skipped (the user's overrides never are)."""
+    skipped (the user's overrides never are). A variant that reads a frozen teacher takes ``teacher`` (a SOURCE)
+    as its ``teacher.init``; the others never see it."""
     proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     var: Variant = ABLATIONS[name].variant(variant)
     preset = _preset_path(var.preset or proto.preset)
+    if var.teacher and not teacher:
+        raise ConfigError(f"variant {variant!r} of ablation {name!r} reads a frozen pretrained teacher: pass "
+                          "--teacher SOURCE (timm:NAME=FILE, an mst run or export)")
     tail = list(overrides or []) + list(var.overrides) + [f"seed={seed}"]
+    tail += [f"teacher.init={teacher}"] if var.teacher else []
     used = {"seed", "method", "data", "augment", "model", "optim", "log"}
     used |= set(method_class(_method_of(preset, tail)).sections)
     pins = [o for o in proto.overrides if o.split("=")[0].split(".")[0].strip() in used]
@@ -60,7 +67,7 @@ def build_run_config(name: str, variant: str, seed: int, protocol: str | Protoco
 
 
 def _run_configs(name: str, variants: list[str], seeds: int, proto: Protocol, data_root: str | None,
-                 overrides: list[str] | None) -> tuple[dict, dict]:
+                 overrides: list[str] | None, teacher: str | None = None) -> tuple[dict, dict]:
     """The config of every (variant, seed) to train, and {variant: reason} for the variants the spec lists as
     refused, whose config must then raise a ConfigError containing the listed reason (the message is recorded). A
     listed refusal whose config is accepted or refused for another reason, or a ConfigError of any other variant,
@@ -70,7 +77,7 @@ def _run_configs(name: str, variants: list[str], seeds: int, proto: Protocol, da
         spec = ABLATIONS[name].variant(variant)
         try:
             for seed in range(seeds):
-                cfgs[variant, seed] = build_run_config(name, variant, seed, proto, data_root, overrides)
+                cfgs[variant, seed] = build_run_config(name, variant, seed, proto, data_root, overrides, teacher)
         except ConfigError as e:
             if not spec.refused:
                 raise
@@ -153,7 +160,7 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
                  data_root: str | None = None, overrides: list[str] | None = None, log: Log = print,
                  doc: str | Path | None = DEFAULT_DOC, variants: list[str] | None = None,
                  device=None, baseline: bool = True, shard: tuple[int, int] | None = None,
-                 report_only: bool = False) -> dict | None:
+                 report_only: bool = False, teacher: str | None = None) -> dict | None:
     """Run (or continue) ablation ``name`` under ``protocol`` for seeds 0..seeds-1 and write the reports.
 
     ``variants`` restricts the run to some of the ablation's variants. ``baseline`` also evaluates the untrained
@@ -165,6 +172,8 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
     Returns the aggregate (also out_dir/results.json), or None when pretraining was interrupted (rerun to go on)
     or when running a shard. ``report_only`` trains and evaluates nothing: it writes the reports from the runs
     that have finished (a variant may then have fewer seeds than asked; the report gives each row's count).
+    ``teacher``: the SOURCE of the frozen teacher the variants that read one take (the matrix's frozen column);
+    without it they are skipped, with a line saying so.
     """
     import torch
 
@@ -200,8 +209,12 @@ def run_ablation(name: str, protocol: str = "cpu", seeds: int = 3, out_dir: str 
         if o.split("=")[0].strip() in var_keys:
             tee(f"note: --set {o} is overridden by the variants of ablation {name!r} that set the same key")
     # every config first: a bad override fails before hours of training
-    cfgs, refusals = _run_configs(name, chosen, seeds, proto, data_root, overrides)
+    skipped = [v for v in chosen if ABLATIONS[name].variant(v).teacher and not teacher]
+    chosen = [v for v in chosen if v not in skipped]
+    cfgs, refusals = _run_configs(name, chosen, seeds, proto, data_root, overrides, teacher)
     tee(f"ablation {name}: {len(chosen)} variants x {seeds} seeds, protocol {protocol} ({proto.description})")
+    if skipped:
+        tee(f"skipped (they read a frozen pretrained teacher: pass --teacher SOURCE): {', '.join(skipped)}")
     for variant, reason in refusals.items():
         tee(f"[{variant}] refused by its config, not trained: {reason}")
     todo = [] if report_only else list(cfgs.items())

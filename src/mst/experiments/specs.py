@@ -21,6 +21,7 @@ class Variant:
     paper: float | None = None  # the paper's number for this variant (see Ablation.paper_label)
     cell: tuple[str, str] | None = None  # (row, column) of a grid ablation's table, e.g. (method, strategy)
     refused: str = ""  # a part of the reason the config must refuse it with: the run records the reason, no training
+    teacher: bool = False  # reads a frozen pretrained teacher: teacher.init is the runner's --teacher (else skipped)
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class Ablation:
 
 
 def _v(name: str, *overrides: str, preset: str | None = None, paper: float | None = None,
-       cell: tuple[str, str] | None = None, refused: str = "") -> Variant:
-    return Variant(name, tuple(overrides), preset, paper, cell, refused)
+       cell: tuple[str, str] | None = None, refused: str = "", teacher: bool = False) -> Variant:
+    return Variant(name, tuple(overrides), preset, paper, cell, refused, teacher)
 
 
 def _matrix() -> tuple[Variant, ...]:
@@ -54,7 +55,10 @@ def _matrix() -> tuple[Variant, ...]:
       own 75 % / 60 %);
     * amt: AMT's sampled mask + throw (MAE/SimMIM: the AMT presets, maps refreshed each epoch; DINO: the teacher's
       attention in the same step, mask 45 % and throw 40 % of the student's global views);
-    * none: no mask (the DINO preset; MST = DINO + the decoder).
+    * none: no mask (the DINO preset; MST = DINO + the decoder);
+    * frozen: the attention column's rule (MAE: attmask's, attention being refused) on a frozen pretrained
+      teacher's attention (``mask.importance=frozen``; the teacher is ``mst ablate --teacher SOURCE``, without
+      which the column is skipped).
 
     MIM strategies that need attention read the encoder's (a no-grad pass per step); MST/DINO read the teacher's.
     """
@@ -82,6 +86,10 @@ def _matrix() -> tuple[Variant, ...]:
         ("simmim", "attmask"): ("mask.strategy=attmask", enc),
         ("simmim", "amt"): ("amt.enabled=true",),
         ("simmim", "none"): ("mask.strategy=none",),  # refused: nothing to reconstruct
+        ("mst", "frozen"): ("mask.importance=frozen",),  # the preset's attention mask on the frozen teacher's map
+        ("dino", "frozen"): ("mask.strategy=attention", "mask.num=8", "mask.p=0.1", "mask.importance=frozen"),
+        ("mae", "frozen"): ("mask.strategy=attmask", "mask.importance=frozen"),
+        ("simmim", "frozen"): ("mask.strategy=attention", "mask.num=2", "mask.p=0.9", "mask.importance=frozen"),
     }
     refused = {  # a part of the reason each gets from the config
         ("mst", "amt"): "throws tokens away, but mst.decoder='cnn' restores the whole view",
@@ -89,8 +97,8 @@ def _matrix() -> tuple[Variant, ...]:
         ("mae", "none"): "hides nothing, so MAE has nothing to reconstruct",
         ("simmim", "none"): "masks nothing, so SimMIM has nothing to reconstruct",
     }
-    return tuple(_v(f"{m}_{s}", *o, preset=presets[m], cell=(m, s), refused=refused.get((m, s), ""))
-                 for (m, s), o in cells.items())
+    return tuple(_v(f"{m}_{s}", *o, preset=presets[m], cell=(m, s), refused=refused.get((m, s), ""),
+                    teacher=s == "frozen") for (m, s), o in cells.items())
 
 
 
