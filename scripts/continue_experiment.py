@@ -159,6 +159,9 @@ GUIDE_ROWS = {  # the frozen MST foundation (classes 0-4) guides the mask of a r
     # its features: MAE's reconstruction target (MaskDistill), and a term beside MST's CE (GFM, weight 1, untuned)
     "guide_mae_target_teacher": ("configs/fashion_mnist_mae.yaml", ["optim.epochs=4", "mim.target=teacher"]),
     "guide_mst_frozen_weight": ("configs/fashion_mnist_vit_tiny.yaml", ["optim.epochs=2", "mst.frozen_weight=1"]),
+    # the scratch rows rerun with this code, no teacher: the controls of the same session
+    "guide_scratch_mst": ("configs/fashion_mnist_vit_tiny.yaml", ["optim.epochs=2"]),
+    "guide_scratch_mae": ("configs/fashion_mnist_mae.yaml", ["optim.epochs=4"]),
 }
 
 
@@ -186,9 +189,10 @@ def guide_jobs(root: Path, seeds: int) -> list[tuple[str, callable]]:
             def job(row=row, preset=preset, extra=extra, seed=seed, first=(k == 0)):
                 run_dir = root / "rows" / row / f"seed{seed}"
                 teacher = f"timm:vit_tiny_patch16_224={ensure_foundation(first)}"
+                uses = ["--teacher", teacher] if "scratch" not in row else []
                 if not (run_dir / "done").is_file():
                     method = "mae" if "mae" in preset else "mst"
-                    run(MST + ["pretrain", "--config", preset, "--out", str(run_dir), "--teacher", teacher, *Q,
+                    run(MST + ["pretrain", "--config", preset, "--out", str(run_dir), *uses, *Q,
                                *sets([f"method={method}", FIVE_TO_NINE, *DOMAIN, *extra, f"seed={seed}"])],
                         run_dir / "pretrain.log")
                     (run_dir / "done").write_text("")

@@ -35,6 +35,7 @@ class MaskSettings(Settings, section="mask"):
                                  "throw through amt.*)", range=RATIO, old=("mst.throw_ratio",))
     importance: str | None = setting("teacher", "the attention an importance-driven strategy reads: teacher "
                                      "(MST / DINO: the EMA teacher's CLS attention) | encoder (MIM: a no-grad "
-                                     "pass) | maps (MIM: AMT's stored maps) | none; null (MIM): maps with "
+                                     "pass) | maps (MIM: AMT's stored maps) | frozen (a frozen pretrained "
+                                     "teacher's, teacher.init) | none; null (MIM): maps with "
                                      "amt.enabled, else none", kind=str, nullable=True,
                                      old=("mst.importance", "mim.importance"))

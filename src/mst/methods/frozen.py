@@ -35,8 +35,8 @@ class TeacherSettings(Settings, section="teacher"):
     """The frozen teacher, read by every method that can use one."""
 
     init: str | None = setting(None, "SOURCE of a frozen pretrained teacher (--teacher): timm:NAME | "
-                               "timm:NAME=FILE | an mst run or export; distill's targets, mask.importance=frozen's "
-                               "attention", kind=str, old=("distill.teacher",))
+                               "timm:NAME=FILE | an mst run or export; read by distill, mask.importance=frozen, "
+                               "mim.target=teacher|both, mst.frozen_weight", kind=str, old=("distill.teacher",))
 
 
 @dataclass
