@@ -37,9 +37,10 @@ TINY_MIM = ["model.depth=2", "model.img_size=28", *TINY_RUN]
 TINY_MAE = ["method=mae", *TINY_MIM, "mae.decoder_dim=32", "mae.decoder_depth=1", "mae.decoder_heads=2"]
 TINY_SIMMIM = ["method=simmim", *TINY_MIM, "mask.strategy=blocks", "mask.ratio=0.6", "mim.norm_pix_loss=false"]
 TINY_FINETUNE = ["method=finetune", *TINY_MIM]
-def _tiny_teacher() -> str:
+def save_tiny_teacher(patch_size: int = 4, seed: int = 1) -> str:
     """A 1-block, 32-wide ViT on Fashion-MNIST's 28 px grey images (random weights), saved as ``mst export`` saves
-    one (safetensors + JSON): the SOURCE of the distillation teacher in the tiny configs."""
+    one (safetensors + JSON): the SOURCE of the distillation teacher in the tiny configs (patch 4: the tiny
+    students' 7 x 7 grid; patch 2: a 14 x 14 grid, twice as fine)."""
     import json
     import tempfile
     from pathlib import Path
@@ -47,9 +48,9 @@ def _tiny_teacher() -> str:
     import timm
     from safetensors.torch import save_file
 
-    kwargs = dict(img_size=28, patch_size=4, in_chans=1, num_classes=0, dynamic_img_size=True, depth=1,
+    kwargs = dict(img_size=28, patch_size=patch_size, in_chans=1, num_classes=0, dynamic_img_size=True, depth=1,
                   embed_dim=32, num_heads=2)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
     path = Path(tempfile.mkdtemp(prefix="mst_tiny_teacher_")) / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -57,7 +58,7 @@ def _tiny_teacher() -> str:
     return f"timm:vit_tiny_patch16_224={path}"
 
 
-TINY_TEACHER = _tiny_teacher()
+TINY_TEACHER = save_tiny_teacher()
 TINY_DISTILL = ["method=distill", *TINY_MIM, f"teacher.init={TINY_TEACHER}"]
 # every registered method's tiny config: tests over all methods read it through tiny_overrides, which fails for a
 # method without one (a new method must add its entry here rather than be left out of those tests)

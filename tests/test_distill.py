@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from mst.cli import main
@@ -18,7 +17,7 @@ from mst.config import load_config
 from mst.methods import build_method
 from mst.methods.distill import resize_tokens
 from mst.registry import ConfigError
-from tests.conftest import TINY_DISTILL, TINY_TEACHER, step, views_for
+from tests.conftest import TINY_DISTILL, step, views_for
 
 
 def test_teacher_is_frozen_and_runs_once_per_step(tmp_path):

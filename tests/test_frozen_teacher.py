@@ -3,38 +3,20 @@ is resampled to the student's grid as written out here, the mask MST and MAE dra
 attention, the teacher stays frozen and runs once per step, and what cannot work is one line."""
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 import warnings
-from pathlib import Path
 
 import pytest
-import timm
 import torch
-from safetensors.torch import save_file
 
 from mst.cli import main
 from mst.config import ConfigError, RenamedKeyNotice, load_config
 from mst.masking import AttentionGuidedMask, top_attended
 from mst.methods import build_method
 from mst.methods.frozen import FrozenTeacher, resample_importance
-from tests.conftest import TINY_MAE, TINY_TEACHER, step, tiny_overrides, views_for
+from tests.conftest import TINY_MAE, TINY_TEACHER, save_tiny_teacher, step, tiny_overrides, views_for
 
-
-def _fine_teacher() -> str:
-    """A 1-block ViT at patch 2 on 28 px grey images: a 14 x 14 grid, twice as fine as the tiny students' 7 x 7."""
-    kwargs = dict(img_size=28, patch_size=2, in_chans=1, num_classes=0, dynamic_img_size=True, depth=1,
-                  embed_dim=32, num_heads=2)
-    torch.manual_seed(2)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
-    path = Path(tempfile.mkdtemp(prefix="mst_fine_teacher_")) / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"model_name": "vit_tiny_patch16_224", "model_kwargs": kwargs}))
-    return f"timm:vit_tiny_patch16_224={path}"
-
-
-FINE_TEACHER = _fine_teacher()
+FINE_TEACHER = save_tiny_teacher(patch_size=2, seed=2)  # a 14 x 14 grid: twice as fine as the students' 7 x 7
 
 
 def gen(seed: int) -> torch.Generator:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from mst.config_checks import AUTO
 from mst.registry import ConfigError
@@ -298,7 +297,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _from_previous(cfg: dict, previous: dict, out: list[Choice]) -> None:
     """A relaunch on a run directory keeps the values its first launch resolved (a resume must not re-measure the
     data, nor pick another size on another machine)."""
-    from mst.config import upgrade
+    from mst.config_renames import upgrade
 
     old = _flat(upgrade(copy.deepcopy(previous)))
     for key, value in _flat(cfg).items():

@@ -41,7 +41,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint (run directory or file), its config's old key names read as their new ones and keys newer than
     it at their defaults (a run written before a rename resumes, evaluates and exports)."""
-    from mst.config import upgrade
+    from mst.config_renames import upgrade
 
     path = resolve_checkpoint(path)
     try:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
-from mst.registry import Registry
+from mst.registry import ConfigError, Registry
 
-if TYPE_CHECKING:
-    from mst.experiments.specs import Protocol
+Protocol = Any  # a mst.experiments.specs.Protocol (specs imports this module: the name only, no import back)
 
 
 class EvalContext:
@@ -142,13 +141,22 @@ def _dense(ctx: EvalContext, s: dict) -> dict[str, float]:
 
 def _finetune(ctx: EvalContext, s: dict) -> dict[str, float]:
     """Low-label fine-tuning (from scratch under ``random_init``: the no-pretraining baseline)."""
-    from mst.experiments.specs import preset_path
     from mst.finetune import run_finetune
 
     res = run_finetune(ctx.run_dir, ctx.run_dir / ("finetune_scratch" if ctx.random_init else "finetune"),
                        preset=preset_path(s["preset"]), overrides=list(s.get("overrides", ())),
                        train_subset=s["train_subset"], random_init=ctx.random_init, log=lambda _: None)
     return {"finetune_top1": res["top1"], "finetune_best_top1": res["best_top1"]}
+
+
+def preset_path(preset: str | None) -> Path | None:
+    """A protocol's or variant's preset, a file in configs/ (None: the defaults)."""
+    if preset is None:
+        return None
+    for base in (Path(__file__).resolve().parents[2] / "configs", Path.cwd() / "configs"):
+        if (base / preset).is_file():
+            return base / preset
+    raise ConfigError(f"protocol preset configs/{preset} not found (run from the repository root)")
 
 
 EVALUATIONS.register("knn", Evaluation(

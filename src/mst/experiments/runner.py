@@ -25,7 +25,7 @@ import yaml
 from mst.config import TOP, ConfigError, _flatten, _read_yaml, load_config, method_class
 from mst.experiments.evaluations import EvalContext, evaluations
 from mst.experiments.specs import ABLATIONS, PROTOCOLS, Protocol, Variant, check_protocol
-from mst.experiments.specs import preset_path as _preset_path
+from mst.experiments.evaluations import preset_path as _preset_path
 from mst.methods import same_training
 
 Log = Callable[[str], None]

@@ -7,7 +7,6 @@ one entry in :data:`mst.experiments.evaluations.EVALUATIONS` (:func:`check_proto
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from mst.experiments.evaluations import evaluations, extra_metrics, table_metrics
 from mst.registry import ConfigError
@@ -317,16 +316,6 @@ def check_protocol(proto: Protocol) -> None:
         if missing:
             raise ConfigError(f"protocol {proto.name!r} runs evaluation {name!r} without {', '.join(missing)} "
                               f"(its settings: {settings}); add them, or give it no settings to skip it")
-
-
-def preset_path(preset: str | None) -> Path | None:
-    """A protocol's or variant's preset, a file in configs/ (None: the defaults)."""
-    if preset is None:
-        return None
-    for base in (Path(__file__).resolve().parents[2] / "configs", Path.cwd() / "configs"):
-        if (base / preset).is_file():
-            return base / preset
-    raise ConfigError(f"protocol preset configs/{preset} not found (run from the repository root)")
 
 
 def protocol_dict(proto: Protocol) -> dict:

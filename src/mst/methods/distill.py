@@ -18,10 +18,8 @@ one pretrained model to the next), so no normalisation statistics need estimatin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mst.data.batch import Batch

@@ -14,7 +14,6 @@ encoder sees the degraded view and the decoder reconstructs the clean one (see :
 """
 from __future__ import annotations
 
-from typing import Any
 
 from dataclasses import dataclass, replace
 

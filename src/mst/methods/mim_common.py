@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ from mst.figures import Panel, masked_view, to_display
 from mst.models.backbones import BACKBONES
 from mst.models.tokens import gather_tokens, patchify, unpatchify
 from mst.registry import ConfigError
-from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, PROBABILITY, RATIO, Settings, setting
+from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, RATIO, Settings, setting
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ from mst.methods.importance import check_source
 from mst.models.backbones import BACKBONES
 from mst.models.head import cancel_last_layer_grads
 from mst.registry import ConfigError
-from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, RATIO, Each, ListOf, Settings, setting
+from mst.settings import Config, AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, Each, ListOf, Settings, setting
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ embeddings) and the loss; the decoder then maps the remaining tokens one by one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 

@@ -12,7 +12,6 @@ patch tokens (``finetune.pool: avg`` uses timm's fc_norm instead of the final no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from timm.data import Mixup
